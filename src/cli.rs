@@ -1,0 +1,94 @@
+//! Command-line interface: argument definitions only; each command's work
+//! lives in `commands`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit codes, documented in README.md.
+pub mod exit {
+    /// Success (also: a graceful stop on SIGINT/SIGTERM).
+    pub const OK: u8 = 0;
+    /// `verify` found rows still pending; `check` preflight found problems.
+    pub const PENDING: u8 = 1;
+    /// Invalid policy, flags or SQL: fix the input and retry.
+    pub const INVALID: u8 = 2;
+    /// Runtime failure: database unreachable, retries exhausted, another runner.
+    pub const FAILED: u8 = 3;
+    /// Stopped because the job stayed paused longer than `job.max_pause`.
+    pub const MAX_PAUSE: u8 = 4;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pacer",
+    version,
+    about = "Run long PostgreSQL backfills during business hours without hurting live traffic",
+    long_about = "pacer runs a policy's backfill in small keyset batches while a feedback \
+controller watches production health (latency from Prometheus, replication lag and lock \
+waits from Postgres) and adjusts batch size, sleep and workers; it pauses by itself when \
+the policy's stop numbers are crossed and resumes when production is calm.\n\n\
+Start with `pacer simulate --policy policies/demo.toml` (no database needed)."
+)]
+pub struct Cli {
+    /// Log format: human-readable text or JSON lines.
+    #[arg(long, global = true, env = "PACER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level filter (overrides RUST_LOG), e.g. `info`, `debug`, `pacer=debug`.
+    #[arg(long, global = true, env = "PACER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArg {
+    /// Policy file (TOML). Scalar keys can be overridden with
+    /// PACER_POLICY__<SECTION>__<KEY> environment variables.
+    #[arg(long, short = 'p', value_name = "FILE")]
+    pub policy: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a policy offline; with a reachable database, also preflight the SQL.
+    Check(CheckArgs),
+    /// Rehearse a policy against a simulated database in virtual time.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Only validate the file; do not connect to the database.
+    #[arg(long)]
+    pub offline: bool,
+    /// Accept a sparse `pending` filter on a large table.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Scenario: business-day, replica-storm, steady (or a file path).
+    #[arg(long, default_value = "business-day")]
+    pub scenario: String,
+    /// Seed for the simulated noise; the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object with the results instead of logs and a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Simulated duration (default: the scenario's own length).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+}

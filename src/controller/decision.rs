@@ -1,0 +1,263 @@
+//! What goes into a tick and what comes out of it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Knobs, Time};
+use crate::policy::OnMissing;
+use crate::signals::Reading;
+
+/// Classes of batch failure the controller reacts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchError {
+    LockTimeout,
+    Deadlock,
+    SerializationFailure,
+    StatementTimeout,
+    ConnectionLost,
+    Other,
+}
+
+impl BatchError {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BatchError::LockTimeout => "lock_timeout",
+            BatchError::Deadlock => "deadlock",
+            BatchError::SerializationFailure => "serialization_failure",
+            BatchError::StatementTimeout => "statement_timeout",
+            BatchError::ConnectionLost => "connection_lost",
+            BatchError::Other => "other",
+        }
+    }
+}
+
+/// One batch as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchOutcome {
+    pub started: Time,
+    pub duration: Duration,
+    pub rows: u64,
+    pub error: Option<BatchError>,
+}
+
+/// Who paused the job by hand, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ManualPause {
+    pub by: String,
+    pub reason: String,
+}
+
+/// Everything the controller learns in one tick.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// One reading per policy signal, in policy order.
+    pub readings: Vec<Reading>,
+    /// Batches completed since the previous tick.
+    pub batches: Vec<BatchOutcome>,
+    pub manual_pause: Option<ManualPause>,
+    /// The workers were not the bottleneck (waiting on the rate cap, the
+    /// reader, or out of work): growing knobs nobody uses is pointless.
+    pub app_limited: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Running,
+    Slowing,
+    Paused,
+}
+
+impl State {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Slowing => "slowing",
+            State::Paused => "paused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Hold,
+    Increase,
+    Decrease,
+    Pause,
+    Resume,
+    /// Knobs lowered to a window's caps.
+    Clamp,
+}
+
+/// Why a decision was taken; every decision carries its causes.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    Signal {
+        signal: String,
+        value: f64,
+        /// `slow` or `stop`.
+        level: &'static str,
+        threshold: f64,
+        /// The level as written (`baseline * 1.2`).
+        expr: Option<String>,
+        baseline: Option<f64>,
+    },
+    Missing {
+        signal: String,
+        reason: String,
+        #[serde(with = "humantime_serde")]
+        missing_for: Duration,
+        /// `None` while still within `missing_grace`.
+        on_missing: Option<OnMissing>,
+    },
+    SlowBatch {
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+        #[serde(with = "humantime_serde")]
+        target: Duration,
+    },
+    BatchError {
+        error: BatchError,
+        count: usize,
+    },
+    Manual {
+        by: String,
+        reason: String,
+    },
+    Window {
+        window: String,
+    },
+    Calm {
+        #[serde(with = "humantime_serde")]
+        calm_for: Duration,
+    },
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Signal {
+                signal,
+                value,
+                level,
+                threshold,
+                expr,
+                baseline,
+            } => {
+                write!(f, "{signal} {} > {level} {}", num(*value), num(*threshold))?;
+                if let (Some(b), Some(e)) = (baseline, expr)
+                    && e.starts_with("baseline")
+                {
+                    write!(f, " (baseline {} {})", num(*b), &e["baseline ".len()..])?;
+                }
+                Ok(())
+            }
+            Cause::Missing {
+                signal,
+                reason,
+                missing_for,
+                on_missing,
+            } => {
+                write!(f, "{signal} missing for {} ({reason})", fmt_dur(*missing_for))?;
+                match on_missing {
+                    None => write!(f, ", within grace"),
+                    Some(m) => write!(f, ", on_missing = {}", format!("{m:?}").to_lowercase()),
+                }
+            }
+            Cause::SlowBatch { duration, target } => {
+                write!(f, "batch took {} > target {}", fmt_dur(*duration), fmt_dur(*target))
+            }
+            Cause::BatchError { error, count } => write!(f, "{count}× {}", error.as_str()),
+            Cause::Manual { by, reason } => write!(f, "paused by {by}: {reason}"),
+            Cause::Window { window } => write!(f, "window {window}"),
+            Cause::Calm { calm_for } => write!(f, "all signals calm for {}", fmt_dur(*calm_for)),
+        }
+    }
+}
+
+/// The controller's output for one tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub at: Time,
+    pub state: State,
+    pub action: Action,
+    pub before: Knobs,
+    pub knobs: Knobs,
+    pub causes: Vec<Cause>,
+    /// Windows active at this tick.
+    pub windows: Vec<String>,
+}
+
+impl Decision {
+    /// Whether this decision is worth a log line: the state or knobs moved.
+    pub fn changed(&self) -> bool {
+        self.before != self.knobs || matches!(self.action, Action::Pause | Action::Resume | Action::Decrease | Action::Clamp)
+    }
+
+    /// One sentence for an operator, e.g. `slowing down: checkout_p95 0.41 >
+    /// slow 0.40 (baseline 0.33 * 1.2); batch 2000→1000, sleep 100ms→200ms`.
+    pub fn summary(&self) -> String {
+        let verb = match self.action {
+            Action::Hold if self.state == State::Paused => "paused",
+            Action::Hold if self.state == State::Slowing => "holding (recovering)",
+            Action::Hold => "holding",
+            Action::Increase => "speeding up",
+            Action::Decrease => "slowing down",
+            Action::Pause => "pausing",
+            Action::Resume => "resuming",
+            Action::Clamp => "capping",
+        };
+        let mut s = verb.to_string();
+        if !self.causes.is_empty() {
+            s.push_str(": ");
+            s.push_str(&self.causes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
+        }
+        let delta = knob_delta(&self.before, &self.knobs);
+        if !delta.is_empty() {
+            s.push_str("; ");
+            s.push_str(&delta);
+        }
+        s
+    }
+}
+
+/// `batch 2000→1000, sleep 100ms→200ms, workers 3→2`, only what changed.
+pub fn knob_delta(a: &Knobs, b: &Knobs) -> String {
+    let mut parts = Vec::new();
+    if a.batch_size != b.batch_size {
+        parts.push(format!("batch {}→{}", a.batch_size, b.batch_size));
+    }
+    if a.sleep != b.sleep {
+        parts.push(format!("sleep {}→{}", fmt_dur(a.sleep), fmt_dur(b.sleep)));
+    }
+    if a.workers != b.workers {
+        parts.push(format!("workers {}→{}", a.workers, b.workers));
+    }
+    parts.join(", ")
+}
+
+/// Durations rounded to what a person reads: `120ms`, `2.5s`, `3m10s`.
+pub fn fmt_dur(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        if (s - s.round()).abs() < 0.05 { format!("{}s", s.round()) } else { format!("{s:.1}s") }
+    } else {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string().replace(' ', "")
+    }
+}
+
+fn num(v: f64) -> String {
+    if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 1e6) {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.3e}")
+    }
+}

@@ -1,0 +1,663 @@
+//! The AIMD controller: a pure state machine.
+//!
+//! `Controller::step(now, &Inputs) -> Decision` does no I/O, reads no clock,
+//! draws no random numbers: time and observations come in as arguments. The
+//! same controller therefore runs in production, in the simulator and in
+//! tests, and the same inputs always give the same decisions.
+//!
+//! The rules, in order (see DESIGN.md and `docs/CONTROLLER.md`):
+//! 1. a manual pause or a pause window pauses;
+//! 2. a signal in stop (sustained for `stop_for`) or missing beyond
+//!    `missing_grace` with `on_missing = "pause"` pauses, remembering the last
+//!    calm knobs;
+//! 3. a paused job resumes only after every signal stayed calm for
+//!    `resume_after`, with the remembered knobs, held for `hold_after_resume`;
+//!    the same cause tripping again during that hold makes the next resume
+//!    start at `beta` × those knobs;
+//! 4. a slow signal, a batch over `target_batch_time`, or a lock timeout /
+//!    deadlock cuts the effective rate once by a factor between `beta` and 1
+//!    (deeper the closer the signal is to its stop level), spread over the
+//!    knobs, then waits for a recovery epoch before cutting again;
+//! 5. all calm: additive increase, a worker more only after a calm spell and
+//!    only while the current workers are busy;
+//! 6. everything is clamped to the policy limits and the active windows' caps.
+
+mod decision;
+mod knobs;
+
+pub use decision::{Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, State};
+pub use knobs::{Caps, Knobs};
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::policy::{ControllerConfig, Limits, OnMissing, Policy, Schedule};
+
+/// Controller time: wall-clock instants handed in by the caller.
+pub type Time = DateTime<Utc>;
+
+/// A signal's levels, resolved against its baseline once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalLevels {
+    pub name: String,
+    pub slow: Option<f64>,
+    pub stop: Option<f64>,
+    pub baseline: Option<f64>,
+    /// The level expressions as written, for explanations.
+    pub slow_expr: Option<String>,
+    pub stop_expr: Option<String>,
+    pub stop_for: Duration,
+    pub on_missing: OnMissing,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ControllerError {
+    #[error("signal {signal:?}: {level} is relative to a baseline, but no baseline was captured")]
+    MissingBaseline { signal: String, level: String },
+}
+
+/// Per-signal memory between ticks.
+#[derive(Debug, Clone, Default)]
+struct Track {
+    /// First tick of the current uninterrupted spell above `stop`.
+    above_stop_since: Option<Time>,
+    /// First tick of the current uninterrupted spell without a value.
+    missing_since: Option<Time>,
+}
+
+/// How one signal reads at this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    Calm,
+    /// Missing within grace, or `on_missing = "hold"`: neither grow nor cut.
+    Hold,
+    Slow,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Mode {
+    Running,
+    Paused {
+        since: Time,
+        /// What paused the job, as a comparable key (signal names, manual, window).
+        key: Vec<String>,
+        /// Knobs to resume with.
+        resume_knobs: Knobs,
+    },
+}
+
+/// The controller. Every field is state carried between ticks.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    cfg: ControllerConfig,
+    limits: Limits,
+    signals: Vec<SignalLevels>,
+    windows: Vec<(String, Schedule, Caps)>,
+    /// The knobs in force.
+    knobs: Knobs,
+    mode: Mode,
+    track: Vec<Track>,
+    /// Start of the current spell in which every signal was calm.
+    calm_since: Option<Time>,
+    /// Knobs at the last tick where every signal was calm; a signal pause
+    /// resumes from these rather than from the knobs that caused trouble.
+    last_calm_knobs: Knobs,
+    /// Time of the last decrease; with `epoch_open`, the recovery epoch.
+    last_decrease: Option<Time>,
+    /// True until a batch started after the last decrease has completed:
+    /// slow readings before that reflect the old knobs, not the new ones.
+    epoch_open: bool,
+    /// End of the no-growth hold after a resume, and what had paused.
+    hold_until: Option<Time>,
+    resumed_from: Vec<String>,
+    /// Multiplier for the next resume after repeated trips in the hold.
+    resume_scale: f64,
+    /// Last time the worker count changed (up or down): workers grow only
+    /// after `worker_after` of calm since then.
+    workers_changed_at: Option<Time>,
+    /// Smoothed seconds per row, learned from batch outcomes.
+    secs_per_row: Option<f64>,
+    last_tick: Option<Time>,
+}
+
+impl Controller {
+    /// Build a controller for `policy`; relative levels are resolved against
+    /// `baselines` (by signal name), falling back to a signal's fixed
+    /// `baseline` key.
+    pub fn new(
+        policy: &Policy,
+        baselines: &std::collections::BTreeMap<String, f64>,
+    ) -> Result<Controller, ControllerError> {
+        let mut signals = Vec::new();
+        for s in &policy.signals {
+            let baseline = baselines.get(&s.name).copied().or(s.baseline);
+            let resolve = |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
+                match lvl {
+                    None => Ok(None),
+                    Some(l) => l.resolve(baseline).map(Some).ok_or_else(|| {
+                        ControllerError::MissingBaseline {
+                            signal: s.name.clone(),
+                            level: l.to_string(),
+                        }
+                    }),
+                }
+            };
+            let (slow, stop) = if s.is_http() {
+                // 0 = 2xx, 1 = anything else: stop at once.
+                (None, Some(0.5))
+            } else {
+                (resolve(s.slow_above)?, resolve(s.stop_above)?)
+            };
+            signals.push(SignalLevels {
+                name: s.name.clone(),
+                slow,
+                stop,
+                baseline,
+                slow_expr: s.slow_above.map(|l| l.to_string()),
+                stop_expr: s.stop_above.map(|l| l.to_string()),
+                stop_for: s.stop_for,
+                on_missing: s.on_missing,
+            });
+        }
+        let windows = policy
+            .windows
+            .iter()
+            .zip(policy.schedules())
+            .map(|(w, sched)| {
+                (
+                    w.name.clone(),
+                    sched,
+                    Caps {
+                        pause: w.pause,
+                        max_batch_size: w.max_batch_size,
+                        max_workers: w.max_workers,
+                        min_sleep: w.min_sleep,
+                    },
+                )
+            })
+            .collect();
+        let l = &policy.limits;
+        let knobs = Knobs {
+            batch_size: l.batch_size.start,
+            sleep: l.sleep.start,
+            workers: l.workers.start,
+        };
+        Ok(Controller {
+            cfg: policy.controller.clone(),
+            limits: l.clone(),
+            track: vec![Track::default(); signals.len()],
+            signals,
+            windows,
+            knobs,
+            mode: Mode::Running,
+            calm_since: None,
+            last_calm_knobs: knobs,
+            last_decrease: None,
+            epoch_open: false,
+            hold_until: None,
+            resumed_from: Vec::new(),
+            resume_scale: 1.0,
+            workers_changed_at: None,
+            secs_per_row: None,
+            last_tick: None,
+        })
+    }
+
+    /// Start from knobs stored by an earlier run (resume keeps its knobs).
+    pub fn with_knobs(mut self, knobs: Knobs) -> Controller {
+        self.knobs = knobs.clamp(&self.limits, &Caps::default());
+        self.last_calm_knobs = self.knobs;
+        self
+    }
+
+    pub fn knobs(&self) -> Knobs {
+        self.knobs
+    }
+
+    pub fn levels(&self) -> &[SignalLevels] {
+        &self.signals
+    }
+
+    pub fn is_paused(&self) -> bool {
+        matches!(self.mode, Mode::Paused { .. })
+    }
+
+    /// The caps of every window active at `now`, merged (tightest wins).
+    pub fn caps_at(&self, now: Time) -> (Caps, Vec<String>) {
+        let mut caps = Caps::default();
+        let mut names = Vec::new();
+        for (name, sched, c) in &self.windows {
+            if sched.contains(now) {
+                caps = caps.merge(c);
+                names.push(name.clone());
+            }
+        }
+        (caps, names)
+    }
+
+    /// One tick: classify the readings, apply the rules, return the decision.
+    pub fn step(&mut self, now: Time, inputs: &Inputs) -> Decision {
+        let before = self.knobs;
+        let mut causes = Vec::new();
+        self.learn(inputs);
+
+        // Classify every signal.
+        let mut classes = Vec::with_capacity(self.signals.len());
+        let mut worst_slow_factor: Option<f64> = None;
+        for (i, sig) in self.signals.iter().enumerate() {
+            let reading = inputs.readings.get(i);
+            let fresh = reading.and_then(|r| {
+                let age = (now - r.at).to_std().unwrap_or_default();
+                r.value.filter(|_| age <= self.cfg.missing_grace)
+            });
+            let track = &mut self.track[i];
+            let class = match fresh {
+                None => {
+                    track.above_stop_since = None;
+                    let since = *track.missing_since.get_or_insert(now);
+                    let gone = (now - since).to_std().unwrap_or_default();
+                    let reason = reading
+                        .and_then(|r| r.missing.clone())
+                        .unwrap_or_else(|| "no reading".into());
+                    if gone < self.cfg.missing_grace {
+                        causes.push(Cause::Missing {
+                            signal: sig.name.clone(),
+                            reason,
+                            missing_for: gone,
+                            on_missing: None,
+                        });
+                        Class::Hold
+                    } else {
+                        let class = match sig.on_missing {
+                            OnMissing::Pause => Class::Stop,
+                            OnMissing::Hold => Class::Hold,
+                            OnMissing::Ignore => Class::Calm,
+                        };
+                        if class != Class::Calm {
+                            causes.push(Cause::Missing {
+                                signal: sig.name.clone(),
+                                reason,
+                                missing_for: gone,
+                                on_missing: Some(sig.on_missing),
+                            });
+                        }
+                        class
+                    }
+                }
+                Some(v) => {
+                    track.missing_since = None;
+                    let signal_cause = |level: &'static str, threshold: f64, expr: &Option<String>| {
+                        Cause::Signal {
+                            signal: sig.name.clone(),
+                            value: v,
+                            level,
+                            threshold,
+                            expr: expr.clone(),
+                            baseline: sig.baseline,
+                        }
+                    };
+                    match (sig.stop, sig.slow) {
+                        (Some(stop), _) if v > stop => {
+                            let since = *track.above_stop_since.get_or_insert(now);
+                            let held = (now - since).to_std().unwrap_or_default();
+                            if held >= sig.stop_for {
+                                causes.push(signal_cause("stop", stop, &sig.stop_expr));
+                                Class::Stop
+                            } else {
+                                causes.push(signal_cause("stop", stop, &sig.stop_expr));
+                                worst_slow_factor = Some(self.cfg.beta);
+                                Class::Slow
+                            }
+                        }
+                        (_, Some(slow)) if v > slow => {
+                            track.above_stop_since = None;
+                            causes.push(signal_cause("slow", slow, &sig.slow_expr));
+                            let f = slow_factor(self.cfg.beta, v, slow, sig.stop);
+                            worst_slow_factor = Some(worst_slow_factor.map_or(f, |w| w.min(f)));
+                            Class::Slow
+                        }
+                        _ => {
+                            track.above_stop_since = None;
+                            Class::Calm
+                        }
+                    }
+                }
+            };
+            classes.push(class);
+        }
+        let worst = classes.iter().copied().max().unwrap_or(Class::Calm);
+        if worst == Class::Calm {
+            self.calm_since.get_or_insert(now);
+        } else {
+            self.calm_since = None;
+        }
+
+        let (caps, active_windows) = self.caps_at(now);
+
+        // Rule 1 and 2: what demands a pause right now.
+        let mut pause_key = Vec::new();
+        let mut pause_causes = Vec::new();
+        if let Some(m) = &inputs.manual_pause {
+            pause_key.push("manual".to_string());
+            pause_causes.push(Cause::Manual {
+                by: m.by.clone(),
+                reason: m.reason.clone(),
+            });
+        }
+        if caps.pause {
+            for (name, _, c) in &self.windows {
+                if c.pause && active_windows.contains(name) {
+                    pause_key.push(format!("window:{name}"));
+                    pause_causes.push(Cause::Window { window: name.clone() });
+                }
+            }
+        }
+        for (i, c) in classes.iter().enumerate() {
+            if *c == Class::Stop {
+                pause_key.push(format!("signal:{}", self.signals[i].name));
+            }
+        }
+        let stop_causes: Vec<Cause> = causes
+            .iter()
+            .filter(|c| match c {
+                Cause::Signal { signal, level, .. } => {
+                    *level == "stop"
+                        && pause_key.iter().any(|k| k == &format!("signal:{signal}"))
+                }
+                Cause::Missing { on_missing, .. } => *on_missing == Some(OnMissing::Pause),
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        pause_causes.extend(stop_causes);
+
+        let batch_causes = self.batch_causes(inputs);
+
+        let (action, state) = if !pause_key.is_empty() {
+            causes = pause_causes;
+            self.pause(now, pause_key)
+        } else if let Mode::Paused { resume_knobs, .. } = &self.mode {
+            let resume_knobs = *resume_knobs;
+            let calm_for = self
+                .calm_since
+                .map(|s| (now - s).to_std().unwrap_or_default())
+                .unwrap_or_default();
+            if worst == Class::Calm && calm_for >= self.cfg.resume_after {
+                causes = vec![Cause::Calm { calm_for }];
+                self.resume(now, resume_knobs);
+                (Action::Resume, State::Running)
+            } else {
+                if worst == Class::Calm {
+                    causes.push(Cause::Calm { calm_for });
+                }
+                (Action::Hold, State::Paused)
+            }
+        } else {
+            // Running.
+            if worst == Class::Calm {
+                self.last_calm_knobs = self.knobs;
+            }
+            let mut factor = worst_slow_factor;
+            for c in &batch_causes {
+                let f = match c {
+                    Cause::SlowBatch { duration, target } => {
+                        (target.as_secs_f64() / duration.as_secs_f64()).max(self.cfg.beta)
+                    }
+                    _ => self.cfg.beta,
+                };
+                factor = Some(factor.map_or(f, |w| w.min(f)));
+            }
+            causes.extend(batch_causes.iter().cloned());
+            if let Some(f) = factor {
+                if self.may_decrease(now) {
+                    let shrink_batch = !batch_causes.is_empty();
+                    self.knobs = self.knobs.decrease(f, shrink_batch, self.bt(), &self.limits, &caps);
+                    if self.knobs.workers != before.workers {
+                        self.workers_changed_at = Some(now);
+                    }
+                    self.last_decrease = Some(now);
+                    self.epoch_open = true;
+                    (Action::Decrease, State::Slowing)
+                } else {
+                    (Action::Hold, State::Slowing)
+                }
+            } else if worst == Class::Calm
+                && !inputs.app_limited
+                && self.hold_until.is_none_or(|h| now >= h)
+            {
+                self.grow(now, inputs, &caps);
+                (Action::Increase, State::Running)
+            } else {
+                (Action::Hold, State::Running)
+            }
+        };
+        if self.hold_until.is_some_and(|h| now >= h) {
+            self.hold_until = None;
+            self.resumed_from.clear();
+        }
+
+        let clamped = self.knobs.clamp(&self.limits, &caps);
+        let mut action = action;
+        if clamped != self.knobs {
+            self.knobs = clamped;
+            if action == Action::Hold {
+                action = Action::Clamp;
+            }
+            for w in &active_windows {
+                causes.push(Cause::Window { window: w.clone() });
+            }
+        }
+        let action = if action == Action::Increase && self.knobs == before {
+            Action::Hold
+        } else {
+            action
+        };
+        self.last_tick = Some(now);
+        Decision {
+            at: now,
+            state,
+            action,
+            before,
+            knobs: self.knobs,
+            causes,
+            windows: active_windows,
+        }
+    }
+
+    /// Fold batch outcomes into the per-row time estimate and the recovery epoch.
+    fn learn(&mut self, inputs: &Inputs) {
+        for b in &inputs.batches {
+            if b.error.is_none() && b.rows > 0 {
+                let spr = b.duration.as_secs_f64() / b.rows as f64;
+                self.secs_per_row = Some(match self.secs_per_row {
+                    None => spr,
+                    Some(old) => 0.8 * old + 0.2 * spr,
+                });
+            }
+            if self.last_decrease.is_some_and(|d| b.started >= d) {
+                self.epoch_open = false;
+            }
+        }
+    }
+
+    fn batch_causes(&self, inputs: &Inputs) -> Vec<Cause> {
+        let mut out = Vec::new();
+        let slowest = inputs
+            .batches
+            .iter()
+            .filter(|b| b.error.is_none())
+            .map(|b| b.duration)
+            .max();
+        if let Some(d) = slowest
+            && d > self.cfg.target_batch_time
+        {
+            out.push(Cause::SlowBatch {
+                duration: d,
+                target: self.cfg.target_batch_time,
+            });
+        }
+        for class in [
+            BatchError::LockTimeout,
+            BatchError::Deadlock,
+            BatchError::StatementTimeout,
+        ] {
+            let count = inputs
+                .batches
+                .iter()
+                .filter(|b| b.error == Some(class))
+                .count();
+            if count > 0 {
+                out.push(Cause::BatchError { error: class, count });
+            }
+        }
+        out
+    }
+
+    /// Batch time at the current size, from the learned per-row time.
+    fn bt(&self) -> f64 {
+        let spr = self
+            .secs_per_row
+            .unwrap_or(self.cfg.target_batch_time.as_secs_f64() / 2.0 / self.limits.batch_size.start as f64);
+        spr * self.knobs.batch_size as f64
+    }
+
+    /// A decrease is allowed once the cooldown has passed and a batch started
+    /// after the previous decrease has completed (the recovery epoch), so one
+    /// bad spell, seen late through a measurement window, cuts only once.
+    fn may_decrease(&self, now: Time) -> bool {
+        match self.last_decrease {
+            None => true,
+            Some(d) => {
+                let since = (now - d).to_std().unwrap_or_default();
+                since >= self.cfg.cooldown && (!self.epoch_open || since >= self.cfg.cooldown * 3)
+            }
+        }
+    }
+
+    fn grow(&mut self, now: Time, inputs: &Inputs, caps: &Caps) {
+        let c = &self.cfg;
+        let l = &self.limits;
+        let mut k = self.knobs;
+        let bt = self.bt().max(1e-6);
+        // Batch: additive, never more than ×1.2 a tick, and never beyond the
+        // size whose predicted duration reaches target_batch_time.
+        let by_step = k.batch_size.saturating_add(c.batch_step);
+        let by_ratio = ((k.batch_size as f64) * 1.2).floor().max(k.batch_size as f64 + 1.0) as u32;
+        let by_time = if inputs.batches.is_empty() && self.secs_per_row.is_none() {
+            u32::MAX
+        } else {
+            ((k.batch_size as f64) * c.target_batch_time.as_secs_f64() / bt).floor() as u32
+        };
+        let batch_max = l.batch_size.max.min(caps.max_batch_size.unwrap_or(u32::MAX));
+        let new_batch = by_step.min(by_ratio).min(by_time).min(batch_max).max(k.batch_size);
+        k.batch_size = new_batch;
+        let sleep_min = l.sleep.min.max(caps.min_sleep.unwrap_or_default());
+        k.sleep = k.sleep.saturating_sub(c.sleep_step).max(sleep_min);
+
+        // One more worker only after a calm spell since the last worker
+        // change, when the per-worker knobs are exhausted, and only while
+        // the workers are busy (app_limited is false here).
+        let workers_max = l.workers.max.min(caps.max_workers.unwrap_or(u32::MAX));
+        let calm_for = self
+            .calm_since
+            .map(|s| (now - s).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        let since_change = self
+            .workers_changed_at
+            .map(|t| (now - t).to_std().unwrap_or_default())
+            .unwrap_or(Duration::MAX);
+        let per_worker_exhausted = k.sleep <= sleep_min && (k.batch_size >= batch_max || k.batch_size >= by_time);
+        if k.workers < workers_max
+            && per_worker_exhausted
+            && calm_for >= c.worker_after
+            && since_change >= c.worker_after
+        {
+            // Add the worker without a jump in rate: raise sleep so the
+            // effective rate grows by at most 20 %.
+            let bt_new = self.secs_per_row.unwrap_or(bt / k.batch_size.max(1) as f64) * k.batch_size as f64;
+            let old_rate = k.rate(bt_new);
+            k.workers += 1;
+            let cycle = (k.workers as f64) * (k.batch_size as f64) / (old_rate * 1.2);
+            let sleep = (cycle - bt_new).max(0.0);
+            k.sleep = Duration::from_secs_f64(sleep)
+                .max(sleep_min)
+                .min(l.sleep.max);
+            self.workers_changed_at = Some(now);
+        }
+        self.knobs = k;
+    }
+
+    fn pause(&mut self, now: Time, key: Vec<String>) -> (Action, State) {
+        match &mut self.mode {
+            Mode::Paused { key: k, .. } => {
+                // Already paused; keep the original cause for the resume
+                // bookkeeping but remember any new ones.
+                for c in key {
+                    if !k.contains(&c) {
+                        k.push(c);
+                    }
+                }
+                (Action::Hold, State::Paused)
+            }
+            Mode::Running => {
+                let in_hold = self.hold_until.is_some_and(|h| now < h);
+                let manual_or_window = key.iter().all(|k| !k.starts_with("signal:"));
+                if in_hold && key.iter().any(|k| self.resumed_from.contains(k)) {
+                    self.resume_scale *= self.cfg.beta;
+                } else if !in_hold {
+                    self.resume_scale = 1.0;
+                }
+                let base = if manual_or_window {
+                    self.knobs
+                } else {
+                    self.last_calm_knobs
+                };
+                self.mode = Mode::Paused {
+                    since: now,
+                    key,
+                    resume_knobs: base,
+                };
+                self.hold_until = None;
+                (Action::Pause, State::Paused)
+            }
+        }
+    }
+
+    fn resume(&mut self, now: Time, knobs: Knobs) {
+        let key = match std::mem::replace(&mut self.mode, Mode::Running) {
+            Mode::Paused { key, .. } => key,
+            Mode::Running => Vec::new(),
+        };
+        let (caps, _) = self.caps_at(now);
+        let mut k = knobs;
+        if self.resume_scale < 1.0 {
+            k = k.decrease(self.resume_scale, true, self.secs_per_row.map_or(self.bt(), |s| s * k.batch_size as f64), &self.limits, &caps);
+        }
+        if k.workers != self.knobs.workers {
+            self.workers_changed_at = Some(now);
+        }
+        self.knobs = k;
+        self.hold_until = Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
+        self.resumed_from = key;
+        self.last_decrease = None;
+        self.epoch_open = false;
+    }
+}
+
+/// How deep a cut a slow reading earns: barely above `slow` cuts a little,
+/// at `stop` cuts by `beta`. Plain AIMD's fixed halving wastes a quarter of
+/// capacity on the sawtooth; a cut proportional to the excursion keeps the
+/// job near the slow level.
+fn slow_factor(beta: f64, value: f64, slow: f64, stop: Option<f64>) -> f64 {
+    let severity = match stop {
+        Some(stop) if stop > slow => ((value - slow) / (stop - slow)).clamp(0.0, 1.0),
+        _ => 1.0,
+    };
+    let mild = 1.0 - (1.0 - beta) * 0.2;
+    mild - (mild - beta) * severity
+}
+
+#[cfg(test)]
+mod tests;

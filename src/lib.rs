@@ -1,0 +1,10 @@
+//! pacer: run long PostgreSQL backfills during business hours without
+//! hurting live traffic. A pure AIMD controller (`controller`) reads
+//! production health (`signals`) and steers an executor against Postgres;
+//! `sim` runs the same controller against a simulated database.
+
+pub mod controller;
+pub mod policy;
+pub mod signals;
+pub mod cli;
+pub mod commands;
