@@ -37,3 +37,43 @@ impl Reading {
         }
     }
 }
+
+/// A source of readings for one signal (Prometheus query, Postgres
+/// built-in, HTTP check, ...). Implementations never fail: a problem is a
+/// missing reading with a reason.
+pub trait Source: Send + Sync {
+    /// The policy's name for the signal.
+    fn name(&self) -> &str;
+    /// Take one reading. The sampler bounds it with the signal's timeout.
+    fn read(&self) -> futures::future::BoxFuture<'_, Reading>;
+}
+
+/// Reads every source concurrently, each bounded by its own timeout, so one
+/// slow source never delays the others or the tick.
+pub struct Sampler {
+    sources: Vec<(Box<dyn Source>, std::time::Duration)>,
+}
+
+impl Sampler {
+    pub fn new(sources: Vec<(Box<dyn Source>, std::time::Duration)>) -> Sampler {
+        Sampler { sources }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
+    /// One reading per source, in the order given to `new`.
+    pub async fn sample(&self) -> Vec<Reading> {
+        let reads = self.sources.iter().map(|(src, timeout)| async move {
+            match tokio::time::timeout(*timeout, src.read()).await {
+                Ok(r) => r,
+                Err(_) => Reading::missing(
+                    format!("no answer within {}", humantime::format_duration(*timeout)),
+                    Utc::now(),
+                ),
+            }
+        });
+        futures::future::join_all(reads).await
+    }
+}
