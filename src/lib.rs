@@ -4,6 +4,7 @@
 //! `sim` runs the same controller against a simulated database.
 
 pub mod controller;
+pub mod history;
 pub mod policy;
 pub mod signals;
 pub mod cli;

@@ -77,3 +77,45 @@ impl Sampler {
         futures::future::join_all(reads).await
     }
 }
+
+/// Connections and settings the signal sources need at run time.
+pub struct Context {
+    /// Pool on the primary (pacer's own connection).
+    pub pool: Option<sqlx::PgPool>,
+}
+
+/// Build the sampler for a policy's `[[signal]]`s, in policy order.
+pub async fn build_sampler(
+    policy: &crate::policy::Policy,
+    _ctx: &Context,
+) -> anyhow::Result<Sampler> {
+    if let Some(s) = policy.signals.first() {
+        anyhow::bail!(
+            "signal {:?}: live signal sources are not available in this build",
+            s.name
+        );
+    }
+    Ok(Sampler::new(Vec::new()))
+}
+
+/// Baselines for relative levels, by signal name: fixed `baseline` keys
+/// first, measured history otherwise.
+pub async fn capture_baselines(
+    policy: &crate::policy::Policy,
+    _ctx: &Context,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for s in &policy.signals {
+        match s.baseline {
+            Some(b) => {
+                out.insert(s.name.clone(), b);
+            }
+            None if s.needs_baseline() => anyhow::bail!(
+                "signal {:?}: relative levels need a measured baseline, which this build cannot capture yet; set `baseline = <number>`",
+                s.name
+            ),
+            None => {}
+        }
+    }
+    Ok(out)
+}
