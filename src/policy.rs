@@ -562,7 +562,18 @@ impl Policy {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Policy, PolicyError> {
-        let file = path.display().to_string();
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        // Name the overrides (never their values: they may hold secrets) so
+        // an error caused by one is not blamed on the file.
+        let file = if env.is_empty() {
+            path.display().to_string()
+        } else {
+            let names: Vec<&str> = env.keys().map(String::as_str).collect();
+            format!("{} (with {})", path.display(), names.join(", "))
+        };
         let one = |key: &str, what: String| PolicyError {
             file: file.clone(),
             problems: vec![(key.to_string(), what)],
@@ -572,10 +583,6 @@ impl Policy {
         // config crate's do not.
         toml::from_str::<toml::Table>(&text)
             .map_err(|e| one("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
         let cfg = config::Config::builder()
             .add_source(config::File::from_str(&text, config::FileFormat::Toml))
             .add_source(
@@ -588,9 +595,8 @@ impl Policy {
             .build()
             .map_err(|e| one("", e.to_string()))?;
         let mut policy: Policy = serde_path_to_error::deserialize(cfg).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            one(&key, describe_serde_error(e.inner()))
+            let (key, msg) = split_serde_error(e.path().to_string(), e.inner());
+            one(&key, msg)
         })?;
         if policy.database.url.is_none() {
             policy.database.url = std::env::var("DATABASE_URL").ok();
@@ -608,9 +614,8 @@ impl Policy {
         let de = toml::Deserializer::parse(text)
             .map_err(|e| one(String::new(), format!("not valid TOML: {}", e.to_string().trim_end())))?;
         let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            one(key, describe_serde_error(e.inner()))
+            let (key, msg) = split_serde_error(e.path().to_string(), e.inner());
+            one(key, msg)
         })?;
         policy.validate(name)?;
         Ok(policy)
@@ -1023,8 +1028,23 @@ fn range_check<T: PartialOrd + Copy>(
     }
 }
 
-/// serde's messages are good but say "field" where a policy author thinks
-/// "key"; unknown keys get a hint that typos are fatal on purpose.
+/// Turn a deserialization error into (key, message). serde's messages are
+/// good but say "field" where a policy author thinks "key", and the config
+/// crate repeats the key at the end; unknown keys get a hint that typos are
+/// fatal on purpose.
+fn split_serde_error(path: String, e: &dyn fmt::Display) -> (String, String) {
+    let mut key = if path == "." { String::new() } else { path };
+    let mut msg = e.to_string();
+    if let Some(i) = msg.find(" for key `") {
+        msg.truncate(i);
+    }
+    if let Some(rest) = msg.strip_prefix("missing configuration field \"") {
+        key = rest.trim_end_matches('"').to_string();
+        msg = "missing key (required)".into();
+    }
+    (key, describe_serde_error(&msg))
+}
+
 fn describe_serde_error(e: &dyn fmt::Display) -> String {
     let msg = e.to_string();
     let msg = msg.replace("unknown field", "unknown key").replace("missing field", "missing key");

@@ -639,6 +639,7 @@ impl Controller {
             self.workers_changed_at = Some(now);
         }
         self.knobs = k;
+        self.last_calm_knobs = k;
         self.hold_until = Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
         self.resumed_from = key;
         self.last_decrease = None;

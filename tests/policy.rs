@@ -1,0 +1,274 @@
+//! Policy files: examples load, bad input gets a precise message naming the
+//! file and key, overrides from the environment apply, nothing panics.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::NaiveDate;
+use pacer::policy::{Level, Policy, local_instant};
+use proptest::prelude::*;
+
+fn demo_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml")).unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Run `pacer check --offline` and return (exit code, stderr+stdout).
+fn check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pacer"));
+    cmd.args(["check", "--offline", "--policy"]).arg(path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn every_shipped_policy_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Policy::load_with_env(&path, []).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "expected at least three example policies, found {n}");
+}
+
+#[test]
+fn check_names_file_key_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "batch_size = { start = 500, min = 50, max = 5000 }",
+            "batch_size = { start = 500, min = 500, max = 100 }",
+            "limits.batch_size: min 500 is greater than max 100",
+        ),
+        (
+            "stop_for = \"10s\"",
+            "stopfor = \"10s\"",
+            "signal[0].stopfor: unknown key `stopfor`",
+        ),
+        ("beta = 0.5", "beta = 1.5", "controller.beta: 1.5 must be between 0 and 1"),
+        ("tick = \"1s\"", "tick = \"1 parsec\"", "controller.tick: invalid value"),
+        (
+            "name = \"demo\"",
+            "",
+            "job.name: missing key",
+        ),
+        (
+            "slow_above = 2.0",
+            "slow_above = 20.0",
+            "signal[1] (replica_lag).slow_above: 20 is above stop_above 10",
+        ),
+        (
+            "postgres = \"replication_lag_seconds\"",
+            "postgres = \"replication_lagg\"",
+            "signal[1] (replica_lag).postgres: unknown built-in \"replication_lagg\"",
+        ),
+        (
+            "lock_timeout = \"2s\"",
+            "lock_timeout = \"0s\"",
+            "limits.lock_timeout: 0 disables the timeout",
+        ),
+        (
+            "update = \"UPDATE",
+            "update = \"UPDATE /* no placeholder */",
+            "",
+        ),
+        (
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Mars/Olympus\"",
+            "job.timezone: \"Mars/Olympus\" is not an IANA time zone",
+        ),
+        (
+            "slow_above = \"baseline * 1.2\"",
+            "slow_above = \"baseline ** 1.2\"",
+            "signal[0].slow_above:",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let text = demo_text();
+        assert!(text.contains(from), "fixture lost {from:?}");
+        let path = write(&dir, "bad.toml", &text.replacen(from, to, 1));
+        let (code, out) = check(&path, &[]);
+        if expect.is_empty() {
+            // Still valid: the change kept $1.
+            assert_eq!(code, 0, "{out}");
+            continue;
+        }
+        assert_eq!(code, 2, "expected exit 2 for {to:?}, got {code}: {out}");
+        assert!(out.contains(&format!("{}: ", path.display())), "no file name in {out:?}");
+        assert!(out.contains(expect), "expected {expect:?} in {out:?}");
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_text()
+        .replace("beta = 0.5", "beta = 0")
+        .replace("read_chunk = 20000", "read_chunk = 10");
+    let path = write(&dir, "two.toml", &text);
+    let (code, out) = check(&path, &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("controller.beta"), "{out}");
+    assert!(out.contains("limits.read_chunk"), "{out}");
+}
+
+#[test]
+fn update_without_placeholder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_text().replace("WHERE id = ANY($1) AND", "WHERE");
+    let path = write(&dir, "nop.toml", &text);
+    let (code, out) = check(&path, &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("job.update: must use $1"), "{out}");
+}
+
+#[test]
+fn environment_overrides_scalar_keys_and_is_named_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "p.toml", &demo_text());
+    let p = Policy::load_with_env(
+        &path,
+        [
+            ("PACER_POLICY__LIMITS__BATCH_SIZE__MAX".to_string(), "2000".to_string()),
+            ("PACER_POLICY__CONTROLLER__TICK".to_string(), "2s".to_string()),
+            ("PACER_LOG_FORMAT".to_string(), "json".to_string()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(p.limits.batch_size.max, 2000);
+    assert_eq!(p.controller.tick, std::time::Duration::from_secs(2));
+
+    let (code, out) = check(&path, &[("PACER_POLICY__LIMITS__BATCH_SIZE__MAX", "10")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("(with PACER_POLICY__LIMITS__BATCH_SIZE__MAX)"), "{out}");
+    assert!(out.contains("limits.batch_size: min 50 is greater than max 10"), "{out}");
+
+    let (code, out) = check(&path, &[("PACER_POLICY__LIMITS__BATCHSIZE", "10")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("unknown key `batchsize`"), "{out}");
+}
+
+#[test]
+fn unreadable_and_non_toml_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = check(&dir.path().join("missing.toml"), &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("missing.toml: cannot read"), "{out}");
+    let path = write(&dir, "g.toml", "garbage = [");
+    let (code, out) = check(&path, &[]);
+    assert_eq!(code, 2);
+    assert!(out.contains("not valid TOML") && out.contains("line 1"), "{out}");
+}
+
+#[test]
+fn levels_parse() {
+    assert_eq!(Level::parse("0.4").unwrap(), Level::Absolute(0.4));
+    assert_eq!(Level::parse("baseline * 1.2").unwrap(), Level::Times(1.2));
+    assert_eq!(Level::parse("Baseline*2").unwrap(), Level::Times(2.0));
+    assert_eq!(Level::parse("baseline + 0.05").unwrap(), Level::Plus(0.05));
+    for bad in ["", "baseline", "baseline / 2", "1.2 * baseline", "baseline * nan", "inf", "baseline * 1 * 2"] {
+        assert!(Level::parse(bad).is_err(), "{bad:?} should not parse");
+    }
+    assert_eq!(Level::Times(1.2).resolve(Some(0.5)), Some(0.6));
+    assert_eq!(Level::Times(1.2).resolve(None), None);
+}
+
+#[test]
+fn windows_follow_local_time_days_dates_and_midnight() {
+    let text = demo_text()
+        + r#"
+[[window]]
+name = "lunch"
+days = ["mon", "tue", "wed", "thu", "fri"]
+from = "12:00"
+until = "13:30"
+max_workers = 1
+
+[[window]]
+name = "night"
+from = "22:00"
+until = "06:00"
+max_batch_size = 100
+
+[[window]]
+name = "sale"
+dates = ["2026-11-27"]
+pause = true
+"#;
+    let p = Policy::from_toml("w.toml", &text).unwrap();
+    let s = p.schedules();
+    let at = |d: u32, h: u32, m: u32| local_instant("Europe/Berlin", NaiveDate::from_ymd_opt(2026, 11, d).unwrap(), h, m).unwrap();
+    // 2026-11-24 is a Tuesday; 2026-11-28 a Saturday.
+    assert!(s[0].contains(at(24, 12, 0)));
+    assert!(s[0].contains(at(24, 13, 29)));
+    assert!(!s[0].contains(at(24, 13, 30)));
+    assert!(!s[0].contains(at(24, 11, 59)));
+    assert!(!s[0].contains(at(28, 12, 30)), "lunch is weekdays only");
+    assert!(s[1].contains(at(24, 23, 0)));
+    assert!(s[1].contains(at(25, 5, 59)), "night wraps past midnight");
+    assert!(!s[1].contains(at(25, 6, 0)));
+    assert!(!s[1].contains(at(24, 21, 59)));
+    assert!(s[2].contains(at(27, 0, 0)) && s[2].contains(at(27, 23, 59)));
+    assert!(!s[2].contains(at(26, 23, 59)) && !s[2].contains(at(28, 0, 0)));
+}
+
+#[test]
+fn fingerprint_tracks_what_touches_rows_only() {
+    let a = Policy::from_toml("a", &demo_text()).unwrap();
+    let b = Policy::from_toml("b", &demo_text().replace("max = 5000", "max = 4000")).unwrap();
+    let c = Policy::from_toml("c", &demo_text().replace("status IS NULL\"", "status IS NULL AND id > 0\"")).unwrap();
+    assert_eq!(a.fingerprint(), b.fingerprint(), "limits may change freely");
+    assert_ne!(a.fingerprint(), c.fingerprint(), "pending changed");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the file holds, loading returns Ok or a described error.
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,400}") {
+        let _ = Policy::from_toml("fuzz.toml", &text);
+    }
+
+    /// Mutations of a valid policy (a line dropped, a value replaced) give
+    /// Ok or an error that names the file.
+    #[test]
+    fn mutated_policy_never_panics(line in 0usize..60, value in prop_oneof![
+        Just("-1".to_string()), Just("\"\"".to_string()), Just("1e400".to_string()),
+        Just("\"nan\"".to_string()), Just("[]".to_string()), Just("{}".to_string()),
+        Just("99999999999999999999".to_string()), Just("\"-5s\"".to_string()),
+        Just("0".to_string()), Just("\"baseline * -1\"".to_string()), ".{0,12}",
+    ], drop in any::<bool>()) {
+        let text = demo_text();
+        let lines: Vec<&str> = text.lines().collect();
+        let i = line % lines.len();
+        let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        if drop {
+            out.remove(i);
+        } else if let Some((k, _)) = lines[i].split_once('=') {
+            out[i] = format!("{k}= {value}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(&dir, "m.toml", &out.join("\n"));
+        if let Err(e) = Policy::load_with_env(&path, []) {
+            prop_assert!(e.to_string().starts_with(&path.display().to_string()));
+        }
+    }
+}
