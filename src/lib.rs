@@ -3,9 +3,9 @@
 //! production health (`signals`) and steers an executor against Postgres;
 //! `sim` runs the same controller against a simulated database.
 
+pub mod cli;
+pub mod commands;
 pub mod controller;
 pub mod history;
 pub mod policy;
 pub mod signals;
-pub mod cli;
-pub mod commands;

@@ -578,7 +578,8 @@ impl Policy {
             file: file.clone(),
             problems: vec![(key.to_string(), what)],
         };
-        let text = std::fs::read_to_string(path).map_err(|e| one("", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| one("", format!("cannot read: {e}")))?;
         // Parse with toml first: its errors carry line and column, which the
         // config crate's do not.
         toml::from_str::<toml::Table>(&text)
@@ -611,8 +612,12 @@ impl Policy {
             file: name.to_string(),
             problems: vec![(key, what)],
         };
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| one(String::new(), format!("not valid TOML: {}", e.to_string().trim_end())))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            one(
+                String::new(),
+                format!("not valid TOML: {}", e.to_string().trim_end()),
+            )
+        })?;
         let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
             let (key, msg) = split_serde_error(e.path().to_string(), e.inner());
             one(key, msg)
@@ -646,7 +651,10 @@ impl Policy {
         {
             err(
                 "job.name",
-                format!("{:?} may only contain letters, digits, '-', '_' and '.'", j.name),
+                format!(
+                    "{:?} may only contain letters, digits, '-', '_' and '.'",
+                    j.name
+                ),
             );
         }
         if j.name.len() > 50 {
@@ -659,12 +667,18 @@ impl Policy {
             );
         }
         if j.update.contains("$2") {
-            err("job.update", "only $1 (the batch's keys) is bound; found $2".into());
+            err(
+                "job.update",
+                "only $1 (the batch's keys) is bound; found $2".into(),
+            );
         }
         if j.timezone.parse::<Tz>().is_err() {
             err(
                 "job.timezone",
-                format!("{:?} is not an IANA time zone (e.g. \"Europe/Berlin\")", j.timezone),
+                format!(
+                    "{:?} is not an IANA time zone (e.g. \"Europe/Berlin\")",
+                    j.timezone
+                ),
             );
         }
         if let Some(mp) = j.max_pause {
@@ -679,7 +693,9 @@ impl Policy {
         }
 
         let l = &self.limits;
-        range_check(&mut err, "limits.batch_size", l.batch_size, |v| v.to_string());
+        range_check(&mut err, "limits.batch_size", l.batch_size, |v| {
+            v.to_string()
+        });
         if l.batch_size.min == 0 {
             err("limits.batch_size", "min must be at least 1".into());
         }
@@ -688,7 +704,10 @@ impl Policy {
             err("limits.workers", "min must be at least 1".into());
         }
         if l.workers.max > 64 {
-            err("limits.workers", format!("max {} is above the supported 64", l.workers.max));
+            err(
+                "limits.workers",
+                format!("max {} is above the supported 64", l.workers.max),
+            );
         }
         let s = l.sleep;
         range_check(
@@ -751,7 +770,10 @@ impl Policy {
             err("controller.batch_step", "must be at least 1".into());
         }
         if c.target_batch_time.is_zero() {
-            err("controller.target_batch_time", "must be greater than 0".into());
+            err(
+                "controller.target_batch_time",
+                "must be greater than 0".into(),
+            );
         } else if !l.statement_timeout.is_zero() && c.target_batch_time >= l.statement_timeout {
             err(
                 "controller.target_batch_time",
@@ -784,7 +806,10 @@ impl Policy {
             if sig.name.trim().is_empty() {
                 err(&k("name"), "must not be empty".into());
             } else if !names.insert(sig.name.clone()) {
-                err(&k("name"), format!("{:?} is used by another signal", sig.name));
+                err(
+                    &k("name"),
+                    format!("{:?} is used by another signal", sig.name),
+                );
             }
             match sig.source() {
                 None => err(
@@ -809,7 +834,10 @@ impl Policy {
             {
                 err(
                     &kk("sim"),
-                    format!("unknown simulated counterpart {h:?}; known: {}", SIM_HINTS.join(", ")),
+                    format!(
+                        "unknown simulated counterpart {h:?}; known: {}",
+                        SIM_HINTS.join(", ")
+                    ),
                 );
             }
             if sig.is_http() {
@@ -840,7 +868,10 @@ impl Policy {
                     );
                 }
             }
-            for (f, lvl) in [("slow_above", sig.slow_above), ("stop_above", sig.stop_above)] {
+            for (f, lvl) in [
+                ("slow_above", sig.slow_above),
+                ("stop_above", sig.stop_above),
+            ] {
                 if let Some(Level::Times(x)) = lvl
                     && x <= 0.0
                 {
@@ -868,7 +899,10 @@ impl Policy {
             if w.name.trim().is_empty() {
                 err(&kk("name"), "must not be empty".into());
             } else if !wnames.insert(w.name.clone()) {
-                err(&kk("name"), format!("{:?} is used by another window", w.name));
+                err(
+                    &kk("name"),
+                    format!("{:?} is used by another window", w.name),
+                );
             }
             if let Err(e) = w.schedule(&self.job.timezone) {
                 let (f, m) = e;
@@ -1047,7 +1081,9 @@ fn split_serde_error(path: String, e: &dyn fmt::Display) -> (String, String) {
 
 fn describe_serde_error(e: &dyn fmt::Display) -> String {
     let msg = e.to_string();
-    let msg = msg.replace("unknown field", "unknown key").replace("missing field", "missing key");
+    let msg = msg
+        .replace("unknown field", "unknown key")
+        .replace("missing field", "missing key");
     if msg.starts_with("unknown key") {
         format!("{msg} (unknown keys are errors so a typo cannot silently disable a limit)")
     } else {

@@ -72,12 +72,13 @@ fn setup() -> impl Strategy<Value = Setup> {
         let (min, max) = (a.min(b), a.max(b));
         (min + ((max - min) as f64 * f) as u64, min, max)
     });
-    let sig = (0.5f64..5.0, 0.0f64..5.0, 0u64..=8, 0u8..3).prop_map(|(slow, extra, stop_for, m)| Sig {
-        slow,
-        stop: slow + extra,
-        stop_for,
-        on_missing: [OnMissing::Pause, OnMissing::Hold, OnMissing::Ignore][m as usize],
-    });
+    let sig =
+        (0.5f64..5.0, 0.0f64..5.0, 0u64..=8, 0u8..3).prop_map(|(slow, extra, stop_for, m)| Sig {
+            slow,
+            stop: slow + extra,
+            stop_for,
+            on_missing: [OnMissing::Pause, OnMissing::Hold, OnMissing::Ignore][m as usize],
+        });
     let window = proptest::option::of((
         0u32..4,
         1u32..4,
@@ -87,27 +88,46 @@ fn setup() -> impl Strategy<Value = Setup> {
     ));
     (
         (range_u32(1, 5000), sleep, range_u32(1, 8)),
-        (0.2f64..0.9, 0u64..10, 1u64..30, 0u64..30, 1u64..10, 0u64..20, 200u64..2000),
+        (
+            0.2f64..0.9,
+            0u64..10,
+            1u64..30,
+            0u64..30,
+            1u64..10,
+            0u64..20,
+            200u64..2000,
+        ),
         proptest::collection::vec(sig, 1..=3),
         window,
     )
-        .prop_map(|((batch, sleep_ms, workers), (beta, cooldown, ra, hold, grace, wa, target), signals, window)| Setup {
-            batch,
-            sleep_ms,
-            workers,
-            beta,
-            cooldown,
-            resume_after: ra,
-            hold_after_resume: hold,
-            missing_grace: grace,
-            worker_after: wa,
-            target_ms: target,
-            signals,
-            window: window.map(|(from, len, b, w, s)| {
-                let w = if b.is_none() && s.is_none() { w.or(Some(1)) } else { w };
-                (from, from + len, b, w, s)
-            }),
-        })
+        .prop_map(
+            |(
+                (batch, sleep_ms, workers),
+                (beta, cooldown, ra, hold, grace, wa, target),
+                signals,
+                window,
+            )| Setup {
+                batch,
+                sleep_ms,
+                workers,
+                beta,
+                cooldown,
+                resume_after: ra,
+                hold_after_resume: hold,
+                missing_grace: grace,
+                worker_after: wa,
+                target_ms: target,
+                signals,
+                window: window.map(|(from, len, b, w, s)| {
+                    let w = if b.is_none() && s.is_none() {
+                        w.or(Some(1))
+                    } else {
+                        w
+                    };
+                    (from, from + len, b, w, s)
+                }),
+            },
+        )
 }
 
 /// Traces are runs of ticks with the same classes, so sustained states occur.
@@ -122,9 +142,18 @@ fn trace(n_signals: usize) -> impl Strategy<Value = Vec<Tick>> {
         proptest::collection::vec((class, 0.0f64..1.0), n_signals),
         1usize..25,
         proptest::collection::vec(
-            (10u64..3000, 1u64..5000, proptest::option::weighted(0.1, prop_oneof![
-                Just(BatchError::LockTimeout), Just(BatchError::Deadlock), Just(BatchError::StatementTimeout)
-            ])),
+            (
+                10u64..3000,
+                1u64..5000,
+                proptest::option::weighted(
+                    0.1,
+                    prop_oneof![
+                        Just(BatchError::LockTimeout),
+                        Just(BatchError::Deadlock),
+                        Just(BatchError::StatementTimeout)
+                    ],
+                ),
+            ),
             0..3,
         ),
         proptest::bool::weighted(0.1),
@@ -195,7 +224,8 @@ fn policy(s: &Setup) -> Policy {
             pause: false,
             max_batch_size: b.map(|b| b.max(s.batch.1)),
             max_workers: w.map(|w| w.max(s.workers.1)),
-            min_sleep: sl.map(|x| Duration::from_millis(x).min(Duration::from_millis(s.sleep_ms.2))),
+            min_sleep: sl
+                .map(|x| Duration::from_millis(x).min(Duration::from_millis(s.sleep_ms.2))),
         })
         .collect();
     p.validate("generated").unwrap();
@@ -206,7 +236,9 @@ fn policy(s: &Setup) -> Policy {
 fn value(sig: &Sig, (class, pos): (Class, f64)) -> Option<f64> {
     match class {
         Class::Calm => Some(sig.slow * pos),
-        Class::Slow if sig.stop > sig.slow => Some(sig.slow + (sig.stop - sig.slow) * pos.max(1e-6)),
+        Class::Slow if sig.stop > sig.slow => {
+            Some(sig.slow + (sig.stop - sig.slow) * pos.max(1e-6))
+        }
         Class::Slow => Some(sig.slow * pos),
         Class::Stop => Some(sig.stop * (1.0 + pos) + 1e-6),
         Class::Missing => None,
@@ -226,7 +258,12 @@ fn run(s: &Setup, ticks: &[Tick]) -> (Policy, Run) {
     let mut values = Vec::new();
     for (i, t) in ticks.iter().enumerate() {
         let now = t0() + chrono::Duration::seconds(i as i64);
-        let vals: Vec<Option<f64>> = s.signals.iter().zip(&t.values).map(|(g, v)| value(g, *v)).collect();
+        let vals: Vec<Option<f64>> = s
+            .signals
+            .iter()
+            .zip(&t.values)
+            .map(|(g, v)| value(g, *v))
+            .collect();
         let inputs = Inputs {
             readings: vals
                 .iter()
@@ -258,7 +295,9 @@ fn run(s: &Setup, ticks: &[Tick]) -> (Policy, Run) {
 }
 
 fn grew(before: &Knobs, after: &Knobs) -> bool {
-    after.batch_size > before.batch_size || after.workers > before.workers || after.sleep < before.sleep
+    after.batch_size > before.batch_size
+        || after.workers > before.workers
+        || after.sleep < before.sleep
 }
 
 proptest! {
@@ -423,7 +462,12 @@ fn repeated_trip_during_hold_resumes_lower() {
         missing_grace: 5,
         worker_after: 10,
         target_ms: 1000,
-        signals: vec![Sig { slow: 1.0, stop: 2.0, stop_for: 0, on_missing: OnMissing::Pause }],
+        signals: vec![Sig {
+            slow: 1.0,
+            stop: 2.0,
+            stop_for: 0,
+            on_missing: OnMissing::Pause,
+        }],
         window: None,
     };
     let tick = |c: Class| Tick {
@@ -438,10 +482,20 @@ fn repeated_trip_during_hold_resumes_lower() {
     ticks.push(tick(Class::Stop)); // same cause during the hold
     ticks.extend(vec![tick(Class::Calm); 6]);
     let (_, r) = run(&s, &ticks);
-    let resumes: Vec<&Decision> = r.decisions.iter().filter(|d| d.action == Action::Resume).collect();
+    let resumes: Vec<&Decision> = r
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Resume)
+        .collect();
     assert_eq!(resumes.len(), 2, "{:#?}", r.decisions);
     let (a, b) = (resumes[0].knobs, resumes[1].knobs);
-    assert_eq!(a, r.decisions[2].before, "first resume: the knobs of the last calm tick");
+    assert_eq!(
+        a, r.decisions[2].before,
+        "first resume: the knobs of the last calm tick"
+    );
     let rate = |k: Knobs| k.rate(0.2);
-    assert!(rate(b) <= rate(a) * 0.5 * 1.05, "second resume at ~beta × those knobs: {a:?} then {b:?}");
+    assert!(
+        rate(b) <= rate(a) * 0.5 * 1.05,
+        "second resume at ~beta × those knobs: {a:?} then {b:?}"
+    );
 }

@@ -9,7 +9,8 @@ use pacer::policy::{Level, Policy, local_instant};
 use proptest::prelude::*;
 
 fn demo_text() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml")).unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/demo.toml"))
+        .unwrap()
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
@@ -45,7 +46,10 @@ fn every_shipped_policy_is_valid() {
             n += 1;
         }
     }
-    assert!(n >= 3, "expected at least three example policies, found {n}");
+    assert!(
+        n >= 3,
+        "expected at least three example policies, found {n}"
+    );
 }
 
 #[test]
@@ -62,13 +66,17 @@ fn check_names_file_key_and_problem() {
             "stopfor = \"10s\"",
             "signal[0].stopfor: unknown key `stopfor`",
         ),
-        ("beta = 0.5", "beta = 1.5", "controller.beta: 1.5 must be between 0 and 1"),
-        ("tick = \"1s\"", "tick = \"1 parsec\"", "controller.tick: invalid value"),
         (
-            "name = \"demo\"",
-            "",
-            "job.name: missing key",
+            "beta = 0.5",
+            "beta = 1.5",
+            "controller.beta: 1.5 must be between 0 and 1",
         ),
+        (
+            "tick = \"1s\"",
+            "tick = \"1 parsec\"",
+            "controller.tick: invalid value",
+        ),
+        ("name = \"demo\"", "", "job.name: missing key"),
         (
             "slow_above = 2.0",
             "slow_above = 20.0",
@@ -111,7 +119,10 @@ fn check_names_file_key_and_problem() {
             continue;
         }
         assert_eq!(code, 2, "expected exit 2 for {to:?}, got {code}: {out}");
-        assert!(out.contains(&format!("{}: ", path.display())), "no file name in {out:?}");
+        assert!(
+            out.contains(&format!("{}: ", path.display())),
+            "no file name in {out:?}"
+        );
         assert!(out.contains(expect), "expected {expect:?} in {out:?}");
     }
 }
@@ -146,8 +157,14 @@ fn environment_overrides_scalar_keys_and_is_named_in_errors() {
     let p = Policy::load_with_env(
         &path,
         [
-            ("PACER_POLICY__LIMITS__BATCH_SIZE__MAX".to_string(), "2000".to_string()),
-            ("PACER_POLICY__CONTROLLER__TICK".to_string(), "2s".to_string()),
+            (
+                "PACER_POLICY__LIMITS__BATCH_SIZE__MAX".to_string(),
+                "2000".to_string(),
+            ),
+            (
+                "PACER_POLICY__CONTROLLER__TICK".to_string(),
+                "2s".to_string(),
+            ),
             ("PACER_LOG_FORMAT".to_string(), "json".to_string()),
         ],
     )
@@ -157,8 +174,14 @@ fn environment_overrides_scalar_keys_and_is_named_in_errors() {
 
     let (code, out) = check(&path, &[("PACER_POLICY__LIMITS__BATCH_SIZE__MAX", "10")]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("(with PACER_POLICY__LIMITS__BATCH_SIZE__MAX)"), "{out}");
-    assert!(out.contains("limits.batch_size: min 50 is greater than max 10"), "{out}");
+    assert!(
+        out.contains("(with PACER_POLICY__LIMITS__BATCH_SIZE__MAX)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("limits.batch_size: min 50 is greater than max 10"),
+        "{out}"
+    );
 
     let (code, out) = check(&path, &[("PACER_POLICY__LIMITS__BATCHSIZE", "10")]);
     assert_eq!(code, 2, "{out}");
@@ -174,7 +197,10 @@ fn unreadable_and_non_toml_files() {
     let path = write(&dir, "g.toml", "garbage = [");
     let (code, out) = check(&path, &[]);
     assert_eq!(code, 2);
-    assert!(out.contains("not valid TOML") && out.contains("line 1"), "{out}");
+    assert!(
+        out.contains("not valid TOML") && out.contains("line 1"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -183,7 +209,15 @@ fn levels_parse() {
     assert_eq!(Level::parse("baseline * 1.2").unwrap(), Level::Times(1.2));
     assert_eq!(Level::parse("Baseline*2").unwrap(), Level::Times(2.0));
     assert_eq!(Level::parse("baseline + 0.05").unwrap(), Level::Plus(0.05));
-    for bad in ["", "baseline", "baseline / 2", "1.2 * baseline", "baseline * nan", "inf", "baseline * 1 * 2"] {
+    for bad in [
+        "",
+        "baseline",
+        "baseline / 2",
+        "1.2 * baseline",
+        "baseline * nan",
+        "inf",
+        "baseline * 1 * 2",
+    ] {
         assert!(Level::parse(bad).is_err(), "{bad:?} should not parse");
     }
     assert_eq!(Level::Times(1.2).resolve(Some(0.5)), Some(0.6));
@@ -214,7 +248,15 @@ pause = true
 "#;
     let p = Policy::from_toml("w.toml", &text).unwrap();
     let s = p.schedules();
-    let at = |d: u32, h: u32, m: u32| local_instant("Europe/Berlin", NaiveDate::from_ymd_opt(2026, 11, d).unwrap(), h, m).unwrap();
+    let at = |d: u32, h: u32, m: u32| {
+        local_instant(
+            "Europe/Berlin",
+            NaiveDate::from_ymd_opt(2026, 11, d).unwrap(),
+            h,
+            m,
+        )
+        .unwrap()
+    };
     // 2026-11-24 is a Tuesday; 2026-11-28 a Saturday.
     assert!(s[0].contains(at(24, 12, 0)));
     assert!(s[0].contains(at(24, 13, 29)));
@@ -233,7 +275,11 @@ pause = true
 fn fingerprint_tracks_what_touches_rows_only() {
     let a = Policy::from_toml("a", &demo_text()).unwrap();
     let b = Policy::from_toml("b", &demo_text().replace("max = 5000", "max = 4000")).unwrap();
-    let c = Policy::from_toml("c", &demo_text().replace("status IS NULL\"", "status IS NULL AND id > 0\"")).unwrap();
+    let c = Policy::from_toml(
+        "c",
+        &demo_text().replace("status IS NULL\"", "status IS NULL AND id > 0\""),
+    )
+    .unwrap();
     assert_eq!(a.fingerprint(), b.fingerprint(), "limits may change freely");
     assert_ne!(a.fingerprint(), c.fingerprint(), "pending changed");
 }

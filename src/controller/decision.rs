@@ -162,14 +162,23 @@ impl std::fmt::Display for Cause {
                 missing_for,
                 on_missing,
             } => {
-                write!(f, "{signal} missing for {} ({reason})", fmt_dur(*missing_for))?;
+                write!(
+                    f,
+                    "{signal} missing for {} ({reason})",
+                    fmt_dur(*missing_for)
+                )?;
                 match on_missing {
                     None => write!(f, ", within grace"),
                     Some(m) => write!(f, ", on_missing = {}", format!("{m:?}").to_lowercase()),
                 }
             }
             Cause::SlowBatch { duration, target } => {
-                write!(f, "batch took {} > target {}", fmt_dur(*duration), fmt_dur(*target))
+                write!(
+                    f,
+                    "batch took {} > target {}",
+                    fmt_dur(*duration),
+                    fmt_dur(*target)
+                )
             }
             Cause::BatchError { error, count } => write!(f, "{count}× {}", error.as_str()),
             Cause::Manual { by, reason } => write!(f, "paused by {by}: {reason}"),
@@ -195,7 +204,11 @@ pub struct Decision {
 impl Decision {
     /// Whether this decision is worth a log line: the state or knobs moved.
     pub fn changed(&self) -> bool {
-        self.before != self.knobs || matches!(self.action, Action::Pause | Action::Resume | Action::Decrease | Action::Clamp)
+        self.before != self.knobs
+            || matches!(
+                self.action,
+                Action::Pause | Action::Resume | Action::Decrease | Action::Clamp
+            )
     }
 
     /// One sentence for an operator, e.g. `slowing down: checkout_p95 0.41 >
@@ -214,7 +227,14 @@ impl Decision {
         let mut s = verb.to_string();
         if !self.causes.is_empty() {
             s.push_str(": ");
-            s.push_str(&self.causes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
+            s.push_str(
+                &self
+                    .causes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
         }
         let delta = knob_delta(&self.before, &self.knobs);
         if !delta.is_empty() {
@@ -247,9 +267,15 @@ pub fn fmt_dur(d: Duration) -> String {
         format!("{ms}ms")
     } else if ms < 60_000 {
         let s = d.as_secs_f64();
-        if (s - s.round()).abs() < 0.05 { format!("{}s", s.round()) } else { format!("{s:.1}s") }
+        if (s - s.round()).abs() < 0.05 {
+            format!("{}s", s.round())
+        } else {
+            format!("{s:.1}s")
+        }
     } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string().replace(' ', "")
+        humantime::format_duration(Duration::from_secs(d.as_secs()))
+            .to_string()
+            .replace(' ', "")
     }
 }
 

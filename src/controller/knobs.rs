@@ -57,9 +57,21 @@ impl Knobs {
     /// Clamp to the policy limits and the windows' caps. Caps only ever
     /// tighten: a window cannot raise a limit.
     pub fn clamp(&self, l: &Limits, caps: &Caps) -> Knobs {
-        let bmax = l.batch_size.max.min(caps.max_batch_size.unwrap_or(u32::MAX)).max(l.batch_size.min);
-        let wmax = l.workers.max.min(caps.max_workers.unwrap_or(u32::MAX)).max(l.workers.min);
-        let smin = l.sleep.min.max(caps.min_sleep.unwrap_or_default()).min(l.sleep.max);
+        let bmax = l
+            .batch_size
+            .max
+            .min(caps.max_batch_size.unwrap_or(u32::MAX))
+            .max(l.batch_size.min);
+        let wmax = l
+            .workers
+            .max
+            .min(caps.max_workers.unwrap_or(u32::MAX))
+            .max(l.workers.min);
+        let smin = l
+            .sleep
+            .min
+            .max(caps.min_sleep.unwrap_or_default())
+            .min(l.sleep.max);
         Knobs {
             batch_size: self.batch_size.clamp(l.batch_size.min, bmax),
             sleep: self.sleep.clamp(smin, l.sleep.max),
@@ -75,16 +87,32 @@ impl Knobs {
     /// still happens only once, not once per knob.
     ///
     /// `batch_secs` is the expected duration of a batch at the current size.
-    pub fn decrease(&self, factor: f64, shrink_batch: bool, batch_secs: f64, l: &Limits, caps: &Caps) -> Knobs {
+    pub fn decrease(
+        &self,
+        factor: f64,
+        shrink_batch: bool,
+        batch_secs: f64,
+        l: &Limits,
+        caps: &Caps,
+    ) -> Knobs {
         let factor = factor.clamp(0.01, 1.0);
         let start = self.clamp(l, caps);
         let b0 = start.batch_size.max(1) as f64;
         let per_row = (batch_secs / b0).max(0.0);
         let target = start.rate(batch_secs) * factor;
-        let smin = l.sleep.min.max(caps.min_sleep.unwrap_or_default()).min(l.sleep.max).as_secs_f64();
+        let smin = l
+            .sleep
+            .min
+            .max(caps.min_sleep.unwrap_or_default())
+            .min(l.sleep.max)
+            .as_secs_f64();
         let smax = l.sleep.max.as_secs_f64();
 
-        let mut b = if shrink_batch { (b0 * factor).floor() } else { b0 };
+        let mut b = if shrink_batch {
+            (b0 * factor).floor()
+        } else {
+            b0
+        };
         b = b.clamp(l.batch_size.min as f64, b0);
         let mut w = start.workers as f64;
         let wmin = l.workers.min as f64;
@@ -100,7 +128,11 @@ impl Knobs {
                 // Still too fast at min workers and max sleep: smaller batches.
                 s = smax;
                 let denom = w - target * per_row;
-                b = if denom > 0.0 { (target * smax / denom).floor() } else { l.batch_size.min as f64 };
+                b = if denom > 0.0 {
+                    (target * smax / denom).floor()
+                } else {
+                    l.batch_size.min as f64
+                };
                 b = b.clamp(l.batch_size.min as f64, b0);
             }
         }

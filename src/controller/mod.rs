@@ -133,17 +133,18 @@ impl Controller {
         let mut signals = Vec::new();
         for s in &policy.signals {
             let baseline = baselines.get(&s.name).copied().or(s.baseline);
-            let resolve = |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
-                match lvl {
-                    None => Ok(None),
-                    Some(l) => l.resolve(baseline).map(Some).ok_or_else(|| {
-                        ControllerError::MissingBaseline {
-                            signal: s.name.clone(),
-                            level: l.to_string(),
-                        }
-                    }),
-                }
-            };
+            let resolve =
+                |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
+                    match lvl {
+                        None => Ok(None),
+                        Some(l) => l.resolve(baseline).map(Some).ok_or_else(|| {
+                            ControllerError::MissingBaseline {
+                                signal: s.name.clone(),
+                                level: l.to_string(),
+                            }
+                        }),
+                    }
+                };
             let (slow, stop) = if s.is_http() {
                 // 0 = 2xx, 1 = anything else: stop at once.
                 (None, Some(0.5))
@@ -288,16 +289,17 @@ impl Controller {
                 }
                 Some(v) => {
                     track.missing_since = None;
-                    let signal_cause = |level: &'static str, threshold: f64, expr: &Option<String>| {
-                        Cause::Signal {
-                            signal: sig.name.clone(),
-                            value: v,
-                            level,
-                            threshold,
-                            expr: expr.clone(),
-                            baseline: sig.baseline,
-                        }
-                    };
+                    let signal_cause =
+                        |level: &'static str, threshold: f64, expr: &Option<String>| {
+                            Cause::Signal {
+                                signal: sig.name.clone(),
+                                value: v,
+                                level,
+                                threshold,
+                                expr: expr.clone(),
+                                baseline: sig.baseline,
+                            }
+                        };
                     match (sig.stop, sig.slow) {
                         (Some(stop), _) if v > stop => {
                             let since = *track.above_stop_since.get_or_insert(now);
@@ -350,7 +352,9 @@ impl Controller {
             for (name, _, c) in &self.windows {
                 if c.pause && active_windows.contains(name) {
                     pause_key.push(format!("window:{name}"));
-                    pause_causes.push(Cause::Window { window: name.clone() });
+                    pause_causes.push(Cause::Window {
+                        window: name.clone(),
+                    });
                 }
             }
         }
@@ -363,8 +367,7 @@ impl Controller {
             .iter()
             .filter(|c| match c {
                 Cause::Signal { signal, level, .. } => {
-                    *level == "stop"
-                        && pause_key.iter().any(|k| k == &format!("signal:{signal}"))
+                    *level == "stop" && pause_key.iter().any(|k| k == &format!("signal:{signal}"))
                 }
                 Cause::Missing { on_missing, .. } => *on_missing == Some(OnMissing::Pause),
                 _ => false,
@@ -413,7 +416,9 @@ impl Controller {
             if let Some(f) = factor {
                 if self.may_decrease(now) {
                     let shrink_batch = !batch_causes.is_empty();
-                    self.knobs = self.knobs.decrease(f, shrink_batch, self.bt(), &self.limits, &caps);
+                    self.knobs =
+                        self.knobs
+                            .decrease(f, shrink_batch, self.bt(), &self.limits, &caps);
                     if self.knobs.workers != before.workers {
                         self.workers_changed_at = Some(now);
                     }
@@ -509,7 +514,10 @@ impl Controller {
                 .filter(|b| b.error == Some(class))
                 .count();
             if count > 0 {
-                out.push(Cause::BatchError { error: class, count });
+                out.push(Cause::BatchError {
+                    error: class,
+                    count,
+                });
             }
         }
         out
@@ -517,9 +525,9 @@ impl Controller {
 
     /// Batch time at the current size, from the learned per-row time.
     fn bt(&self) -> f64 {
-        let spr = self
-            .secs_per_row
-            .unwrap_or(self.cfg.target_batch_time.as_secs_f64() / 2.0 / self.limits.batch_size.start as f64);
+        let spr = self.secs_per_row.unwrap_or(
+            self.cfg.target_batch_time.as_secs_f64() / 2.0 / self.limits.batch_size.start as f64,
+        );
         spr * self.knobs.batch_size as f64
     }
 
@@ -544,14 +552,23 @@ impl Controller {
         // Batch: additive, never more than ×1.2 a tick, and never beyond the
         // size whose predicted duration reaches target_batch_time.
         let by_step = k.batch_size.saturating_add(c.batch_step);
-        let by_ratio = ((k.batch_size as f64) * 1.2).floor().max(k.batch_size as f64 + 1.0) as u32;
+        let by_ratio = ((k.batch_size as f64) * 1.2)
+            .floor()
+            .max(k.batch_size as f64 + 1.0) as u32;
         let by_time = if inputs.batches.is_empty() && self.secs_per_row.is_none() {
             u32::MAX
         } else {
             ((k.batch_size as f64) * c.target_batch_time.as_secs_f64() / bt).floor() as u32
         };
-        let batch_max = l.batch_size.max.min(caps.max_batch_size.unwrap_or(u32::MAX));
-        let new_batch = by_step.min(by_ratio).min(by_time).min(batch_max).max(k.batch_size);
+        let batch_max = l
+            .batch_size
+            .max
+            .min(caps.max_batch_size.unwrap_or(u32::MAX));
+        let new_batch = by_step
+            .min(by_ratio)
+            .min(by_time)
+            .min(batch_max)
+            .max(k.batch_size);
         k.batch_size = new_batch;
         let sleep_min = l.sleep.min.max(caps.min_sleep.unwrap_or_default());
         k.sleep = k.sleep.saturating_sub(c.sleep_step).max(sleep_min);
@@ -568,7 +585,8 @@ impl Controller {
             .workers_changed_at
             .map(|t| (now - t).to_std().unwrap_or_default())
             .unwrap_or(Duration::MAX);
-        let per_worker_exhausted = k.sleep <= sleep_min && (k.batch_size >= batch_max || k.batch_size >= by_time);
+        let per_worker_exhausted =
+            k.sleep <= sleep_min && (k.batch_size >= batch_max || k.batch_size >= by_time);
         if k.workers < workers_max
             && per_worker_exhausted
             && calm_for >= c.worker_after
@@ -576,7 +594,8 @@ impl Controller {
         {
             // Add the worker without a jump in rate: raise sleep so the
             // effective rate grows by at most 20 %.
-            let bt_new = self.secs_per_row.unwrap_or(bt / k.batch_size.max(1) as f64) * k.batch_size as f64;
+            let bt_new =
+                self.secs_per_row.unwrap_or(bt / k.batch_size.max(1) as f64) * k.batch_size as f64;
             let old_rate = k.rate(bt_new);
             k.workers += 1;
             let cycle = (k.workers as f64) * (k.batch_size as f64) / (old_rate * 1.2);
@@ -633,14 +652,22 @@ impl Controller {
         let (caps, _) = self.caps_at(now);
         let mut k = knobs;
         if self.resume_scale < 1.0 {
-            k = k.decrease(self.resume_scale, true, self.secs_per_row.map_or(self.bt(), |s| s * k.batch_size as f64), &self.limits, &caps);
+            k = k.decrease(
+                self.resume_scale,
+                true,
+                self.secs_per_row
+                    .map_or(self.bt(), |s| s * k.batch_size as f64),
+                &self.limits,
+                &caps,
+            );
         }
         if k.workers != self.knobs.workers {
             self.workers_changed_at = Some(now);
         }
         self.knobs = k;
         self.last_calm_knobs = k;
-        self.hold_until = Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
+        self.hold_until =
+            Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
         self.resumed_from = key;
         self.last_decrease = None;
         self.epoch_open = false;

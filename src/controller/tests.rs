@@ -1,1 +1,154 @@
-//! Unit tests of the controller rules; properties live in tests/controller_props.rs.
+//! Example-based tests of the controller's arithmetic and explanations;
+//! the rules' properties over random traces live in tests/controller_props.rs.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::policy::Policy;
+use crate::signals::Reading;
+
+const DEMO: &str = include_str!("../../policies/demo.toml");
+
+fn limits() -> Limits {
+    Policy::from_toml("demo.toml", DEMO).unwrap().limits
+}
+
+fn knobs(b: u32, sleep_ms: u64, w: u32) -> Knobs {
+    Knobs {
+        batch_size: b,
+        sleep: Duration::from_millis(sleep_ms),
+        workers: w,
+    }
+}
+
+#[test]
+fn decrease_cuts_the_effective_rate_once() {
+    let l = limits();
+    let k = knobs(1000, 200, 4);
+    let bt = 0.5;
+    for f in [0.5, 0.7, 0.9] {
+        let d = k.decrease(f, false, bt, &l, &Caps::default());
+        let ratio = d.rate(bt) / k.rate(bt);
+        // Sleep is continuous, so the cut lands on target (Duration rounding aside).
+        assert!(
+            (ratio - f).abs() < 0.01,
+            "factor {f}: got {ratio} with {d:?}"
+        );
+    }
+}
+
+#[test]
+fn decrease_with_batch_shrink_is_still_one_cut() {
+    let l = limits();
+    let k = knobs(2000, 100, 2);
+    let bt = 1.0;
+    let d = k.decrease(0.5, true, bt, &l, &Caps::default());
+    assert_eq!(d.batch_size, 1000);
+    let bt_new = bt * 0.5;
+    let ratio = d.rate(bt_new) / k.rate(bt);
+    assert!(
+        (ratio - 0.5).abs() < 0.01,
+        "one cut of beta, not beta twice: {ratio} {d:?}"
+    );
+}
+
+#[test]
+fn decrease_drops_workers_once_sleep_is_exhausted() {
+    let l = limits();
+    let k = knobs(1000, 4900, 8);
+    let d = k.decrease(0.5, false, 0.5, &l, &Caps::default());
+    assert!(d.workers < 8, "{d:?}");
+    assert!(d.rate(0.5) <= k.rate(0.5) * 0.5 * 1.01, "{d:?}");
+}
+
+#[test]
+fn clamp_respects_window_caps() {
+    let l = limits();
+    let caps = Caps {
+        pause: false,
+        max_batch_size: Some(300),
+        max_workers: Some(1),
+        min_sleep: Some(Duration::from_millis(500)),
+    };
+    let k = knobs(5000, 0, 8).clamp(&l, &caps);
+    assert_eq!(k, knobs(300, 500, 1));
+}
+
+fn at(s: i64) -> Time {
+    Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap() + chrono::Duration::seconds(s)
+}
+
+#[test]
+fn decision_explains_relative_level_with_baseline() {
+    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let mut c = Controller::new(&p, &baselines).unwrap();
+    let inputs = Inputs {
+        // slow = 0.396, stop = 0.495.
+        readings: vec![Reading::value(0.41, at(0)), Reading::value(0.5, at(0))],
+        ..Default::default()
+    };
+    let d = c.step(at(0), &inputs);
+    assert_eq!(d.action, Action::Decrease);
+    assert_eq!(d.state, State::Slowing);
+    let s = d.summary();
+    assert!(
+        s.starts_with("slowing down: checkout_p95 0.41 > slow 0.396 (baseline 0.33 * 1.2)"),
+        "{s}"
+    );
+    assert!(s.contains("; sleep 200ms→"), "{s}");
+}
+
+#[test]
+fn relative_level_without_baseline_is_an_error() {
+    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    let e = Controller::new(&p, &BTreeMap::new()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "signal \"checkout_p95\": baseline * 1.2 is relative to a baseline, but no baseline was captured"
+    );
+}
+
+#[test]
+fn missing_reading_holds_then_pauses_after_grace() {
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.remove(0);
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let miss = |t| Inputs {
+        readings: vec![Reading::missing("replica unreachable", at(t))],
+        ..Default::default()
+    };
+    let d = c.step(at(0), &miss(0));
+    assert_eq!((d.state, d.action), (State::Running, Action::Hold));
+    assert!(
+        d.summary()
+            .contains("replica_lag missing for 0ms (replica unreachable), within grace")
+    );
+    let d = c.step(at(15), &miss(15));
+    assert_eq!((d.state, d.action), (State::Paused, Action::Pause));
+    assert!(
+        d.summary().contains("on_missing = pause"),
+        "{}",
+        d.summary()
+    );
+}
+
+#[test]
+fn stale_reading_counts_as_missing() {
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.remove(0);
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    // A value observed 20 s ago is older than missing_grace (15 s).
+    let d = c.step(
+        at(20),
+        &Inputs {
+            readings: vec![Reading::value(0.1, at(0))],
+            ..Default::default()
+        },
+    );
+    assert_eq!(d.action, Action::Hold);
+    assert!(matches!(d.causes[0], Cause::Missing { .. }), "{d:?}");
+}
