@@ -36,9 +36,12 @@ struct Setup {
     worker_after: u64,
     target_ms: u64,
     signals: Vec<Sig>,
-    /// A capping window: (from minute, until minute) after t0, caps.
-    window: Option<(u32, u32, Option<u32>, Option<u32>, Option<u64>)>,
+    window: Option<WindowSpec>,
 }
+
+/// A capping window: from minute, until minute (after 10:00), max batch,
+/// max workers, min sleep (ms).
+type WindowSpec = (u32, u32, Option<u32>, Option<u32>, Option<u64>);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Class {
@@ -421,10 +424,11 @@ proptest! {
                     prop_assert!(!grew(&expected, &d.knobs), "tick {i}: resumed above the remembered knobs");
                 }
                 hold_until = Some(i + s.hold_after_resume as usize);
-            } else if let Some(h) = hold_until {
-                if i < h && d.state != State::Paused {
-                    prop_assert!(!grew(&d.before, &d.knobs), "tick {i}: grew during hold after resume: {d:?}");
-                }
+            } else if let Some(h) = hold_until
+                && i < h
+                && d.state != State::Paused
+            {
+                prop_assert!(!grew(&d.before, &d.knobs), "tick {i}: grew during hold after resume: {d:?}");
             }
         }
     }
