@@ -6,6 +6,8 @@
 pub mod controller;
 pub mod history;
 pub mod policy;
+pub mod report;
 pub mod signals;
+pub mod telemetry;
 pub mod cli;
 pub mod commands;
