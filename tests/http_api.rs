@@ -141,7 +141,12 @@ async fn start(token: Option<&str>, job: Arc<Job>) -> http::HttpServer {
 #[tokio::test]
 async fn metrics_are_valid_exposition_with_every_metric() {
     let srv = start(None, Job::new()).await;
-    let resp = reqwest::get(format!("http://{}/metrics", srv.local_addr())).await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/metrics", srv.local_addr()))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let text = resp.text().await.unwrap();
@@ -163,7 +168,7 @@ async fn metrics_are_valid_exposition_with_every_metric() {
         ("pacer_signal_slow_level", "gauge"),
         ("pacer_signal_stop_level", "gauge"),
         ("pacer_signal_baseline", "gauge"),
-        ("pacer_build", "info"),
+        ("pacer_build_info", "gauge"),
     ] {
         assert_eq!(e.types.get(family).map(String::as_str), Some(ty), "{family} in\n{text}");
         assert!(e.help.get(family).is_some_and(|h| !h.is_empty()), "{family} has no HELP");
@@ -208,6 +213,13 @@ async fn metrics_are_valid_exposition_with_every_metric() {
     assert_eq!(e.get("pacer_signal_baseline", &[("signal", "checkout_p95")]), Some(0.33));
     assert_eq!(e.get("pacer_signal_stop_level", &[("signal", "replica_lag")]), Some(10.0));
     assert_eq!(e.get("pacer_signal_baseline", &[("signal", "replica_lag")]), None);
+    // Without OpenMetrics in Accept: the classic format, same samples.
+    let classic = reqwest::get(format!("http://{}/metrics", srv.local_addr())).await.unwrap();
+    assert!(classic.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let classic = classic.text().await.unwrap();
+    assert!(classic.contains("# TYPE pacer_rows_done_total counter\n") && !classic.contains("# EOF"), "{classic}");
+    let lines = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(lines(&classic), lines(&text));
     srv.shutdown().await.unwrap();
 }
 

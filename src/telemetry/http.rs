@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::metrics::{CONTENT_TYPE, Metrics};
+use super::metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, Metrics};
 use super::redact;
 
 /// Environment variable holding the control token.
@@ -166,8 +166,19 @@ pub async fn serve(
     Ok(HttpServer { addr, stop, task })
 }
 
-async fn metrics_handler(State(s): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+/// OpenMetrics for clients that ask for it (Prometheus does), the classic
+/// text format for everyone else (curl, promtool).
+async fn metrics_handler(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let open = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if open {
+        ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)], s.metrics.encode_classic()).into_response()
+    }
 }
 
 /// `None` when the request may proceed, or the 401 to send.

@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::events::action_str;
@@ -25,6 +24,8 @@ use crate::signals::Reading;
 
 /// Content type of `Metrics::encode`'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of `Metrics::encode_classic`'s output.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The states `pacer_state` reports, one series each (1 = current).
 pub const STATES: &[&str] = &["running", "slowing", "paused", "done"];
@@ -116,11 +117,11 @@ impl Metrics {
             signal_stop: Family::default(),
             signal_baseline: Family::default(),
         };
-        registry.register(
-            "build",
-            "pacer version",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
-        );
+        // A gauge set to 1 rather than an OpenMetrics `info`, which the
+        // classic text parser (promtool, older scrapers) rejects.
+        let build = Family::<Labels, Gauge>::default();
+        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        registry.register("build_info", "pacer version", build);
         registry.register("rows_done", "Rows the backfill has completed (from the progress record)", m.rows_done.clone());
         registry.register("rows_pending", "Rows still to do (estimate)", m.rows_pending.clone());
         registry.register("batch_size", "Rows per write transaction now", m.batch_size.clone());
@@ -172,6 +173,14 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// The classic Prometheus text format (0.0.4), for clients that do not
+    /// ask for OpenMetrics (curl, promtool, older scrapers): counters' HELP
+    /// and TYPE carry the `_total` name their samples have, and the
+    /// OpenMetrics-only `# UNIT` and `# EOF` lines are dropped.
+    pub fn encode_classic(&self) -> String {
+        classic(&self.encode())
     }
 
     /// Publish each signal's resolved levels once the baselines are known.
@@ -273,6 +282,35 @@ impl Metrics {
             self.rows_pending.set(i64::try_from(p).unwrap_or(i64::MAX));
         }
     }
+}
+
+/// OpenMetrics text → classic text format; see `Metrics::encode_classic`.
+pub fn classic(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{kind}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn signal_key(name: &str) -> Labels {
