@@ -178,5 +178,81 @@ async fn a_real_prometheus_scrapes_it() {
     assert_eq!(q("pacer_batch_duration_seconds_count").await[0]["value"][1], "1");
     assert_eq!(q("pacer_signal_missing{signal=\"replica_lag\"}").await[0]["value"][1], "1");
     assert_eq!(q("pacer_state{state=\"running\"}").await[0]["value"][1], "1");
+
+    // Every query in the Grafana dashboard is valid PromQL to this server.
+    for expr in dashboard_exprs() {
+        let expr = expr
+            .replace("$job", ".*")
+            .replace("$signal", "checkout_p95")
+            .replace("$__interval", "1m")
+            .replace("$__range", "5m");
+        let v: Value = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", expr.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["status"], "success", "dashboard query {expr:?}: {v}");
+    }
     srv.shutdown().await.unwrap();
+}
+
+/// Every `expr` in dashboards/pacer-grafana.json.
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if k == "expr" {
+                        out.push(x.as_str().expect("expr is a string").to_string());
+                    } else {
+                        walk(x, out);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string("dashboards/pacer-grafana.json").expect("dashboard file");
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(&text).expect("dashboard is JSON"), &mut out);
+    assert!(out.len() >= 15, "only {} queries in the dashboard", out.len());
+    out
+}
+
+#[test]
+fn the_dashboard_only_uses_metrics_pacer_exports() {
+    let m = metrics();
+    let now = chrono::Utc::now();
+    m.observe_decision(&pacer::controller::Decision {
+        at: now,
+        state: pacer::controller::State::Paused,
+        action: pacer::controller::Action::Pause,
+        before: Knobs { batch_size: 1, sleep: Duration::ZERO, workers: 1 },
+        knobs: Knobs { batch_size: 1, sleep: Duration::ZERO, workers: 1 },
+        causes: vec![pacer::controller::Cause::Manual { by: "a".into(), reason: "b".into() }],
+        windows: vec![],
+    });
+    m.set_signal_infos(&[pacer::history::SignalInfo { name: "checkout_p95".into(), slow: Some(0.4), stop: Some(0.5), baseline: Some(0.33) }]);
+    let exported: std::collections::BTreeSet<String> = m
+        .encode_classic()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect();
+    for expr in dashboard_exprs() {
+        let mut rest = expr.as_str();
+        while let Some(i) = rest.find("pacer_") {
+            let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            rest = &rest[i + name.len()..];
+            if name == "pacer_job" {
+                continue; // the label
+            }
+            assert!(exported.contains(&name), "dashboard uses {name}, which pacer does not export: {expr}");
+        }
+    }
 }

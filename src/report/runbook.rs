@@ -68,16 +68,14 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
                 s.pauses.len(),
                 fmt_dur(total_pause)
             );
-            let _ = writeln!(md, "| Slowed down | {} |", fmt_dur(s.slowing));
+            let _ = writeln!(md, "| Slowing down | {} of the time |", fmt_dur(s.slowing));
         }
         None => {
             let _ = writeln!(md, "| Outcome | no progress was recorded |");
         }
     }
-    let retries: u64 = h.retries.values().sum();
     let _ = writeln!(md, "| Retries | {} |", retries_text(h));
     let _ = writeln!(md, "| Verification | {} |", verification_line(info));
-    let _ = retries;
     let _ = writeln!(md, "\n![Timeline: signals, knobs, rows/s and pauses](timeline.svg)\n");
 
     // The job.
@@ -197,9 +195,9 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
                 info_s.name,
                 info_s.baseline.map_or("—".into(), num),
                 st.and_then(|s| s.max).map_or("—".into(), num),
-                st.map_or("—".into(), |s| fmt_dur(s.above_slow)),
-                st.map_or("—".into(), |s| fmt_dur(s.above_stop)),
-                st.map_or("—".into(), |s| fmt_dur(s.missing)),
+                st.map_or("—".into(), |s| never(s.above_slow)),
+                st.map_or("—".into(), |s| never(s.above_stop)),
+                st.map_or("—".into(), |s| never(s.missing)),
             );
         }
         md.push('\n');
@@ -231,13 +229,23 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
         }
     }
     let _ = writeln!(md, "Retries: {}.\n", retries_text(h));
+    let slowdowns = slowdown_causes(h);
+    if !slowdowns.is_empty() {
+        let total: u64 = h.decisions.iter().filter(|d| d.action == Action::Decrease).count() as u64;
+        let _ = writeln!(md, "pacer slowed down {} times. Why (a slow-down can have several causes):\n", group(total));
+        for (cause, n) in &slowdowns {
+            let times = if *n == 1 { "once".to_string() } else { format!("{} times", group(*n)) };
+            let _ = writeln!(md, "- {cause}: {times}");
+        }
+        md.push('\n');
+    }
     let notable: Vec<_> = h
         .decisions
         .iter()
-        .filter(|d| matches!(d.action, Action::Pause | Action::Resume | Action::Decrease | Action::Clamp))
+        .filter(|d| matches!(d.action, Action::Pause | Action::Resume | Action::Clamp))
         .collect();
     if !notable.is_empty() {
-        let _ = writeln!(md, "Slow-downs, pauses and resumes, as logged:\n");
+        let _ = writeln!(md, "Pauses, resumes and window caps, as logged:\n");
         for d in notable.iter().take(MAX_LISTED_DECISIONS) {
             let _ = writeln!(md, "- {} — {}", when(d.at), d.summary());
         }
@@ -298,6 +306,37 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
         }
     }
     crate::telemetry::redact::text(&md).into_owned()
+}
+
+/// How often each kind of cause made pacer slow down, most frequent first.
+fn slowdown_causes(h: &History) -> Vec<(String, u64)> {
+    use crate::controller::Cause;
+    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for d in h.decisions.iter().filter(|d| d.action == Action::Decrease) {
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &d.causes {
+            let key = match c {
+                Cause::Signal { signal, level, threshold, .. } => format!("`{signal}` above its {level} level ({})", num(*threshold)),
+                Cause::Missing { signal, .. } => format!("`{signal}` missing"),
+                Cause::SlowBatch { target, .. } => format!("a batch slower than the {} target", fmt_dur(*target)),
+                Cause::BatchError { error, .. } => format!("batches failing with {}", error.as_str()),
+                Cause::Manual { .. } => "a manual request".to_string(),
+                Cause::Window { window } => format!("window `{window}`"),
+                Cause::Calm { .. } => continue,
+            };
+            if seen.insert(key.clone()) {
+                *counts.entry(key).or_insert(0) += 1;
+            }
+        }
+    }
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+/// A duration in a table cell; zero reads as "never".
+fn never(d: Duration) -> String {
+    if d.is_zero() { "never".into() } else { fmt_dur(d) }
 }
 
 fn retries_text(h: &History) -> String {

@@ -143,7 +143,7 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         let highest_level = sig.stop.or(sig.slow).unwrap_or(0.0);
         if highest_level > 0.0 && max_v > highest_level * 3.0 {
             top = highest_level * 3.0;
-            legend.push(Legend::line(format!("peak {} (off scale)", num(max_v)), C_VALUE, true));
+            legend.push(Legend::note(format!("↑ peak {} is off the scale", num(max_v))));
         }
         // Zoom onto the band where the value and its levels live: a latency
         // hovering at 0.4 against levels at 0.40 and 0.50 is unreadable on
@@ -255,6 +255,8 @@ struct Legend {
     color: RGBColor,
     dashed: bool,
     filled: bool,
+    /// Text only, no swatch.
+    note: bool,
 }
 
 impl Legend {
@@ -264,6 +266,16 @@ impl Legend {
             color,
             dashed,
             filled: false,
+            note: false,
+        }
+    }
+    fn note(text: String) -> Legend {
+        Legend {
+            text,
+            color: BLACK,
+            dashed: false,
+            filled: false,
+            note: true,
         }
     }
     fn block(text: &str, color: RGBColor) -> Legend {
@@ -272,6 +284,7 @@ impl Legend {
             color,
             dashed: false,
             filled: true,
+            note: false,
         }
     }
 }
@@ -289,6 +302,12 @@ fn draw_title_row(area: &Area<'_>, title: &str, legend: &[Legend]) -> anyhow::Re
         .map_err(err)?;
     x += text_w(title, 14) + 24;
     for l in legend {
+        if l.note {
+            area.draw(&Text::new(l.text.clone(), (x, y), (FONT, 12).into_font().style(FontStyle::Italic).color(&BLACK.mix(0.7)).pos(Pos::new(HPos::Left, VPos::Center))))
+                .map_err(err)?;
+            x += text_w(&l.text, 12) + 18;
+            continue;
+        }
         if l.filled {
             area.draw(&Rectangle::new([(x, y - 5), (x + 18, y + 5)], l.color.mix(0.6).filled())).map_err(err)?;
         } else if l.dashed {
