@@ -32,7 +32,10 @@ impl Control for Idle {
 }
 
 fn tool(name: &str) -> Option<String> {
-    let found = Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success());
+    let found = Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if found {
         return Some(name.to_string());
     }
@@ -40,11 +43,17 @@ fn tool(name: &str) -> Option<String> {
         eprintln!("skipping: {name} not installed and PACER_SKIP_PROMETHEUS is set");
         return None;
     }
-    panic!("{name} is not installed: apt-get install -y prometheus (or set PACER_SKIP_PROMETHEUS=1)");
+    panic!(
+        "{name} is not installed: apt-get install -y prometheus (or set PACER_SKIP_PROMETHEUS=1)"
+    );
 }
 
 fn metrics() -> Arc<Metrics> {
-    let m = Metrics::new("demo", &BTreeMap::from([("tenant".to_string(), "acme".to_string())])).unwrap();
+    let m = Metrics::new(
+        "demo",
+        &BTreeMap::from([("tenant".to_string(), "acme".to_string())]),
+    )
+    .unwrap();
     let now = chrono::Utc::now();
     m.set_knobs(&Knobs {
         batch_size: 2000,
@@ -53,7 +62,10 @@ fn metrics() -> Arc<Metrics> {
     });
     m.set_state("running");
     m.set_progress(123_456, Some(1_000_000));
-    m.observe_readings(["checkout_p95", "replica_lag"], &[Reading::value(0.35, now), Reading::missing("timeout", now)]);
+    m.observe_readings(
+        ["checkout_p95", "replica_lag"],
+        &[Reading::value(0.35, now), Reading::missing("timeout", now)],
+    );
     m.observe_batch(&BatchOutcome {
         started: now,
         duration: Duration::from_millis(250),
@@ -66,7 +78,9 @@ fn metrics() -> Arc<Metrics> {
 
 #[tokio::test]
 async fn promtool_accepts_the_exposition() {
-    let Some(promtool) = tool("promtool") else { return };
+    let Some(promtool) = tool("promtool") else {
+        return;
+    };
     // What `curl /metrics` gets: the classic text format.
     let text = metrics().encode_classic();
     let mut child = Command::new(promtool)
@@ -76,10 +90,22 @@ async fn promtool_accepts_the_exposition() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool check metrics failed:\n{report}\n{text}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}\n{text}"
+    );
     // promtool also lints names; pacer's metrics should raise no complaint.
     assert!(report.trim().is_empty(), "promtool lint:\n{report}");
 }
@@ -95,13 +121,21 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_it() {
-    let Some(prometheus) = tool("prometheus") else { return };
-    let srv = http::serve("127.0.0.1:0", None, metrics(), Arc::new(Idle)).await.unwrap();
+    let Some(prometheus) = tool("prometheus") else {
+        return;
+    };
+    let srv = http::serve("127.0.0.1:0", None, metrics(), Arc::new(Idle))
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -117,7 +151,10 @@ async fn a_real_prometheus_scrapes_it() {
     let _prom = Server(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -139,14 +176,18 @@ async fn a_real_prometheus_scrapes_it() {
             break first.clone();
         }
         if Instant::now() > deadline {
-            let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
             panic!("Prometheus never scraped pacer_rows_done_total; its log:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(series["metric"]["pacer_job"], "demo", "{series}");
     assert_eq!(series["metric"]["tenant"], "acme", "{series}");
-    assert_eq!(series["metric"]["job"], "pacer", "the scrape job keeps its own label: {series}");
+    assert_eq!(
+        series["metric"]["job"], "pacer",
+        "the scrape job keeps its own label: {series}"
+    );
     assert_eq!(series["value"][1], "123456");
     let targets: Value = client
         .get(format!("http://127.0.0.1:{port}/api/v1/targets"))
@@ -175,9 +216,18 @@ async fn a_real_prometheus_scrapes_it() {
                 .clone()
         }
     };
-    assert_eq!(q("pacer_batch_duration_seconds_count").await[0]["value"][1], "1");
-    assert_eq!(q("pacer_signal_missing{signal=\"replica_lag\"}").await[0]["value"][1], "1");
-    assert_eq!(q("pacer_state{state=\"running\"}").await[0]["value"][1], "1");
+    assert_eq!(
+        q("pacer_batch_duration_seconds_count").await[0]["value"][1],
+        "1"
+    );
+    assert_eq!(
+        q("pacer_signal_missing{signal=\"replica_lag\"}").await[0]["value"][1],
+        "1"
+    );
+    assert_eq!(
+        q("pacer_state{state=\"running\"}").await[0]["value"][1],
+        "1"
+    );
 
     // Every query in the Grafana dashboard is valid PromQL to this server.
     for expr in dashboard_exprs() {
@@ -219,8 +269,15 @@ fn dashboard_exprs() -> Vec<String> {
     }
     let text = std::fs::read_to_string("dashboards/pacer-grafana.json").expect("dashboard file");
     let mut out = Vec::new();
-    walk(&serde_json::from_str(&text).expect("dashboard is JSON"), &mut out);
-    assert!(out.len() >= 15, "only {} queries in the dashboard", out.len());
+    walk(
+        &serde_json::from_str(&text).expect("dashboard is JSON"),
+        &mut out,
+    );
+    assert!(
+        out.len() >= 15,
+        "only {} queries in the dashboard",
+        out.len()
+    );
     out
 }
 
@@ -232,12 +289,28 @@ fn the_dashboard_only_uses_metrics_pacer_exports() {
         at: now,
         state: pacer::controller::State::Paused,
         action: pacer::controller::Action::Pause,
-        before: Knobs { batch_size: 1, sleep: Duration::ZERO, workers: 1 },
-        knobs: Knobs { batch_size: 1, sleep: Duration::ZERO, workers: 1 },
-        causes: vec![pacer::controller::Cause::Manual { by: "a".into(), reason: "b".into() }],
+        before: Knobs {
+            batch_size: 1,
+            sleep: Duration::ZERO,
+            workers: 1,
+        },
+        knobs: Knobs {
+            batch_size: 1,
+            sleep: Duration::ZERO,
+            workers: 1,
+        },
+        causes: vec![pacer::controller::Cause::Manual {
+            by: "a".into(),
+            reason: "b".into(),
+        }],
         windows: vec![],
     });
-    m.set_signal_infos(&[pacer::history::SignalInfo { name: "checkout_p95".into(), slow: Some(0.4), stop: Some(0.5), baseline: Some(0.33) }]);
+    m.set_signal_infos(&[pacer::history::SignalInfo {
+        name: "checkout_p95".into(),
+        slow: Some(0.4),
+        stop: Some(0.5),
+        baseline: Some(0.33),
+    }]);
     let exported: std::collections::BTreeSet<String> = m
         .encode_classic()
         .lines()
@@ -247,12 +320,18 @@ fn the_dashboard_only_uses_metrics_pacer_exports() {
     for expr in dashboard_exprs() {
         let mut rest = expr.as_str();
         while let Some(i) = rest.find("pacer_") {
-            let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
             rest = &rest[i + name.len()..];
             if name == "pacer_job" {
                 continue; // the label
             }
-            assert!(exported.contains(&name), "dashboard uses {name}, which pacer does not export: {expr}");
+            assert!(
+                exported.contains(&name),
+                "dashboard uses {name}, which pacer does not export: {expr}"
+            );
         }
     }
 }

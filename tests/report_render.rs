@@ -34,7 +34,14 @@ fn out_dir(tmp: &Path) -> std::path::PathBuf {
 fn texts(doc: &roxmltree::Document<'_>) -> Vec<String> {
     doc.descendants()
         .filter(|n| n.has_tag_name("text"))
-        .map(|n| n.descendants().filter(|t| t.is_text()).filter_map(|t| t.text()).collect::<String>().trim().to_string())
+        .map(|n| {
+            n.descendants()
+                .filter(|t| t.is_text())
+                .filter_map(|t| t.text())
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
         .collect()
 }
 
@@ -44,17 +51,25 @@ fn renders_timeline_and_runbook_for_a_business_day() {
     // A manual pause reason that carries a credential must not leak either.
     for p in &mut history.pauses {
         if p.reason.contains("alice") {
-            p.reason.push_str(&format!(" (see postgres://ops:{SECRET}@db/x)"));
+            p.reason
+                .push_str(&format!(" (see postgres://ops:{SECRET}@db/x)"));
         }
     }
-    assert!(history.pauses.len() >= 2, "the test day must pause: {:?}", history.pauses);
+    assert!(
+        history.pauses.len() >= 2,
+        "the test day must pause: {:?}",
+        history.pauses
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = out_dir(tmp.path());
     render(&history, &info(policy), &dir).unwrap();
 
     let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap();
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(!svg.contains(SECRET) && !md.contains(SECRET), "password leaked into the report");
+    assert!(
+        !svg.contains(SECRET) && !md.contains(SECRET),
+        "password leaked into the report"
+    );
 
     let doc = roxmltree::Document::parse(&svg).expect("timeline.svg is well-formed XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
@@ -83,20 +98,44 @@ fn renders_timeline_and_runbook_for_a_business_day() {
         "P2",
         "pauses",
     ] {
-        assert!(has(needle), "timeline.svg lacks {needle:?}; texts: {texts:?}");
+        assert!(
+            has(needle),
+            "timeline.svg lacks {needle:?}; texts: {texts:?}"
+        );
     }
     // Each listed pause names its cause.
-    assert!(texts.iter().any(|t| t.starts_with("P1 ") && t.contains("replica_lag")), "{texts:?}");
-    assert!(texts.iter().any(|t| t.contains("paused by alice: sale prep")), "{texts:?}");
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("P1 ") && t.contains("replica_lag")),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("paused by alice: sale prep")),
+        "{texts:?}"
+    );
     // Pause bands: one shaded rectangle per pause in each panel below the
     // state strip (signals, throughput, three knobs), in the pause colour.
     let bands = doc
         .descendants()
-        .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#D62728") && n.attribute("opacity").is_some_and(|o| o.starts_with("0.1")))
+        .filter(|n| {
+            n.has_tag_name("rect")
+                && n.attribute("fill") == Some("#D62728")
+                && n.attribute("opacity").is_some_and(|o| o.starts_with("0.1"))
+        })
         .count();
-    assert!(bands >= history.pauses.len() * (history.signals.len() + 4), "{bands} pause bands for {} pauses", history.pauses.len());
+    assert!(
+        bands >= history.pauses.len() * (history.signals.len() + 4),
+        "{bands} pause bands for {} pauses",
+        history.pauses.len()
+    );
     // Every signal and knob is a drawn line.
-    let lines = doc.descendants().filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path")).count();
+    let lines = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline") || n.has_tag_name("path"))
+        .count();
     assert!(lines >= 7, "only {lines} lines drawn");
 
     for needle in [
@@ -124,8 +163,14 @@ fn renders_timeline_and_runbook_for_a_business_day() {
         assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
     }
     // No temporary files left behind.
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{names:?}");
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -135,10 +180,23 @@ fn stats_match_the_history() {
     let first = history.samples.first().unwrap();
     let last = history.samples.last().unwrap();
     assert_eq!(s.rows, last.rows_done - first.rows_done);
-    assert!(s.peak_rate >= s.avg_rate, "peak {} < avg {}", s.peak_rate, s.avg_rate);
-    let max_tick = history.samples.iter().map(|x| x.rows_per_second).fold(0.0, f64::max);
+    assert!(
+        s.peak_rate >= s.avg_rate,
+        "peak {} < avg {}",
+        s.peak_rate,
+        s.avg_rate
+    );
+    let max_tick = history
+        .samples
+        .iter()
+        .map(|x| x.rows_per_second)
+        .fold(0.0, f64::max);
     assert!(s.peak_rate <= max_tick + 1e-9);
-    let paused_ticks = history.samples.iter().filter(|x| x.state == "paused").count() as u64;
+    let paused_ticks = history
+        .samples
+        .iter()
+        .filter(|x| x.state == "paused")
+        .count() as u64;
     assert!((s.paused.as_secs() as i64 - paused_ticks as i64).abs() <= 1);
     let lag = s.signals.iter().find(|x| x.name == "replica_lag").unwrap();
     assert!(lag.max.unwrap() > 10.0 && lag.above_stop.as_secs() >= 5);
@@ -165,6 +223,14 @@ fn an_unwritable_directory_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    let e = render(&History::default(), &ReportInfo::default(), &file.join("sub")).unwrap_err();
-    assert!(format!("{e:#}").contains("creating report directory"), "{e:#}");
+    let e = render(
+        &History::default(),
+        &ReportInfo::default(),
+        &file.join("sub"),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("creating report directory"),
+        "{e:#}"
+    );
 }

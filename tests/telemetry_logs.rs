@@ -69,7 +69,13 @@ fn knobs(batch: u32, sleep_ms: u64, workers: u32) -> Knobs {
     }
 }
 
-fn decision(state: State, action: Action, before: Knobs, after: Knobs, causes: Vec<Cause>) -> Decision {
+fn decision(
+    state: State,
+    action: Action,
+    before: Knobs,
+    after: Knobs,
+    causes: Vec<Cause>,
+) -> Decision {
     Decision {
         at: Utc.with_ymd_and_hms(2026, 11, 24, 13, 0, 0).unwrap(),
         state,
@@ -162,7 +168,9 @@ fn decisions() -> Vec<(&'static str, Decision)> {
                 Action::Clamp,
                 knobs(2000, 100, 4),
                 knobs(2000, 100, 2),
-                vec![Cause::Window { window: "lunch".into() }],
+                vec![Cause::Window {
+                    window: "lunch".into(),
+                }],
             ),
         ),
         (
@@ -187,7 +195,8 @@ fn every_kind_of_cause_is_one_json_line_with_its_fields() {
             assert!(telemetry::log_decision(&d, "demo", &labels()));
         });
         assert_eq!(lines.len(), 1, "{kind}: {lines:?}");
-        let v: Value = serde_json::from_str(&lines[0]).unwrap_or_else(|e| panic!("{kind}: not JSON ({e}): {}", lines[0]));
+        let v: Value = serde_json::from_str(&lines[0])
+            .unwrap_or_else(|e| panic!("{kind}: not JSON ({e}): {}", lines[0]));
         assert_eq!(v["level"], "INFO", "{kind}");
         assert_eq!(v["target"], "pacer::decision");
         assert_eq!(v["message"], d.summary(), "{kind}");
@@ -200,7 +209,9 @@ fn every_kind_of_cause_is_one_json_line_with_its_fields() {
         assert_eq!(v["sleep_after_ms"], d.knobs.sleep.as_millis() as u64);
         assert_eq!(v["workers_before"], d.before.workers);
         assert_eq!(v["workers_after"], d.knobs.workers);
-        let causes = v["causes"].as_array().unwrap_or_else(|| panic!("{kind}: causes not an array: {v}"));
+        let causes = v["causes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind}: causes not an array: {v}"));
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0]["kind"], kind);
         match kind {
@@ -261,12 +272,21 @@ fn text_lines_read_as_sentences() {
     assert!(line.contains("state=slowing action=decrease"), "{line}");
     // The structured causes are for machines; the sentence already says it.
     assert!(!line.contains("causes="), "{line}");
-    assert!(!line.contains('\x1b'), "no colour codes without a terminal: {line}");
+    assert!(
+        !line.contains('\x1b'),
+        "no colour codes without a terminal: {line}"
+    );
 }
 
 #[test]
 fn decisions_that_change_nothing_stay_at_debug() {
-    let hold = decision(State::Running, Action::Hold, knobs(2000, 100, 3), knobs(2000, 100, 3), vec![]);
+    let hold = decision(
+        State::Running,
+        Action::Hold,
+        knobs(2000, 100, 3),
+        knobs(2000, 100, 3),
+        vec![],
+    );
     let lines = capture(LogFormat::Json, "info", || {
         assert!(!telemetry::log_decision(&hold, "demo", &labels()));
     });
@@ -312,7 +332,10 @@ fn batch_lines_are_debug_unless_asked_for() {
     assert_eq!(v["rows"], 1998);
     assert_eq!(v["duration_ms"], 340.0);
     assert_eq!(v["retries"], 1);
-    assert_eq!(v["message"], "batch of 2000 keys (1001..3000) changed 1998 rows in 340ms on worker 2");
+    assert_eq!(
+        v["message"],
+        "batch of 2000 keys (1001..3000) changed 1998 rows in 340ms on worker 2"
+    );
 }
 
 #[test]
@@ -341,14 +364,23 @@ fn progress_line_has_rate_and_eta() {
         ..p
     };
     assert_eq!(paused.eta(), None);
-    assert!(paused.sentence().contains("ETA unknown; paused"), "{}", paused.sentence());
+    assert!(
+        paused.sentence().contains("ETA unknown; paused"),
+        "{}",
+        paused.sentence()
+    );
 }
 
 #[test]
 fn long_pause_warning_carries_the_job_labels() {
     let lines = capture(LogFormat::Text, "info", || {
         let _g = telemetry::job_span("demo", &labels()).entered();
-        telemetry::log_long_pause(Duration::from_secs(3900), Duration::from_secs(3600), "replica_lag 16 > stop 10", false);
+        telemetry::log_long_pause(
+            Duration::from_secs(3900),
+            Duration::from_secs(3600),
+            "replica_lag 16 > stop 10",
+            false,
+        );
     });
     assert_eq!(lines.len(), 1);
     assert!(
@@ -374,7 +406,10 @@ async fn credentials_never_reach_a_log_line_or_an_error() {
         .unwrap_err();
     let shown = redact::error(&err);
     assert!(!shown.contains(SECRET), "{shown}");
-    assert!(shown.contains("postgres://app:***@127.0.0.1:1/shop"), "{shown}");
+    assert!(
+        shown.contains("postgres://app:***@127.0.0.1:1/shop"),
+        "{shown}"
+    );
 
     for format in [LogFormat::Text, LogFormat::Json] {
         let lines = capture(format, "debug", || {
@@ -382,16 +417,24 @@ async fn credentials_never_reach_a_log_line_or_an_error() {
             tracing::info!("connecting to {url}");
             tracing::warn!(options = ?opts, "connect options");
             tracing::error!(error = %format!("{err:#}"), "database unreachable");
-            tracing::info!(dsn = format!("host=db user=app password={SECRET} dbname=shop").as_str(), "libpq style");
+            tracing::info!(
+                dsn = format!("host=db user=app password={SECRET} dbname=shop").as_str(),
+                "libpq style"
+            );
         });
         assert_eq!(lines.len(), 4, "{lines:?}");
         for l in &lines {
             assert!(!l.contains(SECRET), "{format:?} leaked: {l}");
             if format == LogFormat::Json {
-                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("redaction broke JSON ({e}): {l}"));
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("redaction broke JSON ({e}): {l}"));
             }
         }
-        assert!(lines[0].contains("postgres://app:***@127.0.0.1:1/shop"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("postgres://app:***@127.0.0.1:1/shop"),
+            "{}",
+            lines[0]
+        );
     }
 }
 

@@ -124,7 +124,10 @@ fn log_lines_and_the_bar_do_not_garble_each_other() {
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert_eq!(lines[0], log1);
     assert_eq!(lines[1], log2);
-    assert!(lines[2].contains("2,000/8,000 rows") && lines[2].contains("paused"), "{lines:#?}");
+    assert!(
+        lines[2].contains("2,000/8,000 rows") && lines[2].contains("paused"),
+        "{lines:#?}"
+    );
     drop(view);
 
     // Without the bar in place, a write goes straight through.
@@ -140,7 +143,10 @@ fn bar_message_without_a_total() {
         rate: 0.0,
         ..progress(1234, "slowing")
     };
-    assert_eq!(bar_message(&p), "1,234 rows · 0 rows/s · ETA ? · slowing · batch 2000 · sleep 100ms · 3 workers");
+    assert_eq!(
+        bar_message(&p),
+        "1,234 rows · 0 rows/s · ETA ? · slowing · batch 2000 · sleep 100ms · 3 workers"
+    );
 }
 
 #[test]
@@ -153,9 +159,16 @@ fn rate_meter_averages_over_its_window() {
     assert_eq!(m.rate(), 0.0);
     for s in 1..=120 {
         // 100 rows/s for the first minute, 400 rows/s for the second.
-        let rows = if s <= 60 { s as u64 * 100 } else { 6000 + (s as u64 - 60) * 400 };
+        let rows = if s <= 60 {
+            s as u64 * 100
+        } else {
+            6000 + (s as u64 - 60) * 400
+        };
         m.observe(at(s), rows);
     }
     let r = m.rate();
-    assert!((r - 400.0).abs() < 10.0, "rate over the last minute should be ~400, got {r}");
+    assert!(
+        (r - 400.0).abs() < 10.0,
+        "rate over the last minute should be ~400, got {r}"
+    );
 }

@@ -58,7 +58,8 @@ pub fn render(history: &History, extra: &ReportInfo, dir: &Path) -> anyhow::Resu
     let stats = stats::RunStats::from_history(history);
     let svg = timeline::svg(history, stats.as_ref(), extra).context("drawing the timeline")?;
     let md = runbook::markdown(history, stats.as_ref(), extra);
-    std::fs::create_dir_all(dir).with_context(|| format!("creating report directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating report directory {}", dir.display()))?;
     write_atomic(&dir.join("timeline.svg"), svg.as_bytes())?;
     write_atomic(&dir.join("report.md"), md.as_bytes())?;
     Ok(())

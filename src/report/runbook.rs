@@ -17,7 +17,11 @@ const MAX_LISTED_DECISIONS: usize = 40;
 pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> String {
     let mut md = String::new();
     let tz = info.timezone();
-    let when = |t: chrono::DateTime<chrono::Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z").to_string();
+    let when = |t: chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    };
     let policy_file = info
         .policy_path
         .as_ref()
@@ -76,7 +80,10 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
     }
     let _ = writeln!(md, "| Retries | {} |", retries_text(h));
     let _ = writeln!(md, "| Verification | {} |", verification_line(info));
-    let _ = writeln!(md, "\n![Timeline: signals, knobs, rows/s and pauses](timeline.svg)\n");
+    let _ = writeln!(
+        md,
+        "\n![Timeline: signals, knobs, rows/s and pauses](timeline.svg)\n"
+    );
 
     // The job.
     let _ = writeln!(md, "## The job\n");
@@ -89,15 +96,27 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
                 let _ = writeln!(md, "- Database: `{}`", crate::telemetry::redact::url(db));
             }
             if !j.labels.is_empty() {
-                let labels: Vec<String> = j.labels.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+                let labels: Vec<String> =
+                    j.labels.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
                 let _ = writeln!(md, "- Labels: {}", labels.join(", "));
             }
             let _ = writeln!(md, "- Time zone: {}", j.timezone);
-            let _ = writeln!(md, "\nRows still to do:\n\n```sql\n{}\n```\n", j.pending.trim());
-            let _ = writeln!(md, "Applied to each batch (`$1` = the batch's keys):\n\n```sql\n{}\n```\n", j.update.trim());
+            let _ = writeln!(
+                md,
+                "\nRows still to do:\n\n```sql\n{}\n```\n",
+                j.pending.trim()
+            );
+            let _ = writeln!(
+                md,
+                "Applied to each batch (`$1` = the batch's keys):\n\n```sql\n{}\n```\n",
+                j.update.trim()
+            );
         }
         None => {
-            let _ = writeln!(md, "The policy was not available when this report was written.\n");
+            let _ = writeln!(
+                md,
+                "The policy was not available when this report was written.\n"
+            );
         }
     }
 
@@ -127,16 +146,30 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
             md,
             "\nRate cap: {}. `lock_timeout` {}, `statement_timeout` {}, up to {} retries per batch.\n",
             l.max_rows_per_second
-                .map_or("none".to_string(), |r| format!("{} rows/s", group(u64::from(r)))),
+                .map_or("none".to_string(), |r| format!(
+                    "{} rows/s",
+                    group(u64::from(r))
+                )),
             fmt_dur(l.lock_timeout),
             fmt_dur(l.statement_timeout),
             l.max_retries
         );
         if !p.windows.is_empty() {
-            let _ = writeln!(md, "Time windows:\n\n| Window | when | effect |\n|---|---|---|");
+            let _ = writeln!(
+                md,
+                "Time windows:\n\n| Window | when | effect |\n|---|---|---|"
+            );
             for w in &p.windows {
-                let days = if w.days.is_empty() { "every day".to_string() } else { w.days.join(",") };
-                let dates = if w.dates.is_empty() { String::new() } else { format!(" on {}", w.dates.join(",")) };
+                let days = if w.days.is_empty() {
+                    "every day".to_string()
+                } else {
+                    w.days.join(",")
+                };
+                let dates = if w.dates.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on {}", w.dates.join(","))
+                };
                 let hours = format!(
                     "{}–{}",
                     w.from.as_deref().unwrap_or("00:00"),
@@ -155,7 +188,12 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
                 if let Some(s) = w.min_sleep {
                     effect.push(format!("sleep ≥ {}", fmt_dur(s)));
                 }
-                let _ = writeln!(md, "| {} | {days}{dates} {hours} | {} |", w.name, effect.join(", "));
+                let _ = writeln!(
+                    md,
+                    "| {} | {days}{dates} {hours} | {} |",
+                    w.name,
+                    effect.join(", ")
+                );
             }
             md.push('\n');
         }
@@ -171,11 +209,18 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
             "| Signal | source | slow above | stop above | baseline | highest seen | time above slow | time above stop | missing |\n|---|---|---|---|---|---|---|---|---|"
         );
         for info_s in &h.signals {
-            let ps = info.policy.as_ref().and_then(|p| p.signals.iter().find(|s| s.name == info_s.name));
+            let ps = info
+                .policy
+                .as_ref()
+                .and_then(|p| p.signals.iter().find(|s| s.name == info_s.name));
             let source = ps.map_or("?".to_string(), |s| match s.source() {
-                Some(crate::policy::Source::Prometheus(q)) => format!("Prometheus `{}`", q.replace('|', "\\|")),
+                Some(crate::policy::Source::Prometheus(q)) => {
+                    format!("Prometheus `{}`", q.replace('|', "\\|"))
+                }
                 Some(crate::policy::Source::Postgres(b)) => format!("Postgres `{b}`"),
-                Some(crate::policy::Source::Http(u)) => format!("HTTP `{}`", crate::telemetry::redact::url(u)),
+                Some(crate::policy::Source::Http(u)) => {
+                    format!("HTTP `{}`", crate::telemetry::redact::url(u))
+                }
                 None => "?".into(),
             });
             let level = |v: Option<f64>, expr: Option<String>| match (v, expr) {
@@ -183,11 +228,24 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
                 (Some(v), _) => num(v),
                 (None, _) => "—".into(),
             };
-            let slow = level(info_s.slow, ps.and_then(|s| s.slow_above.map(|l| l.to_string())));
+            let slow = level(
+                info_s.slow,
+                ps.and_then(|s| s.slow_above.map(|l| l.to_string())),
+            );
             let stop_for = ps.map_or(String::new(), |s| {
-                if s.stop_for.is_zero() { String::new() } else { format!(" for {}", fmt_dur(s.stop_for)) }
+                if s.stop_for.is_zero() {
+                    String::new()
+                } else {
+                    format!(" for {}", fmt_dur(s.stop_for))
+                }
             });
-            let stop = format!("{}{stop_for}", level(info_s.stop, ps.and_then(|s| s.stop_above.map(|l| l.to_string()))));
+            let stop = format!(
+                "{}{stop_for}",
+                level(
+                    info_s.stop,
+                    ps.and_then(|s| s.stop_above.map(|l| l.to_string()))
+                )
+            );
             let st = stats.and_then(|s| s.signals.iter().find(|x| x.name == info_s.name));
             let _ = writeln!(
                 md,
@@ -209,7 +267,10 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
         if s.pauses.is_empty() {
             let _ = writeln!(md, "No pauses.\n");
         } else {
-            let _ = writeln!(md, "| Pause | from | to | length | cause |\n|---|---|---|---|---|");
+            let _ = writeln!(
+                md,
+                "| Pause | from | to | length | cause |\n|---|---|---|---|---|"
+            );
             for (i, p) in s.pauses.iter().enumerate() {
                 let _ = writeln!(
                     md,
@@ -224,17 +285,37 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
             md.push('\n');
         }
         if !s.decisions_by_action.is_empty() {
-            let counts: Vec<String> = s.decisions_by_action.iter().map(|(a, n)| format!("{a} {n}")).collect();
-            let _ = writeln!(md, "Decisions that changed something: {}.\n", counts.join(", "));
+            let counts: Vec<String> = s
+                .decisions_by_action
+                .iter()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect();
+            let _ = writeln!(
+                md,
+                "Decisions that changed something: {}.\n",
+                counts.join(", ")
+            );
         }
     }
     let _ = writeln!(md, "Retries: {}.\n", retries_text(h));
     let slowdowns = slowdown_causes(h);
     if !slowdowns.is_empty() {
-        let total: u64 = h.decisions.iter().filter(|d| d.action == Action::Decrease).count() as u64;
-        let _ = writeln!(md, "pacer slowed down {} times. Why (a slow-down can have several causes):\n", group(total));
+        let total: u64 = h
+            .decisions
+            .iter()
+            .filter(|d| d.action == Action::Decrease)
+            .count() as u64;
+        let _ = writeln!(
+            md,
+            "pacer slowed down {} times. Why (a slow-down can have several causes):\n",
+            group(total)
+        );
         for (cause, n) in &slowdowns {
-            let times = if *n == 1 { "once".to_string() } else { format!("{} times", group(*n)) };
+            let times = if *n == 1 {
+                "once".to_string()
+            } else {
+                format!("{} times", group(*n))
+            };
             let _ = writeln!(md, "- {cause}: {times}");
         }
         md.push('\n');
@@ -268,7 +349,10 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
     }
 
     // Runbook.
-    let listen = info.policy.as_ref().map_or("127.0.0.1:9187".to_string(), |p| p.http.listen.clone());
+    let listen = info
+        .policy
+        .as_ref()
+        .map_or("127.0.0.1:9187".to_string(), |p| p.http.listen.clone());
     let _ = writeln!(md, "## How to operate this job\n");
     let _ = writeln!(
         md,
@@ -316,10 +400,19 @@ fn slowdown_causes(h: &History) -> Vec<(String, u64)> {
         let mut seen = std::collections::BTreeSet::new();
         for c in &d.causes {
             let key = match c {
-                Cause::Signal { signal, level, threshold, .. } => format!("`{signal}` above its {level} level ({})", num(*threshold)),
+                Cause::Signal {
+                    signal,
+                    level,
+                    threshold,
+                    ..
+                } => format!("`{signal}` above its {level} level ({})", num(*threshold)),
                 Cause::Missing { signal, .. } => format!("`{signal}` missing"),
-                Cause::SlowBatch { target, .. } => format!("a batch slower than the {} target", fmt_dur(*target)),
-                Cause::BatchError { error, .. } => format!("batches failing with {}", error.as_str()),
+                Cause::SlowBatch { target, .. } => {
+                    format!("a batch slower than the {} target", fmt_dur(*target))
+                }
+                Cause::BatchError { error, .. } => {
+                    format!("batches failing with {}", error.as_str())
+                }
                 Cause::Manual { .. } => "a manual request".to_string(),
                 Cause::Window { window } => format!("window `{window}`"),
                 Cause::Calm { .. } => continue,
@@ -336,7 +429,11 @@ fn slowdown_causes(h: &History) -> Vec<(String, u64)> {
 
 /// A duration in a table cell; zero reads as "never".
 fn never(d: Duration) -> String {
-    if d.is_zero() { "never".into() } else { fmt_dur(d) }
+    if d.is_zero() {
+        "never".into()
+    } else {
+        fmt_dur(d)
+    }
 }
 
 fn retries_text(h: &History) -> String {

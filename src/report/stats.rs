@@ -92,7 +92,11 @@ impl RunStats {
             }
         }
         if peak_rate == 0.0 {
-            peak_rate = h.samples.iter().map(|s| s.rows_per_second).fold(0.0, f64::max);
+            peak_rate = h
+                .samples
+                .iter()
+                .map(|s| s.rows_per_second)
+                .fold(0.0, f64::max);
         }
 
         let signals = h
@@ -154,6 +158,8 @@ impl RunStats {
 
     /// How long a pause lasted; an open pause lasts until the end of the history.
     pub fn pause_length(&self, p: &Pause) -> Duration {
-        (p.to.unwrap_or(self.end) - p.from).to_std().unwrap_or_default()
+        (p.to.unwrap_or(self.end) - p.from)
+            .to_std()
+            .unwrap_or_default()
     }
 }

@@ -55,7 +55,11 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// Render the timeline as SVG text (credentials redacted).
 pub fn svg(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> anyhow::Result<String> {
     let n_pauses = stats.map_or(0, |s| s.pauses.len());
-    let foot_lines = if n_pauses == 0 { 0 } else { n_pauses.min(MAX_FOOT) as u32 + 1 + u32::from(n_pauses > MAX_FOOT) };
+    let foot_lines = if n_pauses == 0 {
+        0
+    } else {
+        n_pauses.min(MAX_FOOT) as u32 + 1 + u32::from(n_pauses > MAX_FOOT)
+    };
     let height = HEADER
         + STRIP
         + SIGNAL_H * h.signals.len() as u32
@@ -72,7 +76,10 @@ pub fn svg(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> anyhow::
             Some(s) if h.samples.len() >= 2 => draw(&root, h, s, info)?,
             _ => {
                 root.draw(&Text::new(
-                    format!("pacer · {} · no progress was recorded, nothing to chart", h.job),
+                    format!(
+                        "pacer · {} · no progress was recorded, nothing to chart",
+                        h.job
+                    ),
                     (20, 30),
                     (FONT, 18).into_font(),
                 ))
@@ -97,8 +104,16 @@ struct Ctx<'a> {
 fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow::Result<()> {
     let tz = info.timezone();
     let t0 = s.start;
-    let t1 = if s.end > t0 { s.end } else { t0 + chrono::Duration::seconds(1) };
-    let tfmt = if (t1 - t0) > chrono::Duration::hours(36) { "%m-%d %H:%M" } else { "%H:%M" };
+    let t1 = if s.end > t0 {
+        s.end
+    } else {
+        t0 + chrono::Duration::seconds(1)
+    };
+    let tfmt = if (t1 - t0) > chrono::Duration::hours(36) {
+        "%m-%d %H:%M"
+    } else {
+        "%H:%M"
+    };
     let cx = Ctx {
         t0,
         t1,
@@ -132,25 +147,43 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
             legend.push(Legend::line(format!("baseline {}", num(v)), C_BASE, true));
         }
         let title = format!("signal {}", sig.name);
-        let max_v = pts.iter().filter_map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-        let min_v = pts.iter().filter_map(|p| p.1).fold(f64::INFINITY, f64::min);
-        let top = [max_v, sig.stop.unwrap_or(f64::NEG_INFINITY), sig.slow.unwrap_or(f64::NEG_INFINITY)]
-            .into_iter()
+        let max_v = pts
+            .iter()
+            .filter_map(|p| p.1)
             .fold(f64::NEG_INFINITY, f64::max);
-        let mut top = if top.is_finite() && top > 0.0 { top * 1.12 } else { 1.0 };
+        let min_v = pts.iter().filter_map(|p| p.1).fold(f64::INFINITY, f64::min);
+        let top = [
+            max_v,
+            sig.stop.unwrap_or(f64::NEG_INFINITY),
+            sig.slow.unwrap_or(f64::NEG_INFINITY),
+        ]
+        .into_iter()
+        .fold(f64::NEG_INFINITY, f64::max);
+        let mut top = if top.is_finite() && top > 0.0 {
+            top * 1.12
+        } else {
+            1.0
+        };
         // A spike far above the stop level would squash the levels into the
         // floor; clip the axis at 3× the highest level and say so.
         let highest_level = sig.stop.or(sig.slow).unwrap_or(0.0);
         if highest_level > 0.0 && max_v > highest_level * 3.0 {
             top = highest_level * 3.0;
-            legend.push(Legend::note(format!("↑ peak {} is off the scale", num(max_v))));
+            legend.push(Legend::note(format!(
+                "↑ peak {} is off the scale",
+                num(max_v)
+            )));
         }
         // Zoom onto the band where the value and its levels live: a latency
         // hovering at 0.4 against levels at 0.40 and 0.50 is unreadable on
         // an axis from zero.
-        let floor = [min_v, sig.baseline.unwrap_or(f64::INFINITY), sig.slow.unwrap_or(f64::INFINITY)]
-            .into_iter()
-            .fold(f64::INFINITY, f64::min);
+        let floor = [
+            min_v,
+            sig.baseline.unwrap_or(f64::INFINITY),
+            sig.slow.unwrap_or(f64::INFINITY),
+        ]
+        .into_iter()
+        .fold(f64::INFINITY, f64::min);
         let bottom = if !floor.is_finite() {
             0.0
         } else if floor < 0.0 {
@@ -158,7 +191,11 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         } else {
             (floor - 0.25 * (top - floor)).max(0.0)
         };
-        let bottom = if floor.is_finite() && floor > 0.0 && bottom < 0.5 * floor { 0.0 } else { bottom };
+        let bottom = if floor.is_finite() && floor > 0.0 && bottom < 0.5 * floor {
+            0.0
+        } else {
+            bottom
+        };
         let levels: Vec<(f64, RGBColor)> = [
             (sig.baseline, C_BASE),
             (sig.slow, C_SLOW),
@@ -180,7 +217,10 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
             let segs = segments(&pts);
             chart
                 .draw_series(segs.into_iter().map(|seg| {
-                    let seg: Vec<_> = envelope(&seg).into_iter().map(|(t, v)| (t, v.clamp(bottom, top))).collect();
+                    let seg: Vec<_> = envelope(&seg)
+                        .into_iter()
+                        .map(|(t, v)| (t, v.clamp(bottom, top)))
+                        .collect();
                     PathElement::new(seg, C_VALUE.stroke_width(2))
                 }))
                 .map_err(err)?;
@@ -202,11 +242,26 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
     // Throughput, with rows done on the right-hand axis.
     let (area, r) = rest.split_vertically(RATE_H);
     rest = r;
-    let rate: Vec<(DateTime<Utc>, f64)> = h.samples.iter().map(|x| (x.at, x.rows_per_second)).collect();
+    let rate: Vec<(DateTime<Utc>, f64)> = h
+        .samples
+        .iter()
+        .map(|x| (x.at, x.rows_per_second))
+        .collect();
     let rate = mean_buckets(&rate);
     let rmax = rate.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.12;
-    let done_max = h.samples.iter().map(|x| x.rows_done).max().unwrap_or(0).max(1) as f64 * 1.05;
-    let done: Vec<(DateTime<Utc>, f64)> = h.samples.iter().map(|x| (x.at, x.rows_done as f64)).collect();
+    let done_max = h
+        .samples
+        .iter()
+        .map(|x| x.rows_done)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+        * 1.05;
+    let done: Vec<(DateTime<Utc>, f64)> = h
+        .samples
+        .iter()
+        .map(|x| (x.at, x.rows_done as f64))
+        .collect();
     let done = envelope(&done);
     draw_rate(&area, &cx, &rate, rmax, &done, done_max)?;
 
@@ -221,7 +276,13 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
     let smax = limits.map_or(0.0, |l| l.sleep.max.as_secs_f64() * 1000.0);
     let wmax = limits.map_or(0.0, |l| l.workers.max as f64);
 
-    let knob_panel = |area: &Area<'_>, title: &str, label: &str, pts: &[(DateTime<Utc>, f64)], c: RGBColor, lim: f64, last: bool| {
+    let knob_panel = |area: &Area<'_>,
+                      title: &str,
+                      label: &str,
+                      pts: &[(DateTime<Utc>, f64)],
+                      c: RGBColor,
+                      lim: f64,
+                      last: bool| {
         let top = pts.iter().map(|p| p.1).fold(lim, f64::max).max(1.0) * 1.12;
         let mut legend = vec![Legend::line(label.to_string(), c, false)];
         if lim > 0.0 {
@@ -230,21 +291,53 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         panel(area, &cx, title, &legend, 0.0..top, last, |chart| {
             if lim > 0.0 {
                 chart
-                    .draw_series(DashedLineSeries::new(vec![(cx.t0, lim), (cx.t1, lim)], 6, 6, C_BASE.stroke_width(1)))
+                    .draw_series(DashedLineSeries::new(
+                        vec![(cx.t0, lim), (cx.t1, lim)],
+                        6,
+                        6,
+                        C_BASE.stroke_width(1),
+                    ))
                     .map_err(err)?;
             }
             chart
-                .draw_series(std::iter::once(PathElement::new(steps(pts), c.stroke_width(2))))
+                .draw_series(std::iter::once(PathElement::new(
+                    steps(pts),
+                    c.stroke_width(2),
+                )))
                 .map_err(err)?;
             Ok(())
         })
     };
     let (a, r) = rest.split_vertically(KNOB_H);
-    knob_panel(&a, "batch size (rows per transaction)", "batch size", &batch, C_BATCH, bmax, false)?;
+    knob_panel(
+        &a,
+        "batch size (rows per transaction)",
+        "batch size",
+        &batch,
+        C_BATCH,
+        bmax,
+        false,
+    )?;
     let (a, r) = r.split_vertically(KNOB_H);
-    knob_panel(&a, "sleep between batches (ms)", "sleep ms", &sleep, C_SLEEP, smax, false)?;
+    knob_panel(
+        &a,
+        "sleep between batches (ms)",
+        "sleep ms",
+        &sleep,
+        C_SLEEP,
+        smax,
+        false,
+    )?;
     let (a, r) = r.split_vertically(KNOB_H + AXIS_H);
-    knob_panel(&a, "workers (concurrent transactions)", "workers", &workers, C_WORKERS, wmax, true)?;
+    knob_panel(
+        &a,
+        "workers (concurrent transactions)",
+        "workers",
+        &workers,
+        C_WORKERS,
+        wmax,
+        true,
+    )?;
     draw_footer(&r, &cx)?;
     Ok(())
 }
@@ -298,27 +391,66 @@ fn text_w(text: &str, size: u32) -> i32 {
 fn draw_title_row(area: &Area<'_>, title: &str, legend: &[Legend]) -> anyhow::Result<()> {
     let y = 12;
     let mut x = LEFT as i32;
-    area.draw(&Text::new(title.to_string(), (x, y), (FONT, 14).into_font().style(FontStyle::Bold).color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center))))
-        .map_err(err)?;
+    area.draw(&Text::new(
+        title.to_string(),
+        (x, y),
+        (FONT, 14)
+            .into_font()
+            .style(FontStyle::Bold)
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Left, VPos::Center)),
+    ))
+    .map_err(err)?;
     x += text_w(title, 14) + 24;
     for l in legend {
         if l.note {
-            area.draw(&Text::new(l.text.clone(), (x, y), (FONT, 12).into_font().style(FontStyle::Italic).color(&BLACK.mix(0.7)).pos(Pos::new(HPos::Left, VPos::Center))))
-                .map_err(err)?;
+            area.draw(&Text::new(
+                l.text.clone(),
+                (x, y),
+                (FONT, 12)
+                    .into_font()
+                    .style(FontStyle::Italic)
+                    .color(&BLACK.mix(0.7))
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(err)?;
             x += text_w(&l.text, 12) + 18;
             continue;
         }
         if l.filled {
-            area.draw(&Rectangle::new([(x, y - 5), (x + 18, y + 5)], l.color.mix(0.6).filled())).map_err(err)?;
+            area.draw(&Rectangle::new(
+                [(x, y - 5), (x + 18, y + 5)],
+                l.color.mix(0.6).filled(),
+            ))
+            .map_err(err)?;
         } else if l.dashed {
-            area.draw(&PathElement::new(vec![(x, y), (x + 7, y)], l.color.stroke_width(2))).map_err(err)?;
-            area.draw(&PathElement::new(vec![(x + 11, y), (x + 18, y)], l.color.stroke_width(2))).map_err(err)?;
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 7, y)],
+                l.color.stroke_width(2),
+            ))
+            .map_err(err)?;
+            area.draw(&PathElement::new(
+                vec![(x + 11, y), (x + 18, y)],
+                l.color.stroke_width(2),
+            ))
+            .map_err(err)?;
         } else {
-            area.draw(&PathElement::new(vec![(x, y), (x + 18, y)], l.color.stroke_width(3))).map_err(err)?;
+            area.draw(&PathElement::new(
+                vec![(x, y), (x + 18, y)],
+                l.color.stroke_width(3),
+            ))
+            .map_err(err)?;
         }
         x += 24;
-        area.draw(&Text::new(l.text.clone(), (x, y), (FONT, 12).into_font().color(&BLACK.mix(0.85)).pos(Pos::new(HPos::Left, VPos::Center))))
-            .map_err(err)?;
+        area.draw(&Text::new(
+            l.text.clone(),
+            (x, y),
+            (FONT, 12)
+                .into_font()
+                .color(&BLACK.mix(0.85))
+                .pos(Pos::new(HPos::Left, VPos::Center)),
+        ))
+        .map_err(err)?;
         x += text_w(&l.text, 12) + 18;
     }
     Ok(())
@@ -327,7 +459,10 @@ fn draw_title_row(area: &Area<'_>, title: &str, legend: &[Legend]) -> anyhow::Re
 type Chart<'a, 'b> = ChartContext<
     'a,
     SVGBackend<'b>,
-    Cartesian2d<plotters::coord::types::RangedDateTime<DateTime<Utc>>, plotters::coord::types::RangedCoordf64>,
+    Cartesian2d<
+        plotters::coord::types::RangedDateTime<DateTime<Utc>>,
+        plotters::coord::types::RangedCoordf64,
+    >,
 >;
 
 /// A panel: title row with legend, y axis on the left, pause bands, then
@@ -370,7 +505,10 @@ fn panel(
     chart
         .draw_series(cx.stats.pauses.iter().map(|p| {
             let to = p.to.unwrap_or(cx.t1).min(cx.t1);
-            Rectangle::new([(p.from.max(cx.t0), y.end), (to, y.start)], C_PAUSED.mix(0.10).filled())
+            Rectangle::new(
+                [(p.from.max(cx.t0), y.end), (to, y.start)],
+                C_PAUSED.mix(0.10).filled(),
+            )
         }))
         .map_err(err)?;
     body(&mut chart)
@@ -379,13 +517,21 @@ fn panel(
 fn draw_header(area: &Area<'_>, h: &History, cx: &Ctx<'_>) -> anyhow::Result<()> {
     let s = cx.stats;
     let title = format!("pacer · {}", h.job);
-    area.draw(&Text::new(title, (LEFT as i32, 18), (FONT, 20).into_font().style(FontStyle::Bold).color(&BLACK)))
-        .map_err(err)?;
+    area.draw(&Text::new(
+        title,
+        (LEFT as i32, 18),
+        (FONT, 20).into_font().style(FontStyle::Bold).color(&BLACK),
+    ))
+    .map_err(err)?;
     let total_pause: std::time::Duration = s.pauses.iter().map(|p| s.pause_length(p)).sum();
     let line = format!(
         "{} → {} ({})  ·  {}  ·  {} rows  ·  avg {} rows/s, peak {} rows/s  ·  {} pause{} ({})  ·  ended {}",
         cx.t0.with_timezone(&cx.tz).format("%Y-%m-%d %H:%M"),
-        cx.t1.with_timezone(&cx.tz).format(if cx.tfmt == "%H:%M" { "%H:%M" } else { "%Y-%m-%d %H:%M" }),
+        cx.t1.with_timezone(&cx.tz).format(if cx.tfmt == "%H:%M" {
+            "%H:%M"
+        } else {
+            "%Y-%m-%d %H:%M"
+        }),
         cx.tz.name(),
         fmt_dur(s.duration),
         group(s.rows),
@@ -396,8 +542,12 @@ fn draw_header(area: &Area<'_>, h: &History, cx: &Ctx<'_>) -> anyhow::Result<()>
         fmt_dur(total_pause),
         s.final_state
     );
-    area.draw(&Text::new(line, (LEFT as i32, 46), (FONT, 14).into_font().color(&BLACK.mix(0.8))))
-        .map_err(err)?;
+    area.draw(&Text::new(
+        line,
+        (LEFT as i32, 46),
+        (FONT, 14).into_font().color(&BLACK.mix(0.8)),
+    ))
+    .map_err(err)?;
     Ok(())
 }
 
@@ -426,10 +576,9 @@ fn draw_state_strip(area: &Area<'_>, cx: &Ctx<'_>) -> anyhow::Result<()> {
         .map_err(err)?;
     let runs = state_runs(cx.samples, cx.t0, cx.t1);
     chart
-        .draw_series(
-            runs.iter()
-                .map(|(a, b, st)| Rectangle::new([(*a, 1.0), (*b, 0.0)], state_color(st).mix(0.6).filled())),
-        )
+        .draw_series(runs.iter().map(|(a, b, st)| {
+            Rectangle::new([(*a, 1.0), (*b, 0.0)], state_color(st).mix(0.6).filled())
+        }))
         .map_err(err)?;
     let plot_w = (WIDTH - LEFT - RIGHT) as f64;
     let span = (cx.t1 - cx.t0).num_milliseconds().max(1) as f64;
@@ -443,12 +592,20 @@ fn draw_state_strip(area: &Area<'_>, cx: &Ctx<'_>) -> anyhow::Result<()> {
         } else {
             p.from
         };
-        let pos = if px >= text_w(&label, 12) as f64 + 4.0 { HPos::Center } else { HPos::Left };
+        let pos = if px >= text_w(&label, 12) as f64 + 4.0 {
+            HPos::Center
+        } else {
+            HPos::Left
+        };
         chart
             .draw_series(std::iter::once(Text::new(
                 label,
                 (mid, 0.5),
-                (FONT, 12).into_font().style(FontStyle::Bold).color(&WHITE).pos(Pos::new(pos, VPos::Center)),
+                (FONT, 12)
+                    .into_font()
+                    .style(FontStyle::Bold)
+                    .color(&WHITE)
+                    .pos(Pos::new(pos, VPos::Center)),
             )))
             .map_err(err)?;
     }
@@ -498,14 +655,23 @@ fn draw_rate(
     chart
         .draw_series(cx.stats.pauses.iter().map(|p| {
             let to = p.to.unwrap_or(cx.t1).min(cx.t1);
-            Rectangle::new([(p.from.max(cx.t0), rmax), (to, 0.0)], C_PAUSED.mix(0.10).filled())
+            Rectangle::new(
+                [(p.from.max(cx.t0), rmax), (to, 0.0)],
+                C_PAUSED.mix(0.10).filled(),
+            )
         }))
         .map_err(err)?;
     chart
-        .draw_series(AreaSeries::new(rate.iter().copied(), 0.0, C_RATE.mix(0.35)).border_style(C_RATE.stroke_width(1)))
+        .draw_series(
+            AreaSeries::new(rate.iter().copied(), 0.0, C_RATE.mix(0.35))
+                .border_style(C_RATE.stroke_width(1)),
+        )
         .map_err(err)?;
     chart
-        .draw_secondary_series(std::iter::once(PathElement::new(done.to_vec(), C_DONE.stroke_width(2))))
+        .draw_secondary_series(std::iter::once(PathElement::new(
+            done.to_vec(),
+            C_DONE.stroke_width(2),
+        )))
         .map_err(err)?;
     Ok(())
 }
@@ -517,12 +683,18 @@ fn draw_footer(area: &Area<'_>, cx: &Ctx<'_>) -> anyhow::Result<()> {
     }
     let x = LEFT as i32;
     let mut y = 10;
-    area.draw(&Text::new("pauses".to_string(), (x, y), (FONT, 14).into_font().style(FontStyle::Bold)))
-        .map_err(err)?;
+    area.draw(&Text::new(
+        "pauses".to_string(),
+        (x, y),
+        (FONT, 14).into_font().style(FontStyle::Bold),
+    ))
+    .map_err(err)?;
     y += FOOT_LINE as i32;
     let max_chars = ((WIDTH - LEFT - 20) as f64 / (12.0 * 0.56)) as usize;
     for (i, p) in pauses.iter().enumerate().take(MAX_FOOT) {
-        let to = p.to.map_or("end".to_string(), |t| t.with_timezone(&cx.tz).format(cx.tfmt).to_string());
+        let to = p.to.map_or("end".to_string(), |t| {
+            t.with_timezone(&cx.tz).format(cx.tfmt).to_string()
+        });
         let mut line = format!(
             "P{}  {}–{} ({}): {}",
             i + 1,
@@ -532,15 +704,26 @@ fn draw_footer(area: &Area<'_>, cx: &Ctx<'_>) -> anyhow::Result<()> {
             p.reason
         );
         if line.chars().count() > max_chars {
-            line = line.chars().take(max_chars.saturating_sub(1)).collect::<String>() + "…";
+            line = line
+                .chars()
+                .take(max_chars.saturating_sub(1))
+                .collect::<String>()
+                + "…";
         }
-        area.draw(&Text::new(line, (x, y), (FONT, 12).into_font().color(&BLACK.mix(0.85))))
-            .map_err(err)?;
+        area.draw(&Text::new(
+            line,
+            (x, y),
+            (FONT, 12).into_font().color(&BLACK.mix(0.85)),
+        ))
+        .map_err(err)?;
         y += FOOT_LINE as i32;
     }
     if pauses.len() > MAX_FOOT {
         area.draw(&Text::new(
-            format!("… and {} more pauses, listed in report.md", pauses.len() - MAX_FOOT),
+            format!(
+                "… and {} more pauses, listed in report.md",
+                pauses.len() - MAX_FOOT
+            ),
             (x, y),
             (FONT, 12).into_font().color(&BLACK.mix(0.6)),
         ))
@@ -552,14 +735,18 @@ fn draw_footer(area: &Area<'_>, cx: &Ctx<'_>) -> anyhow::Result<()> {
 /// Runs of equal state, one rectangle each, at about one pixel column's
 /// resolution: a column shows its most common state, except that any pause
 /// in it wins, so a short pause never disappears.
-fn state_runs<'a>(
-    samples: &'a [Sample],
+fn state_runs(
+    samples: &[Sample],
     t0: DateTime<Utc>,
     t1: DateTime<Utc>,
-) -> Vec<(DateTime<Utc>, DateTime<Utc>, &'a str)> {
+) -> Vec<(DateTime<Utc>, DateTime<Utc>, &str)> {
     let span = (t1 - t0).num_milliseconds().max(1);
-    let col = |t: DateTime<Utc>| (((t - t0).num_milliseconds() * BUCKETS as i64) / span).clamp(0, BUCKETS as i64 - 1) as usize;
-    let mut counts: Vec<std::collections::BTreeMap<&str, usize>> = vec![Default::default(); BUCKETS];
+    let col = |t: DateTime<Utc>| {
+        (((t - t0).num_milliseconds() * BUCKETS as i64) / span).clamp(0, BUCKETS as i64 - 1)
+            as usize
+    };
+    let mut counts: Vec<std::collections::BTreeMap<&str, usize>> =
+        vec![Default::default(); BUCKETS];
     for s in samples {
         *counts[col(s.at)].entry(s.state.as_str()).or_insert(0) += 1;
     }
@@ -612,7 +799,10 @@ fn segments(pts: &[(DateTime<Utc>, Option<f64>)]) -> Vec<Vec<(DateTime<Utc>, f64
 }
 
 /// Stretches without a reading, as time spans.
-fn missing_spans(pts: &[(DateTime<Utc>, Option<f64>)], end: DateTime<Utc>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+fn missing_spans(
+    pts: &[(DateTime<Utc>, Option<f64>)],
+    end: DateTime<Utc>,
+) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
     let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
     for (i, (t, v)) in pts.iter().enumerate() {
         if v.is_some() {
@@ -659,7 +849,12 @@ fn mean_buckets(pts: &[(DateTime<Utc>, f64)]) -> Vec<(DateTime<Utc>, f64)> {
     }
     let per = pts.len().div_ceil(BUCKETS);
     pts.chunks(per)
-        .map(|c| (c[c.len() / 2].0, c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64))
+        .map(|c| {
+            (
+                c[c.len() / 2].0,
+                c.iter().map(|p| p.1).sum::<f64>() / c.len() as f64,
+            )
+        })
         .collect()
 }
 

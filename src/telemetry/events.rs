@@ -158,7 +158,9 @@ impl ProgressLine {
         if self.rate <= 0.0 || !self.rate.is_finite() {
             return None;
         }
-        Some(Duration::from_secs_f64((pending as f64 / self.rate).min(1e9)))
+        Some(Duration::from_secs_f64(
+            (pending as f64 / self.rate).min(1e9),
+        ))
     }
 
     /// `1,234,000 of 8,000,000 rows (15.4 %), 2,345 rows/s, ETA 48m; running, batch 2000, sleep 100ms, 3 workers`.
@@ -166,10 +168,21 @@ impl ProgressLine {
         let mut s = format!("{} rows", group(self.rows_done));
         if let Some(p) = self.rows_pending {
             let total = self.rows_done + p;
-            let pct = if total == 0 { 100.0 } else { self.rows_done as f64 * 100.0 / total as f64 };
-            s = format!("{} of {} rows ({pct:.1} %)", group(self.rows_done), group(total));
+            let pct = if total == 0 {
+                100.0
+            } else {
+                self.rows_done as f64 * 100.0 / total as f64
+            };
+            s = format!(
+                "{} of {} rows ({pct:.1} %)",
+                group(self.rows_done),
+                group(total)
+            );
         }
-        s.push_str(&format!(", {} rows/s", group(self.rate.round().max(0.0) as u64)));
+        s.push_str(&format!(
+            ", {} rows/s",
+            group(self.rate.round().max(0.0) as u64)
+        ));
         match self.eta() {
             Some(eta) => s.push_str(&format!(", ETA {}", fmt_dur(round_eta(eta)))),
             None => s.push_str(", ETA unknown"),
@@ -201,7 +214,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::with_capacity(s.len() + s.len() / 3);
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -53,13 +53,18 @@ pub trait Control: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("[http] listen = {listen:?}: cannot resolve the address: {source}")]
-    Resolve { listen: String, source: std::io::Error },
+    Resolve {
+        listen: String,
+        source: std::io::Error,
+    },
     #[error(
         "[http] listen = {listen:?} is not a loopback address, so the control API needs a token: set {TOKEN_ENV} \
          (at least {MIN_TOKEN_LEN} characters; clients send `Authorization: Bearer <token>`) or listen on 127.0.0.1"
     )]
     TokenRequired { listen: String },
-    #[error("{TOKEN_ENV} is too short ({len} characters): use at least {MIN_TOKEN_LEN}, e.g. `openssl rand -hex 24`")]
+    #[error(
+        "{TOKEN_ENV} is too short ({len} characters): use at least {MIN_TOKEN_LEN}, e.g. `openssl rand -hex 24`"
+    )]
     WeakToken { len: usize },
     #[error("[http] listen = {listen:?}: cannot listen on {addr}: {source}")]
     Bind {
@@ -71,7 +76,10 @@ pub enum HttpError {
 
 /// The token from `PACER_CONTROL_TOKEN`; unset or blank means none.
 pub fn token_from_env() -> Option<String> {
-    std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 /// A running server; dropping it does not stop it, `shutdown` does.
@@ -126,18 +134,22 @@ pub async fn serve(
     if let Some(t) = &token
         && t.chars().count() < MIN_TOKEN_LEN
     {
-        return Err(HttpError::WeakToken { len: t.chars().count() });
+        return Err(HttpError::WeakToken {
+            len: t.chars().count(),
+        });
     }
     if token.is_none() && !addrs.iter().all(|a| a.ip().is_loopback()) {
         return Err(HttpError::TokenRequired {
             listen: listen.to_string(),
         });
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HttpError::Bind {
-        listen: listen.to_string(),
-        addr,
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind {
+            listen: listen.to_string(),
+            addr,
+            source,
+        })?;
     let addr = listener.local_addr().map_err(|source| HttpError::Bind {
         listen: listen.to_string(),
         addr,
@@ -156,11 +168,14 @@ pub async fn serve(
         .with_state(state);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
     });
     tracing::info!(target: "pacer::http", %addr, "serving /metrics, /status, /pause and /resume on http://{addr}");
     Ok(HttpServer { addr, stop, task })
@@ -177,7 +192,11 @@ async fn metrics_handler(State(s): State<Arc<AppState>>, headers: HeaderMap) -> 
     if open {
         ([(header::CONTENT_TYPE, CONTENT_TYPE)], s.metrics.encode()).into_response()
     } else {
-        ([(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)], s.metrics.encode_classic()).into_response()
+        (
+            [(header::CONTENT_TYPE, CLASSIC_CONTENT_TYPE)],
+            s.metrics.encode_classic(),
+        )
+            .into_response()
     }
 }
 
@@ -187,9 +206,17 @@ fn unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
-    let ok = given.is_some_and(|g| g.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0);
+    let ok = given.is_some_and(|g| {
+        g.iter()
+            .zip(want.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
     if ok {
         return None;
     }
@@ -197,7 +224,9 @@ fn unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
-            axum::Json(json!({"error": format!("missing or wrong bearer token (see {TOKEN_ENV})")})),
+            axum::Json(
+                json!({"error": format!("missing or wrong bearer token (see {TOKEN_ENV})")}),
+            ),
         )
             .into_response(),
     )
@@ -232,27 +261,28 @@ struct ControlBody {
 }
 
 /// The reason and requester from a JSON body (`{"reason": "...", "by":
-/// "..."}`) or the query string (`?reason=...`), or the 400 to send.
+/// "..."}`) or the query string (`?reason=...`), or why the request is bad.
 fn control_request(
     peer: SocketAddr,
     query: &std::collections::HashMap<String, String>,
     body: &Bytes,
-) -> Result<ControlRequest, Response> {
-    let bad = |msg: String| (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response();
+) -> Result<ControlRequest, String> {
     let parsed: ControlBody = if body.iter().all(u8::is_ascii_whitespace) {
         ControlBody::default()
     } else {
         serde_json::from_slice(body)
-            .map_err(|e| bad(format!("body must be JSON like {{\"reason\": \"sale starts\"}}: {e}")))?
+            .map_err(|e| format!("body must be JSON like {{\"reason\": \"sale starts\"}}: {e}"))?
     };
     let reason = parsed
         .reason
         .or_else(|| query.get("reason").cloned())
         .map(|r| r.trim().to_string())
         .filter(|r| !r.is_empty())
-        .ok_or_else(|| bad("a reason is required: send {\"reason\": \"...\"} or ?reason=...".into()))?;
+        .ok_or_else(|| {
+            "a reason is required: send {\"reason\": \"...\"} or ?reason=...".to_string()
+        })?;
     if reason.chars().count() > MAX_REASON {
-        return Err(bad(format!("reason is longer than {MAX_REASON} characters")));
+        return Err(format!("reason is longer than {MAX_REASON} characters"));
     }
     let by = parsed
         .by
@@ -280,7 +310,7 @@ async fn pause_handler(
             tracing::info!(target: "pacer::http", by = req.by.as_str(), reason = req.reason.as_str(), "pause requested over HTTP by {}: {}", req.by, req.reason);
             reply(s.control.pause(req).await)
         }
-        Err(r) => r,
+        Err(msg) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response(),
     }
 }
 
@@ -299,6 +329,6 @@ async fn resume_handler(
             tracing::info!(target: "pacer::http", by = req.by.as_str(), reason = req.reason.as_str(), "resume requested over HTTP by {}: {}", req.by, req.reason);
             reply(s.control.resume(req).await)
         }
-        Err(r) => r,
+        Err(msg) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response(),
     }
 }

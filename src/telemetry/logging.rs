@@ -69,14 +69,22 @@ pub fn filter(level: Option<&str>) -> anyhow::Result<EnvFilter> {
 /// Install the global subscriber for the process: stderr, text (coloured on
 /// a terminal unless `NO_COLOR`) or JSON lines.
 pub fn init(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {
-    let ansi = format == LogFormat::Text && std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let ansi = format == LogFormat::Text
+        && std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none();
     let sub = subscriber(format, filter(level)?, StderrWriter, ansi);
-    tracing::subscriber::set_global_default(sub).map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
+    tracing::subscriber::set_global_default(sub)
+        .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
 }
 
 /// The subscriber `init` installs, with any writer: tests capture lines with
 /// it exactly as an operator would see them.
-pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W, ansi: bool) -> impl Subscriber + Send + Sync
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    ansi: bool,
+) -> impl Subscriber + Send + Sync
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -87,7 +95,9 @@ where
             json: format == LogFormat::Json,
             ansi,
         });
-    Registry::default().with(SpanFieldsLayer).with(fmt.with_filter(filter))
+    Registry::default()
+        .with(SpanFieldsLayer)
+        .with(fmt.with_filter(filter))
 }
 
 /// Fields of a span, kept as JSON values so both formats can print them.
@@ -101,15 +111,26 @@ impl<S> Layer<S> for SpanFieldsLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
         let mut v = JsonVisitor::default();
         attrs.record(&mut v);
         if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(SpanFields(v.0.into_iter().collect()));
+            span.extensions_mut()
+                .insert(SpanFields(v.0.into_iter().collect()));
         }
     }
 
-    fn on_record(&self, id: &tracing::span::Id, values: &tracing::span::Record<'_>, ctx: Context<'_, S>) {
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
         if let Some(span) = ctx.span(id) {
             let mut ext = span.extensions_mut();
             let mut v = JsonVisitor::default();
@@ -188,7 +209,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         let mut fields = JsonVisitor::default();
         event.record(&mut fields);
         let mut fields = fields.0;

@@ -32,7 +32,17 @@ pub const STATES: &[&str] = &["running", "slowing", "paused", "done"];
 
 /// Label names pacer uses itself; a policy label may not reuse one.
 const RESERVED: &[&str] = &[
-    "job", "instance", "pacer_job", "state", "reason", "signal", "class", "outcome", "action", "le", "version",
+    "job",
+    "instance",
+    "pacer_job",
+    "state",
+    "reason",
+    "signal",
+    "class",
+    "outcome",
+    "action",
+    "le",
+    "version",
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -74,7 +84,9 @@ pub struct Metrics {
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), MetricsError> {
     for k in labels.keys() {
         let mut chars = k.chars();
-        let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !k.starts_with("__");
         if !ok {
@@ -91,7 +103,11 @@ impl Metrics {
     pub fn new(job: &str, labels: &BTreeMap<String, String>) -> Result<Metrics, MetricsError> {
         validate_labels(labels)?;
         let consts = std::iter::once((Cow::Borrowed("pacer_job"), Cow::Owned(job.to_string())))
-            .chain(labels.iter().map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone()))))
+            .chain(
+                labels
+                    .iter()
+                    .map(|(k, v)| (Cow::Owned(k.clone()), Cow::Owned(v.clone()))),
+            )
             .collect::<Vec<_>>();
         let mut registry = Registry::with_prefix_and_labels("pacer", consts.into_iter());
 
@@ -120,18 +136,36 @@ impl Metrics {
         // A gauge set to 1 rather than an OpenMetrics `info`, which the
         // classic text parser (promtool, older scrapers) rejects.
         let build = Family::<Labels, Gauge>::default();
-        build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+            .set(1);
         registry.register("build_info", "pacer version", build);
-        registry.register("rows_done", "Rows the backfill has completed (from the progress record)", m.rows_done.clone());
-        registry.register("rows_pending", "Rows still to do (estimate)", m.rows_pending.clone());
-        registry.register("batch_size", "Rows per write transaction now", m.batch_size.clone());
+        registry.register(
+            "rows_done",
+            "Rows the backfill has completed (from the progress record)",
+            m.rows_done.clone(),
+        );
+        registry.register(
+            "rows_pending",
+            "Rows still to do (estimate)",
+            m.rows_pending.clone(),
+        );
+        registry.register(
+            "batch_size",
+            "Rows per write transaction now",
+            m.batch_size.clone(),
+        );
         registry.register_with_unit(
             "sleep",
             "Pause between a worker's batches now",
             Unit::Seconds,
             m.sleep_seconds.clone(),
         );
-        registry.register("workers", "Concurrent write transactions now", m.workers.clone());
+        registry.register(
+            "workers",
+            "Concurrent write transactions now",
+            m.workers.clone(),
+        );
         registry.register(
             "state",
             "1 for the job's current state (running, slowing, paused, done), 0 for the others",
@@ -142,27 +176,57 @@ impl Metrics {
             "Pauses by reason (stop:<signal>, missing:<signal>, manual, window:<name>)",
             m.pauses.clone(),
         );
-        registry.register("decisions", "Controller decisions by action", m.decisions.clone());
-        registry.register("batches", "Batches by outcome (ok or an error class)", m.batches.clone());
+        registry.register(
+            "decisions",
+            "Controller decisions by action",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "batches",
+            "Batches by outcome (ok or an error class)",
+            m.batches.clone(),
+        );
         registry.register_with_unit(
             "batch_duration",
             "Duration of successful batches",
             Unit::Seconds,
             m.batch_duration.clone(),
         );
-        registry.register("batch_rows", "Rows changed by successful batches", m.batch_rows.clone());
+        registry.register(
+            "batch_rows",
+            "Rows changed by successful batches",
+            m.batch_rows.clone(),
+        );
         registry.register("retries", "Batch retries by error class", m.retries.clone());
         registry.register(
             "signal_value",
             "Last reading of each signal (NaN while missing)",
             m.signal_value.clone(),
         );
-        registry.register("signal_missing", "1 while a signal has no reading", m.signal_missing.clone());
-        registry.register("signal_slow_level", "Level above which pacer slows down", m.signal_slow.clone());
-        registry.register("signal_stop_level", "Level above which pacer pauses", m.signal_stop.clone());
-        registry.register("signal_baseline", "Baseline that relative levels multiply", m.signal_baseline.clone());
+        registry.register(
+            "signal_missing",
+            "1 while a signal has no reading",
+            m.signal_missing.clone(),
+        );
+        registry.register(
+            "signal_slow_level",
+            "Level above which pacer slows down",
+            m.signal_slow.clone(),
+        );
+        registry.register(
+            "signal_stop_level",
+            "Level above which pacer pauses",
+            m.signal_stop.clone(),
+        );
+        registry.register(
+            "signal_baseline",
+            "Baseline that relative levels multiply",
+            m.signal_baseline.clone(),
+        );
         for s in STATES {
-            m.state.get_or_create(&vec![("state", s.to_string())]).set(0);
+            m.state
+                .get_or_create(&vec![("state", s.to_string())])
+                .set(0);
         }
         Ok(Metrics { registry, ..m })
     }
@@ -199,7 +263,11 @@ impl Metrics {
 
     fn set_levels(&self, name: &str, slow: Option<f64>, stop: Option<f64>, baseline: Option<f64>) {
         let key = signal_key(name);
-        for (fam, v) in [(&self.signal_slow, slow), (&self.signal_stop, stop), (&self.signal_baseline, baseline)] {
+        for (fam, v) in [
+            (&self.signal_slow, slow),
+            (&self.signal_stop, stop),
+            (&self.signal_baseline, baseline),
+        ] {
             match v {
                 Some(v) => {
                     fam.get_or_create(&key).set(v);
@@ -212,11 +280,19 @@ impl Metrics {
     }
 
     /// Last readings, by signal name in the same order as `readings`.
-    pub fn observe_readings<'a>(&self, names: impl IntoIterator<Item = &'a str>, readings: &[Reading]) {
+    pub fn observe_readings<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        readings: &[Reading],
+    ) {
         for (name, r) in names.into_iter().zip(readings) {
             let key = signal_key(name);
-            self.signal_value.get_or_create(&key).set(r.value.unwrap_or(f64::NAN));
-            self.signal_missing.get_or_create(&key).set(i64::from(r.value.is_none()));
+            self.signal_value
+                .get_or_create(&key)
+                .set(r.value.unwrap_or(f64::NAN));
+            self.signal_missing
+                .get_or_create(&key)
+                .set(i64::from(r.value.is_none()));
         }
     }
 
@@ -259,7 +335,9 @@ impl Metrics {
     /// histogram; failed ones count under their error class.
     pub fn observe_batch(&self, b: &BatchOutcome) {
         let outcome = b.error.map_or("ok", |e| e.as_str());
-        self.batches.get_or_create(&vec![("outcome", outcome.to_string())]).inc();
+        self.batches
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
         if b.error.is_none() {
             self.batch_duration.observe(b.duration.as_secs_f64());
             self.batch_rows.inc_by(b.rows);
@@ -268,7 +346,9 @@ impl Metrics {
 
     /// A batch attempt that failed and will be retried.
     pub fn observe_retry(&self, class: BatchError) {
-        self.retries.get_or_create(&vec![("class", class.as_str().to_string())]).inc();
+        self.retries
+            .get_or_create(&vec![("class", class.as_str().to_string())])
+            .inc();
     }
 
     /// Progress from the store: rows done (a counter that only moves
@@ -296,7 +376,10 @@ pub fn classic(open: &str) -> String {
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
-        let meta = line.strip_prefix("# HELP ").map(|r| ("# HELP ", r)).or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
         match meta {
             Some((kind, rest)) => {
                 let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));

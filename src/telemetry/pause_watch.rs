@@ -40,7 +40,11 @@ impl PauseWatch {
     }
 
     /// Call every tick with when the current pause began (`None` = running).
-    pub fn observe(&mut self, now: DateTime<Utc>, paused_since: Option<DateTime<Utc>>) -> PauseVerdict {
+    pub fn observe(
+        &mut self,
+        now: DateTime<Utc>,
+        paused_since: Option<DateTime<Utc>>,
+    ) -> PauseVerdict {
         let (Some(max), Some(since)) = (self.max_pause, paused_since) else {
             self.last_warn = None;
             return PauseVerdict::Quiet;
@@ -69,14 +73,26 @@ mod tests {
 
     #[test]
     fn warns_once_per_interval_and_resets_on_resume() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let at = |s: i64| t0 + chrono::Duration::seconds(s);
         let mut w = PauseWatch::new(Some(Duration::from_secs(600)), false, WARN_EVERY);
         assert_eq!(w.observe(at(599), Some(t0)), PauseVerdict::Quiet);
-        assert_eq!(w.observe(at(600), Some(t0)), PauseVerdict::Warn { paused_for: Duration::from_secs(600) });
+        assert_eq!(
+            w.observe(at(600), Some(t0)),
+            PauseVerdict::Warn {
+                paused_for: Duration::from_secs(600)
+            }
+        );
         assert_eq!(w.observe(at(601), Some(t0)), PauseVerdict::Quiet);
         assert_eq!(w.observe(at(899), Some(t0)), PauseVerdict::Quiet);
-        assert_eq!(w.observe(at(900), Some(t0)), PauseVerdict::Warn { paused_for: Duration::from_secs(900) });
+        assert_eq!(
+            w.observe(at(900), Some(t0)),
+            PauseVerdict::Warn {
+                paused_for: Duration::from_secs(900)
+            }
+        );
         assert_eq!(w.observe(at(901), None), PauseVerdict::Quiet);
         // A new pause starts the clock again.
         assert_eq!(w.observe(at(1000), Some(at(950))), PauseVerdict::Quiet);
@@ -84,11 +100,22 @@ mod tests {
 
     #[test]
     fn stops_when_the_policy_says_so() {
-        let t0 = DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2026-01-05T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut w = PauseWatch::new(Some(Duration::from_secs(60)), true, WARN_EVERY);
-        assert_eq!(w.observe(t0 + chrono::Duration::seconds(30), Some(t0)), PauseVerdict::Quiet);
-        assert!(matches!(w.observe(t0 + chrono::Duration::seconds(61), Some(t0)), PauseVerdict::Stop { .. }));
+        assert_eq!(
+            w.observe(t0 + chrono::Duration::seconds(30), Some(t0)),
+            PauseVerdict::Quiet
+        );
+        assert!(matches!(
+            w.observe(t0 + chrono::Duration::seconds(61), Some(t0)),
+            PauseVerdict::Stop { .. }
+        ));
         let mut none = PauseWatch::new(None, true, WARN_EVERY);
-        assert_eq!(none.observe(t0 + chrono::Duration::days(3), Some(t0)), PauseVerdict::Quiet);
+        assert_eq!(
+            none.observe(t0 + chrono::Duration::days(3), Some(t0)),
+            PauseVerdict::Quiet
+        );
     }
 }

@@ -23,7 +23,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Run `write` (which prints a log line) with the bar cleared around it.
 pub fn write_around_bar<R>(write: impl FnOnce() -> R) -> R {
-    let bar = BAR.lock().ok().and_then(|g| g.as_ref().map(|(_, b)| b.clone()));
+    let bar = BAR
+        .lock()
+        .ok()
+        .and_then(|g| g.as_ref().map(|(_, b)| b.clone()));
     match bar {
         Some(b) if !b.is_finished() && !b.is_hidden() => b.suspend(write),
         _ => write(),
@@ -50,9 +53,11 @@ impl ProgressView {
     pub fn with_target(target: ProgressDrawTarget) -> ProgressView {
         let bar = ProgressBar::with_draw_target(None, target);
         bar.set_style(
-            ProgressStyle::with_template("{spinner:.green} {elapsed_precise} [{bar:30.cyan/blue}] {percent:>3}% {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner:.green} {elapsed_precise} [{bar:30.cyan/blue}] {percent:>3}% {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut g) = BAR.lock() {
@@ -93,10 +98,16 @@ impl Drop for ProgressView {
 /// `1,234,000/8,000,000 rows · 2,345 rows/s · ETA 48m · running · batch 2000 · sleep 100ms · 3 workers`.
 pub fn bar_message(p: &ProgressLine) -> String {
     let rows = match p.rows_pending {
-        Some(pending) => format!("{}/{} rows", group(p.rows_done), group(p.rows_done + pending)),
+        Some(pending) => format!(
+            "{}/{} rows",
+            group(p.rows_done),
+            group(p.rows_done + pending)
+        ),
         None => format!("{} rows", group(p.rows_done)),
     };
-    let eta = p.eta().map_or("?".to_string(), |d| fmt_dur(Duration::from_secs(d.as_secs())));
+    let eta = p.eta().map_or("?".to_string(), |d| {
+        fmt_dur(Duration::from_secs(d.as_secs()))
+    });
     format!(
         "{rows} · {} rows/s · ETA {eta} · {} · batch {} · sleep {} · {} worker{}",
         group(p.rate.round().max(0.0) as u64),

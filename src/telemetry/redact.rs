@@ -104,7 +104,12 @@ fn url_password_spans(s: &str) -> Vec<(usize, usize)> {
 
 fn is_password_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k == "password" || k == "passwd" || k == "pwd" || k == "sslpassword" || k == "pgpassword" || k.ends_with("_password")
+    k == "password"
+        || k == "passwd"
+        || k == "pwd"
+        || k == "sslpassword"
+        || k == "pgpassword"
+        || k.ends_with("_password")
 }
 
 /// Byte ranges of values of password-like keys: `password=v`,
@@ -171,7 +176,10 @@ fn keyed_password_spans(s: &str) -> Vec<(usize, usize)> {
             }
             Some(_) => {
                 let end = s[j..]
-                    .find(|c: char| c.is_whitespace() || matches!(c, '&' | ';' | ',' | ')' | '}' | '"' | '\'' | '\\'))
+                    .find(|c: char| {
+                        c.is_whitespace()
+                            || matches!(c, '&' | ';' | ',' | ')' | '}' | '"' | '\'' | '\\')
+                    })
                     .map_or(s.len(), |e| j + e);
                 (j, end)
             }
@@ -191,18 +199,36 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(url("postgres://app:s3cret@db:5432/orders"), "postgres://app:***@db:5432/orders");
+        assert_eq!(
+            url("postgres://app:s3cret@db:5432/orders"),
+            "postgres://app:***@db:5432/orders"
+        );
         assert_eq!(url("postgres://app@db/orders"), "postgres://app@db/orders");
         assert_eq!(url("postgres://db/orders"), "postgres://db/orders");
-        assert_eq!(url("postgresql://u:p%40ss/w@h/db?sslmode=require"), "postgresql://u:***@h/db?sslmode=require");
-        assert_eq!(url("postgres://u:pw@h/db?password=x&a=b"), "postgres://u:***@h/db?password=***&a=b");
-        assert_eq!(url("http://prom:9090/api?x=a@b"), "http://prom:9090/api?x=a@b");
+        assert_eq!(
+            url("postgresql://u:p%40ss/w@h/db?sslmode=require"),
+            "postgresql://u:***@h/db?sslmode=require"
+        );
+        assert_eq!(
+            url("postgres://u:pw@h/db?password=x&a=b"),
+            "postgres://u:***@h/db?password=***&a=b"
+        );
+        assert_eq!(
+            url("http://prom:9090/api?x=a@b"),
+            "http://prom:9090/api?x=a@b"
+        );
     }
 
     #[test]
     fn conninfo_and_debug() {
-        assert_eq!(text("host=db user=app password=s3cret dbname=x"), "host=db user=app password=*** dbname=x");
-        assert_eq!(text("host=db password = 'se cret' x=1"), "host=db password = '***' x=1");
+        assert_eq!(
+            text("host=db user=app password=s3cret dbname=x"),
+            "host=db user=app password=*** dbname=x"
+        );
+        assert_eq!(
+            text("host=db password = 'se cret' x=1"),
+            "host=db password = '***' x=1"
+        );
         assert_eq!(
             text(r#"PgConnectOptions { username: "app", password: Some("s3cret"), port: 5432 }"#),
             r#"PgConnectOptions { username: "app", password: Some("***"), port: 5432 }"#
@@ -212,8 +238,14 @@ mod tests {
             text(r#"options="Opts { password: Some(\"s3cret\"), port: 1 }""#),
             r#"options="Opts { password: Some(\"***\"), port: 1 }""#
         );
-        assert_eq!(text(r#"{"password":"s3\"cret","x":1}"#), r#"{"password":"***","x":1}"#);
-        assert_eq!(text("password authentication failed for user app"), "password authentication failed for user app");
+        assert_eq!(
+            text(r#"{"password":"s3\"cret","x":1}"#),
+            r#"{"password":"***","x":1}"#
+        );
+        assert_eq!(
+            text("password authentication failed for user app"),
+            "password authentication failed for user app"
+        );
         assert!(matches!(text("nothing here"), Cow::Borrowed(_)));
     }
 
@@ -221,6 +253,9 @@ mod tests {
     fn json_values() {
         let mut v = serde_json::json!({"db": "postgres://a:b@h/d", "password": "zz", "n": [ "x password=y" ]});
         json(&mut v);
-        assert_eq!(v, serde_json::json!({"db": "postgres://a:***@h/d", "password": "***", "n": ["x password=***"]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"db": "postgres://a:***@h/d", "password": "***", "n": ["x password=***"]})
+        );
     }
 }

@@ -22,14 +22,20 @@ impl Exposition {
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
-            .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+            .find(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|s| s.value)
     }
 }
 
 fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
-    c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
         && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
 }
 
@@ -38,7 +44,9 @@ fn parse_value(v: &str) -> Result<f64, String> {
         "NaN" => Ok(f64::NAN),
         "+Inf" | "Inf" => Ok(f64::INFINITY),
         "-Inf" => Ok(f64::NEG_INFINITY),
-        _ => v.parse::<f64>().map_err(|e| format!("bad value {v:?}: {e}")),
+        _ => v
+            .parse::<f64>()
+            .map_err(|e| format!("bad value {v:?}: {e}")),
     }
 }
 
@@ -53,14 +61,27 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
             let kind = parts.next().unwrap_or("");
-            let name = parts.next().ok_or_else(|| ctx("metadata without a name".into()))?;
+            let name = parts
+                .next()
+                .ok_or_else(|| ctx("metadata without a name".into()))?;
             let val = parts.next().unwrap_or("").to_string();
             if !valid_name(name) {
                 return Err(ctx(format!("bad family name {name:?}")));
             }
             match kind {
                 "TYPE" => {
-                    if !["counter", "gauge", "histogram", "info", "summary", "stateset", "unknown", "gaugehistogram"].contains(&val.as_str()) {
+                    if ![
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "info",
+                        "summary",
+                        "stateset",
+                        "unknown",
+                        "gaugehistogram",
+                    ]
+                    .contains(&val.as_str())
+                    {
                         return Err(ctx(format!("unknown type {val:?}")));
                     }
                     if e.types.insert(name.to_string(), val).is_some() {
@@ -87,7 +108,9 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             let mut chars = body.char_indices().peekable();
             let end;
             loop {
-                let Some((start, c)) = chars.next() else { return Err(ctx("unterminated labels".into())) };
+                let Some((start, c)) = chars.next() else {
+                    return Err(ctx("unterminated labels".into()));
+                };
                 if c == '}' {
                     end = start + 1;
                     break;
@@ -131,11 +154,14 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
             rest
         };
         let mut fields = rest.split_whitespace();
-        let value = parse_value(fields.next().ok_or_else(|| ctx("no value".into()))?).map_err(ctx)?;
-        let family = ["_total", "_bucket", "_count", "_sum", "_created", "_info", ""]
-            .iter()
-            .find_map(|suf| name.strip_suffix(suf).filter(|f| e.types.contains_key(*f)))
-            .ok_or_else(|| ctx(format!("sample {name:?} has no TYPE")))?;
+        let value =
+            parse_value(fields.next().ok_or_else(|| ctx("no value".into()))?).map_err(ctx)?;
+        let family = [
+            "_total", "_bucket", "_count", "_sum", "_created", "_info", "",
+        ]
+        .iter()
+        .find_map(|suf| name.strip_suffix(suf).filter(|f| e.types.contains_key(*f)))
+        .ok_or_else(|| ctx(format!("sample {name:?} has no TYPE")))?;
         let _ = family;
         e.samples.push(Sample {
             name: name.to_string(),

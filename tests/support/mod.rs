@@ -158,7 +158,11 @@ pub fn business_day(hours: f64) -> (Policy, History) {
         }
         samples.push(Sample {
             at: now,
-            state: if done { "done".into() } else { d.state.as_str().into() },
+            state: if done {
+                "done".into()
+            } else {
+                d.state.as_str().into()
+            },
             knobs: d.knobs,
             rows_per_second: rate,
             rows_done,
