@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod http;
+pub mod job;
 pub mod logging;
 pub mod metrics;
 pub mod pause_watch;
@@ -12,5 +13,6 @@ pub mod progress;
 pub mod redact;
 
 pub use events::{BatchLine, ProgressLine, log_batch, log_decision, log_long_pause, log_progress};
+pub use job::{JobTelemetry, TelemetryOptions};
 pub use logging::{init, job_span};
 pub use metrics::Metrics;

@@ -39,6 +39,10 @@ impl PauseWatch {
         }
     }
 
+    pub fn max_pause(&self) -> Option<Duration> {
+        self.max_pause
+    }
+
     /// Call every tick with when the current pause began (`None` = running).
     pub fn observe(
         &mut self,
