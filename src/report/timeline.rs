@@ -208,35 +208,44 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         if !missing.is_empty() {
             legend.push(Legend::block("missing", C_MISSING));
         }
-        panel(&area, &cx, &title, &legend, bottom..top, false, |chart| {
-            chart
-                .draw_series(missing.iter().map(|(a, b)| {
-                    Rectangle::new([(*a, top), (*b, bottom)], C_MISSING.mix(0.6).filled())
-                }))
-                .map_err(err)?;
-            let segs = segments(&pts);
-            chart
-                .draw_series(segs.into_iter().map(|seg| {
-                    let seg: Vec<_> = envelope(&seg)
-                        .into_iter()
-                        .map(|(t, v)| (t, v.clamp(bottom, top)))
-                        .collect();
-                    PathElement::new(seg, C_VALUE.stroke_width(2))
-                }))
-                .map_err(err)?;
-            // Levels on top: the value often hovers right at the slow level.
-            for (v, c) in &levels {
+        panel(
+            &area,
+            &cx,
+            &title,
+            &legend,
+            bottom..top,
+            4,
+            false,
+            |chart| {
                 chart
-                    .draw_series(DashedLineSeries::new(
-                        vec![(cx.t0, *v), (cx.t1, *v)],
-                        9,
-                        5,
-                        c.stroke_width(2),
-                    ))
+                    .draw_series(missing.iter().map(|(a, b)| {
+                        Rectangle::new([(*a, top), (*b, bottom)], C_MISSING.mix(0.6).filled())
+                    }))
                     .map_err(err)?;
-            }
-            Ok(())
-        })?;
+                let segs = segments(&pts);
+                chart
+                    .draw_series(segs.into_iter().map(|seg| {
+                        let seg: Vec<_> = envelope(&seg)
+                            .into_iter()
+                            .map(|(t, v)| (t, v.clamp(bottom, top)))
+                            .collect();
+                        PathElement::new(seg, C_VALUE.stroke_width(2))
+                    }))
+                    .map_err(err)?;
+                // Levels on top: the value often hovers right at the slow level.
+                for (v, c) in &levels {
+                    chart
+                        .draw_series(DashedLineSeries::new(
+                            vec![(cx.t0, *v), (cx.t1, *v)],
+                            9,
+                            5,
+                            c.stroke_width(2),
+                        ))
+                        .map_err(err)?;
+                }
+                Ok(())
+            },
+        )?;
     }
 
     // Throughput, with rows done on the right-hand axis.
@@ -283,12 +292,19 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
                       c: RGBColor,
                       lim: f64,
                       last: bool| {
-        let top = pts.iter().map(|p| p.1).fold(lim, f64::max).max(1.0) * 1.12;
+        let peak = pts.iter().map(|p| p.1).fold(lim, f64::max).max(1.0);
+        // Workers are whole numbers: ticks at integers, never at 0.5.
+        let (top, ticks) = if last {
+            let top = (peak + 1.0).ceil();
+            (top, (top as usize + 1).min(5))
+        } else {
+            (peak * 1.12, 4)
+        };
         let mut legend = vec![Legend::line(label.to_string(), c, false)];
         if lim > 0.0 {
             legend.push(Legend::line(format!("max {}", num(lim)), C_BASE, true));
         }
-        panel(area, &cx, title, &legend, 0.0..top, last, |chart| {
+        panel(area, &cx, title, &legend, 0.0..top, ticks, last, |chart| {
             if lim > 0.0 {
                 chart
                     .draw_series(DashedLineSeries::new(
@@ -473,6 +489,7 @@ fn panel(
     title: &str,
     legend: &[Legend],
     y: std::ops::Range<f64>,
+    y_ticks: usize,
     last: bool,
     body: impl FnOnce(&mut Chart<'_, '_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
@@ -491,7 +508,7 @@ fn panel(
     let axis_desc = format!("time ({})", cx.tz.name());
     let mut mesh = chart.configure_mesh();
     mesh.x_labels(14)
-        .y_labels(4)
+        .y_labels(y_ticks)
         .x_label_formatter(&xfmt)
         .y_label_formatter(&|v: &f64| compact(*v))
         .light_line_style(WHITE)
