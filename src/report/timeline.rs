@@ -213,8 +213,10 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
             &cx,
             &title,
             &legend,
-            bottom..top,
-            4,
+            YAxis {
+                range: bottom..top,
+                ticks: 4,
+            },
             false,
             |chart| {
                 chart
@@ -304,7 +306,11 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         if lim > 0.0 {
             legend.push(Legend::line(format!("max {}", num(lim)), C_BASE, true));
         }
-        panel(area, &cx, title, &legend, 0.0..top, ticks, last, |chart| {
+        let y = YAxis {
+            range: 0.0..top,
+            ticks,
+        };
+        panel(area, &cx, title, &legend, y, last, |chart| {
             if lim > 0.0 {
                 chart
                     .draw_series(DashedLineSeries::new(
@@ -481,6 +487,12 @@ type Chart<'a, 'b> = ChartContext<
     >,
 >;
 
+/// A panel's value range and how many tick labels it gets.
+struct YAxis {
+    range: std::ops::Range<f64>,
+    ticks: usize,
+}
+
 /// A panel: title row with legend, y axis on the left, pause bands, then
 /// whatever `body` draws. Only the last panel shows time labels.
 fn panel(
@@ -488,12 +500,15 @@ fn panel(
     cx: &Ctx<'_>,
     title: &str,
     legend: &[Legend],
-    y: std::ops::Range<f64>,
-    y_ticks: usize,
+    y: YAxis,
     last: bool,
     body: impl FnOnce(&mut Chart<'_, '_>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     draw_title_row(area, title, legend)?;
+    let YAxis {
+        range: y,
+        ticks: y_ticks,
+    } = y;
     let mut chart = ChartBuilder::on(area)
         .margin_top(24)
         .margin_bottom(6)
