@@ -8,4 +8,6 @@ pub mod commands;
 pub mod controller;
 pub mod history;
 pub mod policy;
+pub mod report;
 pub mod signals;
+pub mod telemetry;
