@@ -109,7 +109,8 @@ pub fn simulate(
 ) -> anyhow::Result<Outcome> {
     let setup = Setup::new(policy, model, scenario, seed, duration)?;
     let oracle = setup.oracle();
-    let bound = oracle.rows;
+    let bound = oracle.rows.round();
+    // As documented: rows_done / safe_rows_bound, both as reported.
     let eff = |rows: u64| if bound > 0.0 { rows as f64 / bound } else { 0.0 };
     let mut pacer = setup.run(&Strategy::Pacer, true)?;
     let (cons, aggr) = fixed_knobs(policy);
@@ -125,7 +126,7 @@ pub fn simulate(
         start: setup.start,
         simulated_seconds: setup.simulated_seconds(),
         rows_done: pacer.rows_done,
-        safe_rows_bound: bound.round() as u64,
+        safe_rows_bound: bound as u64,
         efficiency: pacer.efficiency,
         seconds_above_stop: pacer.seconds_above_stop,
         seconds_above_slow: pacer.seconds_above_slow,
