@@ -23,7 +23,14 @@ fn policy_with(extra: &str) -> Policy {
 }
 
 fn setup(policy: &Policy, scenario: &str, seed: u64) -> Setup {
-    Setup::new(policy, &Model::builtin(), &Scenario::load(scenario).unwrap(), seed, None).unwrap()
+    Setup::new(
+        policy,
+        &Model::builtin(),
+        &Scenario::load(scenario).unwrap(),
+        seed,
+        None,
+    )
+    .unwrap()
 }
 
 /// Replays `rates`/`batches` through a fresh plant: the true values the
@@ -75,14 +82,21 @@ fn oracle_rate_stays_below_every_slow_level_and_is_tight() {
                     .iter()
                     .enumerate()
                     .any(|(j, kind)| kind.value(&t2[k]) > s.levels[j].slow.unwrap());
-                assert!(crossed, "{scenario} tick {k}: the oracle left room at rate {}", o.rates[k]);
+                assert!(
+                    crossed,
+                    "{scenario} tick {k}: the oracle left room at rate {}",
+                    o.rates[k]
+                );
                 binding += 1;
                 if binding > 200 {
                     break;
                 }
             }
         }
-        assert!(binding > 0, "{scenario}: no tick where a signal bound the oracle");
+        assert!(
+            binding > 0,
+            "{scenario}: no tick where a signal bound the oracle"
+        );
     }
 }
 
@@ -109,7 +123,9 @@ fn fixed_rate_day(s: &Setup, rate: f64) -> (f64, f64) {
         rows += r * s.dt();
         let q = &s.quiet[i];
         if s.kinds.iter().enumerate().any(|(j, k)| {
-            s.levels[j].stop.is_some_and(|stop| k.value(&t) > stop && k.value(q) <= stop)
+            s.levels[j]
+                .stop
+                .is_some_and(|stop| k.value(&t) > stop && k.value(q) <= stop)
         }) {
             harm += s.dt();
         }
@@ -128,30 +144,51 @@ fn no_fixed_rate_does_more_rows_than_the_bound_without_crossing_stop() {
             let (rows, harm) = fixed_rate_day(&s, rate);
             if rows > bound {
                 beat_bound += 1;
-                assert!(harm > 0.0, "{scenario}: fixed {rate} rows/s did {rows:.0} > bound {bound:.0} harmlessly");
+                assert!(
+                    harm > 0.0,
+                    "{scenario}: fixed {rate} rows/s did {rows:.0} > bound {bound:.0} harmlessly"
+                );
             }
         }
         // The sweep reaches rates that beat the bound (and pay for it), so
         // the assertion above was exercised.
-        assert!(beat_bound > 0, "{scenario}: no fixed rate in the sweep beat the bound");
+        assert!(
+            beat_bound > 0,
+            "{scenario}: no fixed rate in the sweep beat the bound"
+        );
     }
 }
 
 #[test]
 fn demo_policy_meets_the_tuning_target_on_business_day() {
-    let (policy, model, scenario) = (demo(), Model::builtin(), Scenario::load("business-day").unwrap());
+    let (policy, model, scenario) = (
+        demo(),
+        Model::builtin(),
+        Scenario::load("business-day").unwrap(),
+    );
     for seed in 1..=5 {
         let o = sim::simulate(&policy, &model, &scenario, seed, None).unwrap();
-        assert!(o.efficiency >= 0.85, "seed {seed}: efficiency {}", o.efficiency);
+        assert!(
+            o.efficiency >= 0.85,
+            "seed {seed}: efficiency {}",
+            o.efficiency
+        );
         assert!(
             o.seconds_above_stop <= 0.01 * o.simulated_seconds,
             "seed {seed}: {} s above stop",
             o.seconds_above_stop
         );
-        assert!(o.pauses >= 1, "seed {seed}: the sale spike did not pause the job");
+        assert!(
+            o.pauses >= 1,
+            "seed {seed}: the sale spike did not pause the job"
+        );
         let c = &o.fixed_baselines.conservative;
         let a = &o.fixed_baselines.aggressive;
-        assert!(c.efficiency < o.efficiency - 0.2, "seed {seed}: conservative {}", c.efficiency);
+        assert!(
+            c.efficiency < o.efficiency - 0.2,
+            "seed {seed}: conservative {}",
+            c.efficiency
+        );
         assert!(
             a.seconds_above_stop > 50.0 * o.seconds_above_stop.max(1.0),
             "seed {seed}: aggressive {} s above stop",
@@ -167,7 +204,10 @@ fn a_seed_replays_exactly_and_another_seed_differs() {
     let a = sim::simulate(&policy, &model, &scenario, 7, dur).unwrap();
     let b = sim::simulate(&policy, &model, &scenario, 7, dur).unwrap();
     let c = sim::simulate(&policy, &model, &scenario, 8, dur).unwrap();
-    assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
     assert_eq!(a.log, b.log);
     assert_ne!(a.rows_done, c.rows_done);
 }
@@ -179,7 +219,11 @@ fn seconds_above_stop_counts_only_harm_the_backfill_caused() {
     // sale spike pushes the no-backfill latency above slow but not stop, so
     // time above slow is not all blamed on the backfill either.
     let s = setup(&demo(), "replica-storm", 1);
-    let lag = s.kinds.iter().position(|k| *k == sim::SimKind::LagSeconds).unwrap();
+    let lag = s
+        .kinds
+        .iter()
+        .position(|k| *k == sim::SimKind::LagSeconds)
+        .unwrap();
     let stop = s.levels[lag].stop.unwrap();
     assert!(s.quiet.iter().all(|t| t.lag_seconds < stop));
     let (_, aggressive) = sim::fixed_knobs(&s.policy);
@@ -188,12 +232,17 @@ fn seconds_above_stop_counts_only_harm_the_backfill_caused() {
 
     // A fixed level the quiet day already exceeds is never blamed.
     let text = std::fs::read_to_string("policies/demo.toml").unwrap();
-    let text = text.replace("stop_above = 10.0", "stop_above = 0.05").replace("slow_above = 2.0", "slow_above = 0.04");
+    let text = text
+        .replace("stop_above = 10.0", "stop_above = 0.05")
+        .replace("slow_above = 2.0", "slow_above = 0.04");
     let p = Policy::from_toml("low-lag.toml", &text).unwrap();
     let s = setup(&p, "steady", 1);
     let (conservative, _) = sim::fixed_knobs(&p);
     let r = s.run(&Strategy::Fixed(conservative), false).unwrap();
-    assert_eq!(r.seconds_above_stop, 0.0, "lag 0.1 s with no backfill is above 0.05 all day");
+    assert_eq!(
+        r.seconds_above_stop, 0.0,
+        "lag 0.1 s with no backfill is above 0.05 all day"
+    );
 }
 
 #[test]
@@ -212,21 +261,38 @@ fn windows_pause_and_cap_pacer_and_the_bound() {
         let start = s.instant(s.trace.start_index + k).with_timezone(&tz);
         let hm = start.format("%H:%M").to_string();
         if ("12:00".."13:00").contains(&hm.as_str()) {
-            assert_eq!(o.rates[k], 0.0, "{hm}: the bound counts rows in a pause window");
-            assert_eq!(sample.rows_per_second, 0.0, "{hm}: pacer ran in a pause window");
+            assert_eq!(
+                o.rates[k], 0.0,
+                "{hm}: the bound counts rows in a pause window"
+            );
+            assert_eq!(
+                sample.rows_per_second, 0.0,
+                "{hm}: pacer ran in a pause window"
+            );
         }
         if hm.as_str() < "10:00" {
-            assert!(sample.knobs.workers <= 1 && sample.knobs.batch_size <= 1000, "{hm}: {:?}", sample.knobs);
+            assert!(
+                sample.knobs.workers <= 1 && sample.knobs.batch_size <= 1000,
+                "{hm}: {:?}",
+                sample.knobs
+            );
             assert!(o.batches[k] <= 1000.0);
         }
     }
-    assert!(h.pauses.iter().any(|p| p.reason.contains("window lunch")), "{:?}", h.pauses);
+    assert!(
+        h.pauses.iter().any(|p| p.reason.contains("window lunch")),
+        "{:?}",
+        h.pauses
+    );
 }
 
 #[test]
 fn fixed_baseline_wins_over_the_measured_one() {
     let text = std::fs::read_to_string("policies/demo.toml").unwrap();
-    let text = text.replace("on_missing = \"hold\"", "on_missing = \"hold\"\nbaseline = 0.2");
+    let text = text.replace(
+        "on_missing = \"hold\"",
+        "on_missing = \"hold\"\nbaseline = 0.2",
+    );
     let p = Policy::from_toml("fixed-baseline.toml", &text).unwrap();
     let s = setup(&p, "steady", 1);
     assert!(s.baselines.is_empty(), "{:?}", s.baselines);
@@ -237,31 +303,66 @@ fn fixed_baseline_wins_over_the_measured_one() {
     let s = setup(&demo(), "steady", 1);
     let b = s.baselines["checkout_p95"];
     let expect = s.model.latency(0.35);
-    assert!((b - expect).abs() < 0.05 * expect, "baseline {b} vs model {expect}");
+    assert!(
+        (b - expect).abs() < 0.05 * expect,
+        "baseline {b} vs model {expect}"
+    );
 }
 
 #[test]
 fn a_signal_without_counterpart_is_named() {
     let text = std::fs::read_to_string("policies/demo.toml").unwrap();
-    let bad = format!("{text}\n[[signal]]\nname = \"bloat\"\npostgres = \"dead_tuples\"\nstop_above = 1e6\n");
+    let bad = format!(
+        "{text}\n[[signal]]\nname = \"bloat\"\npostgres = \"dead_tuples\"\nstop_above = 1e6\n"
+    );
     let p = Policy::from_toml("bloat.toml", &bad).unwrap();
-    let e = Setup::new(&p, &Model::builtin(), &Scenario::load("steady").unwrap(), 1, None).unwrap_err();
-    assert!(e.to_string().contains("\"bloat\"") && e.to_string().contains("dead_tuples"), "{e}");
+    let e = Setup::new(
+        &p,
+        &Model::builtin(),
+        &Scenario::load("steady").unwrap(),
+        1,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("\"bloat\"") && e.to_string().contains("dead_tuples"),
+        "{e}"
+    );
 
     let no_hint = text.replace("sim = \"latency\"\n", "");
     let p = Policy::from_toml("no-hint.toml", &no_hint).unwrap();
-    let e = Setup::new(&p, &Model::builtin(), &Scenario::load("steady").unwrap(), 1, None).unwrap_err();
-    assert!(e.to_string().contains("\"checkout_p95\"") && e.to_string().contains("sim = "), "{e}");
+    let e = Setup::new(
+        &p,
+        &Model::builtin(),
+        &Scenario::load("steady").unwrap(),
+        1,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("\"checkout_p95\"") && e.to_string().contains("sim = "),
+        "{e}"
+    );
 }
 
 #[test]
 fn scenario_files_are_checked() {
     let ok = "name = \"x\"\ndate = \"2026-11-24\"\nstart = \"09:00\"\nduration = \"1h\"\nload = [[\"08:00\", 0.3]]\n";
     assert!(Scenario::from_toml("ok.toml", ok).is_ok());
-    let e = Scenario::from_toml("t.toml", &ok.replace("\"08:00\", 0.3", "\"8 o'clock\", 0.3")).unwrap_err();
-    assert!(e.to_string().contains("t.toml") && e.to_string().contains("8 o'clock"), "{e}");
-    let e = Scenario::from_toml("t.toml", &ok.replace("[[\"08:00\", 0.3]]", "[[\"08:00\", 0.3], [\"07:00\", 0.3]]"))
-        .unwrap_err();
+    let e = Scenario::from_toml(
+        "t.toml",
+        &ok.replace("\"08:00\", 0.3", "\"8 o'clock\", 0.3"),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("t.toml") && e.to_string().contains("8 o'clock"),
+        "{e}"
+    );
+    let e = Scenario::from_toml(
+        "t.toml",
+        &ok.replace("[[\"08:00\", 0.3]]", "[[\"08:00\", 0.3], [\"07:00\", 0.3]]"),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("not after"), "{e}");
     let e = Scenario::from_toml("t.toml", &ok.replace("0.3]]", "1.5]]")).unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
@@ -287,7 +388,11 @@ fn cli_json_has_the_promised_fields_from_any_directory() {
         .arg(&scenario)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "simulated_seconds",
@@ -306,7 +411,10 @@ fn cli_json_has_the_promised_fields_from_any_directory() {
     assert!((v["efficiency"].as_f64().unwrap() - eff).abs() < 1e-9);
     for strat in ["conservative", "aggressive"] {
         for key in ["rows_done", "efficiency", "seconds_above_stop", "pauses"] {
-            assert!(v["fixed_baselines"][strat].get(key).is_some(), "{strat}.{key}");
+            assert!(
+                v["fixed_baselines"][strat].get(key).is_some(),
+                "{strat}.{key}"
+            );
         }
     }
 }
@@ -314,23 +422,51 @@ fn cli_json_has_the_promised_fields_from_any_directory() {
 #[test]
 fn cli_text_logs_decisions_then_a_table() {
     let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args(["simulate", "--policy", "policies/demo.toml", "--scenario", "business-day", "--seed", "1"])
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--scenario",
+            "business-day",
+            "--seed",
+            "1",
+        ])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = String::from_utf8_lossy(&out.stderr);
     let table = String::from_utf8_lossy(&out.stdout);
     // Simulated local time, and the sale-spike pause with its cause.
-    assert!(log.lines().any(|l| l.contains("2026-11-24 14:") && l.contains("pausing: checkout_p95")), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("2026-11-24 14:") && l.contains("pausing: checkout_p95")),
+        "{log}"
+    );
     assert!(log.contains("resuming: all signals calm"));
-    for row in ["rows", "efficiency", "seconds above stop", "pauses", "max checkout_p95"] {
+    for row in [
+        "rows",
+        "efficiency",
+        "seconds above stop",
+        "pauses",
+        "max checkout_p95",
+    ] {
         assert!(table.contains(row), "{table}");
     }
     assert!(table.contains("conservative") && table.contains("aggressive"));
 
     let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args(["simulate", "--policy", "policies/demo.toml", "--scenario", "nope"])
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--scenario",
+            "nope",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -103,7 +103,12 @@ impl SimClock {
 
 impl tracing_subscriber::fmt::time::FormatTime for SimClock {
     fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        let at = DateTime::<Utc>::from_timestamp_millis(self.at.load(Ordering::Relaxed)).unwrap_or_default();
-        write!(w, "{}", at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M:%S%:z"))
+        let at = DateTime::<Utc>::from_timestamp_millis(self.at.load(Ordering::Relaxed))
+            .unwrap_or_default();
+        write!(
+            w,
+            "{}",
+            at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M:%S%:z")
+        )
     }
 }

@@ -50,7 +50,14 @@ impl Setup {
 
     /// Whether backfilling at `rate` in batches of `batch` keeps every
     /// signal at or below its safe level this tick; returns the truth.
-    fn feasible(&self, plant: &Plant, i: usize, r: &Reach, rate: f64, batch: f64) -> Option<(Truth, f64)> {
+    fn feasible(
+        &self,
+        plant: &Plant,
+        i: usize,
+        r: &Reach,
+        rate: f64,
+        batch: f64,
+    ) -> Option<(Truth, f64)> {
         let m = &self.model;
         let c = &self.trace.ticks[i];
         let u = m.utilisation(c.live, rate, batch);
@@ -77,7 +84,8 @@ impl Setup {
     fn best_rate(&self, plant: &Plant, i: usize, r: &Reach, batch: f64) -> (f64, bool) {
         let m = &self.model;
         let c = &self.trace.ticks[i];
-        let hi = (r.workers * batch / (m.batch_time(batch, c.live, c.live) + r.sleep)).min(r.rate_cap);
+        let hi =
+            (r.workers * batch / (m.batch_time(batch, c.live, c.live) + r.sleep)).min(r.rate_cap);
         if self.feasible(plant, i, r, hi, batch).is_some() {
             return (hi, true);
         }
@@ -95,13 +103,10 @@ impl Setup {
         }
         // Close to the capacity limit the binding constraint may still be
         // the knobs (the reach shrinks with utilisation).
-        let knob_bound = self
-            .feasible(plant, i, r, hi, batch)
-            .is_none()
-            && {
-                let u = m.utilisation(c.live, hi, batch);
-                hi > r.workers * batch / (m.batch_time(batch, u, c.live) + r.sleep)
-            };
+        let knob_bound = self.feasible(plant, i, r, hi, batch).is_none() && {
+            let u = m.utilisation(c.live, hi, batch);
+            hi > r.workers * batch / (m.batch_time(batch, u, c.live) + r.sleep)
+        };
         (lo, knob_bound)
     }
 
@@ -123,7 +128,9 @@ impl Setup {
                 let candidates: Vec<f64> = if sensitive && reach.batch_max > reach.batch_min {
                     (0..=24)
                         .map(|k| {
-                            (reach.batch_min * (reach.batch_max / reach.batch_min).powf(k as f64 / 24.0)).round()
+                            (reach.batch_min
+                                * (reach.batch_max / reach.batch_min).powf(k as f64 / 24.0))
+                            .round()
                         })
                         .collect()
                 } else {

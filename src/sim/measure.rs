@@ -100,7 +100,11 @@ impl Meter {
             window: VecDeque::with_capacity(window_len + 1),
             window_len,
             window_sum: 0.0,
-            scrape_every: if prom { (m.measurement.scrape_interval / dt).round().max(1.0) as usize } else { 1 },
+            scrape_every: if prom {
+                (m.measurement.scrape_interval / dt).round().max(1.0) as usize
+            } else {
+                1
+            },
             since_scrape: usize::MAX / 2,
             published: None,
         }
@@ -121,13 +125,17 @@ impl Meter {
         if self.since_scrape >= self.scrape_every {
             self.since_scrape = 0;
             self.published = Some(match self.kind {
-                SimKind::Latency | SimKind::ErrorRate => (avg * (1.0 + ms.prometheus_noise * normal(rng))).max(0.0),
+                SimKind::Latency | SimKind::ErrorRate => {
+                    (avg * (1.0 + ms.prometheus_noise * normal(rng))).max(0.0)
+                }
                 SimKind::LagSeconds => {
                     // Heartbeat reading: late by up to one heartbeat interval.
                     let u: f64 = rand::RngExt::random(rng);
                     v + u * ms.heartbeat_interval
                 }
-                SimKind::LagBytes | SimKind::WalBytesPerSecond => (avg * (1.0 + ms.sample_noise * normal(rng))).max(0.0),
+                SimKind::LagBytes | SimKind::WalBytesPerSecond => {
+                    (avg * (1.0 + ms.sample_noise * normal(rng))).max(0.0)
+                }
                 SimKind::LockWaiters | SimKind::BlockedByPacer => poisson(rng, v),
                 SimKind::Http => v,
             });

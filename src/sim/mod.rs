@@ -43,6 +43,8 @@ pub struct Outcome {
     pub scenario: String,
     pub seed: u64,
     pub start: DateTime<Utc>,
+    /// The policy's `job.timezone`, in which windows and the scenario apply.
+    pub timezone: String,
     pub simulated_seconds: f64,
     pub rows_done: u64,
     pub safe_rows_bound: u64,
@@ -111,7 +113,13 @@ pub fn simulate(
     let oracle = setup.oracle();
     let bound = oracle.rows.round();
     // As documented: rows_done / safe_rows_bound, both as reported.
-    let eff = |rows: u64| if bound > 0.0 { rows as f64 / bound } else { 0.0 };
+    let eff = |rows: u64| {
+        if bound > 0.0 {
+            rows as f64 / bound
+        } else {
+            0.0
+        }
+    };
     let mut pacer = setup.run(&Strategy::Pacer, true)?;
     let (cons, aggr) = fixed_knobs(policy);
     let mut conservative = setup.run(&Strategy::Fixed(cons), false)?;
@@ -124,6 +132,7 @@ pub fn simulate(
         scenario: scenario.name.clone(),
         seed,
         start: setup.start,
+        timezone: policy.job.timezone.clone(),
         simulated_seconds: setup.simulated_seconds(),
         rows_done: pacer.rows_done,
         safe_rows_bound: bound as u64,
@@ -164,5 +173,8 @@ pub fn history(
     duration: Option<Duration>,
 ) -> anyhow::Result<History> {
     let setup = Setup::new(policy, model, scenario, seed, duration)?;
-    Ok(setup.run(&Strategy::Pacer, true)?.history.unwrap_or_default())
+    Ok(setup
+        .run(&Strategy::Pacer, true)?
+        .history
+        .unwrap_or_default())
 }

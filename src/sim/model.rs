@@ -90,14 +90,18 @@ pub struct JitterModel {
 impl Model {
     /// Parse and sanity-check a model file; `name` labels errors.
     pub fn from_toml(name: &str, text: &str) -> anyhow::Result<Model> {
-        let m: Model = toml::from_str(text).map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim_end()))?;
+        let m: Model = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{name}: {}", e.to_string().trim_end()))?;
         let positive = [
             ("latency.base", m.latency.base),
             ("latency.cap", m.latency.cap),
             ("backfill.row_time", m.backfill.row_time),
             ("wal.replay_bytes_per_second", m.wal.replay_bytes_per_second),
             ("locks.hot_rows", m.locks.hot_rows),
-            ("measurement.prometheus_window", m.measurement.prometheus_window),
+            (
+                "measurement.prometheus_window",
+                m.measurement.prometheus_window,
+            ),
             ("measurement.scrape_interval", m.measurement.scrape_interval),
             ("jitter.tau", m.jitter.tau),
         ];
@@ -107,7 +111,10 @@ impl Model {
             }
         }
         if !(m.latency.u_max > 0.0 && m.latency.u_max < 1.0) {
-            anyhow::bail!("{name}: latency.u_max = {} must be between 0 and 1", m.latency.u_max);
+            anyhow::bail!(
+                "{name}: latency.u_max = {} must be between 0 and 1",
+                m.latency.u_max
+            );
         }
         Ok(m)
     }
@@ -123,13 +130,19 @@ impl Model {
     /// Primary utilisation with the backfill at `rate` rows/s in batches of `batch`.
     pub fn utilisation(&self, live: f64, rate: f64, batch: f64) -> f64 {
         let b = &self.backfill;
-        live + rate * b.cost_per_row + if batch > 0.0 { rate / batch * b.cost_per_batch } else { 0.0 }
+        live + rate * b.cost_per_row
+            + if batch > 0.0 {
+                rate / batch * b.cost_per_batch
+            } else {
+                0.0
+            }
     }
 
     /// Seconds one batch of `batch` rows takes at utilisation `u`.
     pub fn batch_time(&self, batch: f64, u: f64, live: f64) -> f64 {
         let b = &self.backfill;
-        b.batch_overhead + batch * (b.row_time / (1.0 - self.clamp_u(u)) + b.lock_wait_per_row * live)
+        b.batch_overhead
+            + batch * (b.row_time / (1.0 - self.clamp_u(u)) + b.lock_wait_per_row * live)
     }
 
     /// Backfill rate the knobs deliver at live load `live`: the fixed point
@@ -204,19 +217,39 @@ pub struct Plant {
 impl Plant {
     /// Truth after `dt` seconds of backfill at `rate` rows/s in batches of
     /// `batch` rows taking `bt` seconds each; advances the replica backlog.
-    pub fn advance(&mut self, m: &Model, c: &Conditions, rate: f64, batch: f64, bt: f64, dt: f64) -> Truth {
+    pub fn advance(
+        &mut self,
+        m: &Model,
+        c: &Conditions,
+        rate: f64,
+        batch: f64,
+        bt: f64,
+        dt: f64,
+    ) -> Truth {
         let t = self.peek(m, c, rate, batch, bt, dt);
         self.lag_bytes = t.lag_bytes;
         t
     }
 
     /// As `advance` without changing the state (for the oracle's search).
-    pub fn peek(&self, m: &Model, c: &Conditions, rate: f64, batch: f64, bt: f64, dt: f64) -> Truth {
+    pub fn peek(
+        &self,
+        m: &Model,
+        c: &Conditions,
+        rate: f64,
+        batch: f64,
+        bt: f64,
+        dt: f64,
+    ) -> Truth {
         let u = m.utilisation(c.live, rate, batch);
         let wal = c.live * m.wal.live_bytes_per_load + rate * m.wal.bytes_per_row;
         let replay = (m.wal.replay_bytes_per_second * c.replay).max(1.0);
         let lag_bytes = (self.lag_bytes + (wal - replay) * dt).max(0.0);
-        let (bg, pacer) = if rate > 0.0 { m.lock_waiters(c.live, rate, bt) } else { m.lock_waiters(c.live, 0.0, 0.0) };
+        let (bg, pacer) = if rate > 0.0 {
+            m.lock_waiters(c.live, rate, bt)
+        } else {
+            m.lock_waiters(c.live, 0.0, 0.0)
+        };
         Truth {
             utilisation: u,
             latency: m.latency(u),
@@ -226,7 +259,11 @@ impl Plant {
             lock_waiters: bg + pacer,
             blocked_by_pacer: pacer,
             wal_bytes_per_second: wal,
-            http: if c.health_down || u > m.health.fail_above_utilisation { 1.0 } else { 0.0 },
+            http: if c.health_down || u > m.health.fail_above_utilisation {
+                1.0
+            } else {
+                0.0
+            },
         }
     }
 }

@@ -60,7 +60,10 @@ impl Setup {
             Strategy::Fixed(_) => None,
         };
         let mut knobs = match strategy {
-            Strategy::Pacer => controller.as_ref().map(|c| c.knobs()).expect("pacer has a controller"),
+            Strategy::Pacer => controller
+                .as_ref()
+                .map(|c| c.knobs())
+                .expect("pacer has a controller"),
             Strategy::Fixed(k) => *k,
         };
         let mut paused = false;
@@ -76,7 +79,12 @@ impl Setup {
             seconds_above_slow: 0.0,
             pauses: 0,
             decisions: 0,
-            max_signals: self.policy.signals.iter().map(|s| (s.name.clone(), f64::MIN)).collect(),
+            max_signals: self
+                .policy
+                .signals
+                .iter()
+                .map(|s| (s.name.clone(), f64::MIN))
+                .collect(),
             knobs: match strategy {
                 Strategy::Fixed(k) => Some(*k),
                 Strategy::Pacer => None,
@@ -110,7 +118,8 @@ impl Setup {
             }
             let truth = plant.advance(m, c, rate, batch, bt, dt);
             readings.clear();
-            let now = self.instant(i) + chrono::Duration::milliseconds((dt * 1000.0).round() as i64);
+            let now =
+                self.instant(i) + chrono::Duration::milliseconds((dt * 1000.0).round() as i64);
             for meter in meters.iter_mut() {
                 readings.push(match meter.observe(&truth, m, &mut rng) {
                     Some(v) => Reading::value(v, now),
@@ -154,7 +163,10 @@ impl Setup {
                     let state = d.state;
                     if d.changed() {
                         stats.decisions += 1;
-                        *stats.actions.entry(format!("{:?}", d.action).to_lowercase()).or_default() += 1;
+                        *stats
+                            .actions
+                            .entry(format!("{:?}", d.action).to_lowercase())
+                            .or_default() += 1;
                         if d.action == Action::Pause {
                             stats.pauses += 1;
                         }
@@ -166,7 +178,11 @@ impl Setup {
                     if caps.pause && !window_paused {
                         stats.pauses += 1;
                     }
-                    if caps.pause { State::Paused } else { State::Running }
+                    if caps.pause {
+                        State::Paused
+                    } else {
+                        State::Running
+                    }
                 }
             };
             window_paused = caps.pause;
@@ -179,7 +195,10 @@ impl Setup {
                 let lv = &self.levels[j];
                 above_stop |= lv.stop.is_some_and(|s| v > s && q <= s);
                 above_slow |= lv.slow.is_some_and(|s| v > s && q <= s);
-                let e = stats.max_signals.get_mut(&lv.name).expect("every signal has an entry");
+                let e = stats
+                    .max_signals
+                    .get_mut(&lv.name)
+                    .expect("every signal has an entry");
                 *e = e.max(v);
             }
             if above_stop {

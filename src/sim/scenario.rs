@@ -12,8 +12,14 @@ use super::model::{Conditions, Model};
 
 /// The checked-in scenarios, embedded so the binary works from any directory.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("business-day", include_str!("../../sim/scenarios/business-day.toml")),
-    ("replica-storm", include_str!("../../sim/scenarios/replica-storm.toml")),
+    (
+        "business-day",
+        include_str!("../../sim/scenarios/business-day.toml"),
+    ),
+    (
+        "replica-storm",
+        include_str!("../../sim/scenarios/replica-storm.toml"),
+    ),
     ("steady", include_str!("../../sim/scenarios/steady.toml")),
 ];
 
@@ -68,11 +74,15 @@ impl Scenario {
     }
 
     pub fn from_toml(label: &str, text: &str) -> anyhow::Result<Scenario> {
-        let raw: RawScenario =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("scenario {label}: {}", e.to_string().trim_end()))?;
+        let raw: RawScenario = toml::from_str(text)
+            .map_err(|e| anyhow::anyhow!("scenario {label}: {}", e.to_string().trim_end()))?;
         let bad = |k: &str, m: String| anyhow::anyhow!("scenario {label}: {k}: {m}");
-        let date = NaiveDate::parse_from_str(&raw.date, "%Y-%m-%d")
-            .map_err(|_| bad("date", format!("{:?} is not a date like 2026-11-24", raw.date)))?;
+        let date = NaiveDate::parse_from_str(&raw.date, "%Y-%m-%d").map_err(|_| {
+            bad(
+                "date",
+                format!("{:?} is not a date like 2026-11-24", raw.date),
+            )
+        })?;
         let time = |k: &str, t: &str| -> anyhow::Result<f64> {
             let t = NaiveTime::parse_from_str(t, "%H:%M:%S")
                 .or_else(|_| NaiveTime::parse_from_str(t, "%H:%M"))
@@ -84,20 +94,21 @@ impl Scenario {
         if raw.duration.is_zero() {
             return Err(bad("duration", "must be greater than 0".into()));
         }
-        let curve = |k: &str, pts: &[(String, f64)], lo: f64, hi: f64| -> anyhow::Result<Vec<(f64, f64)>> {
-            let mut out: Vec<(f64, f64)> = Vec::new();
-            for (t, v) in pts {
-                let s = time(k, t)?;
-                if !(v.is_finite() && *v >= lo && *v <= hi) {
-                    return Err(bad(k, format!("value {v} at {t} is outside {lo} ..= {hi}")));
+        let curve =
+            |k: &str, pts: &[(String, f64)], lo: f64, hi: f64| -> anyhow::Result<Vec<(f64, f64)>> {
+                let mut out: Vec<(f64, f64)> = Vec::new();
+                for (t, v) in pts {
+                    let s = time(k, t)?;
+                    if !(v.is_finite() && *v >= lo && *v <= hi) {
+                        return Err(bad(k, format!("value {v} at {t} is outside {lo} ..= {hi}")));
+                    }
+                    if out.last().is_some_and(|(p, _)| *p >= s) {
+                        return Err(bad(k, format!("{t} is not after the previous point")));
+                    }
+                    out.push((s, *v));
                 }
-                if out.last().is_some_and(|(p, _)| *p >= s) {
-                    return Err(bad(k, format!("{t} is not after the previous point")));
-                }
-                out.push((s, *v));
-            }
-            Ok(out)
-        };
+                Ok(out)
+            };
         if raw.load.is_empty() {
             return Err(bad("load", "needs at least one point".into()));
         }
@@ -129,7 +140,10 @@ impl Scenario {
         Conditions {
             live: interpolate(&self.load, secs),
             replay: interpolate(&self.replay, secs),
-            health_down: self.health_down.iter().any(|(a, b)| secs >= *a && secs < *b),
+            health_down: self
+                .health_down
+                .iter()
+                .any(|(a, b)| secs >= *a && secs < *b),
         }
     }
 }

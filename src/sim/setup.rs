@@ -47,7 +47,11 @@ impl Setup {
         seed: u64,
         duration: Option<Duration>,
     ) -> anyhow::Result<Setup> {
-        let kinds = policy.signals.iter().map(SimKind::of).collect::<anyhow::Result<Vec<_>>>()?;
+        let kinds = policy
+            .signals
+            .iter()
+            .map(SimKind::of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let start = crate::policy::local_instant(
             &policy.job.timezone,
             scenario.date,
@@ -71,8 +75,11 @@ impl Setup {
         let preroll = policy.baseline.window.as_secs_f64() + WARMUP_SECS;
         let trace = Trace::new(scenario, model, seed, dt, preroll, duration);
         let mut plant = Plant::default();
-        let quiet: Vec<Truth> =
-            trace.ticks.iter().map(|c| plant.advance(model, c, 0.0, 1.0, 0.0, dt)).collect();
+        let quiet: Vec<Truth> = trace
+            .ticks
+            .iter()
+            .map(|c| plant.advance(model, c, 0.0, 1.0, 0.0, dt))
+            .collect();
 
         let mut setup = Setup {
             policy: policy.clone(),
@@ -90,7 +97,9 @@ impl Setup {
         setup.baselines = setup.measure_baselines()?;
         let ctrl = Controller::new(policy, &setup.baselines)?;
         setup.levels = ctrl.levels().to_vec();
-        setup.caps = (0..setup.trace.ticks.len()).map(|i| ctrl.caps_at(setup.instant(i)).0).collect();
+        setup.caps = (0..setup.trace.ticks.len())
+            .map(|i| ctrl.caps_at(setup.instant(i)).0)
+            .collect();
         Ok(setup)
     }
 
@@ -120,7 +129,10 @@ impl Setup {
     }
 
     pub fn meters(&self) -> Vec<Meter> {
-        self.kinds.iter().map(|k| Meter::new(*k, &self.model, self.dt())).collect()
+        self.kinds
+            .iter()
+            .map(|k| Meter::new(*k, &self.model, self.dt()))
+            .collect()
     }
 
     /// As a real run does: the median of each signal over `baseline.window`
@@ -128,10 +140,9 @@ impl Setup {
     fn measure_baselines(&self) -> anyhow::Result<BTreeMap<String, f64>> {
         let mut rng = self.measure_rng();
         let mut meters = self.meters();
-        let from = self
-            .trace
-            .start_index
-            .saturating_sub((self.policy.baseline.window.as_secs_f64() / self.dt()).round() as usize);
+        let from = self.trace.start_index.saturating_sub(
+            (self.policy.baseline.window.as_secs_f64() / self.dt()).round() as usize,
+        );
         let mut seen: Vec<Vec<f64>> = vec![Vec::new(); meters.len()];
         for i in 0..self.trace.start_index {
             for (j, m) in meters.iter_mut().enumerate() {
@@ -170,5 +181,9 @@ impl Setup {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

@@ -21,7 +21,11 @@ pub fn summary_table(o: &Outcome) -> String {
         log: Vec::new(),
         history: None,
     };
-    let cols = [("pacer", &pacer), ("conservative", &f.conservative), ("aggressive", &f.aggressive)];
+    let cols = [
+        ("pacer", &pacer),
+        ("conservative", &f.conservative),
+        ("aggressive", &f.aggressive),
+    ];
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -30,7 +34,14 @@ pub fn summary_table(o: &Outcome) -> String {
         o.scenario,
         o.seed,
         humantime::format_duration(std::time::Duration::from_secs(o.simulated_seconds as u64)),
-        o.start.format("%Y-%m-%d %H:%M UTC"),
+        match o.timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) => o
+                .start
+                .with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string(),
+            Err(_) => o.start.format("%Y-%m-%d %H:%M UTC").to_string(),
+        },
         o.safe_rows_bound
     );
     let _ = write!(s, "{:<28}", "");
@@ -47,8 +58,12 @@ pub fn summary_table(o: &Outcome) -> String {
     };
     row("rows", &|r| r.rows_done.to_string());
     row("efficiency", &|r| format!("{:.3}", r.efficiency));
-    row("seconds above stop", &|r| format!("{:.0}", r.seconds_above_stop));
-    row("seconds above slow", &|r| format!("{:.0}", r.seconds_above_slow));
+    row("seconds above stop", &|r| {
+        format!("{:.0}", r.seconds_above_stop)
+    });
+    row("seconds above slow", &|r| {
+        format!("{:.0}", r.seconds_above_slow)
+    });
     row("pauses", &|r| r.pauses.to_string());
     for l in &o.levels {
         let name = l.signal.clone();
@@ -59,7 +74,10 @@ pub fn summary_table(o: &Outcome) -> String {
             _ => String::new(),
         };
         row(&format!("max {name}{lv}"), &|r| {
-            r.max_signals.get(&name).map(|v| short(*v)).unwrap_or_default()
+            r.max_signals
+                .get(&name)
+                .map(|v| short(*v))
+                .unwrap_or_default()
         });
     }
     s
