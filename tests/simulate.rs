@@ -472,3 +472,42 @@ fn cli_text_logs_decisions_then_a_table() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"nope\""));
 }
+
+#[test]
+fn history_has_a_sample_per_tick_and_the_decisions() {
+    let (policy, model, scenario) = (
+        demo(),
+        Model::builtin(),
+        Scenario::load("business-day").unwrap(),
+    );
+    let dur = Some(std::time::Duration::from_secs(3600));
+    let h = sim::history(&policy, &model, &scenario, 1, dur).unwrap();
+    assert_eq!(h.job, "demo");
+    assert_eq!(h.samples.len(), 3600);
+    assert_eq!(
+        h.signals
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["checkout_p95", "replica_lag"]
+    );
+    assert!(h.signals[0].baseline.is_some() && h.signals[0].slow.is_some());
+    assert!(!h.decisions.is_empty() && h.decisions.iter().all(|d| d.changed()));
+    let last = h.samples.last().unwrap();
+    assert!(last.rows_done > 0 && last.signals["checkout_p95"].is_some());
+    assert!(
+        h.samples
+            .windows(2)
+            .all(|w| w[0].at < w[1].at && w[0].rows_done <= w[1].rows_done)
+    );
+
+    let e = sim::simulate(
+        &policy,
+        &model,
+        &scenario,
+        1,
+        Some(std::time::Duration::from_secs(30 * 86_400)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("7 days"), "{e}");
+}

@@ -17,6 +17,9 @@ use crate::policy::Policy;
 /// Warm-up before the baseline window so rate windows are full.
 const WARMUP_SECS: f64 = 120.0;
 
+/// Longest day one run simulates: the per-tick history grows with it.
+const MAX_DAYS: f64 = 7.0;
+
 /// One simulated day, ready to run strategies on.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -69,6 +72,12 @@ impl Setup {
         })?;
         let dt = policy.controller.tick.as_secs_f64();
         let duration = duration.unwrap_or(scenario.duration).as_secs_f64();
+        if duration > MAX_DAYS * 86_400.0 {
+            anyhow::bail!(
+                "simulated duration {} is longer than the supported {MAX_DAYS} days",
+                humantime::format_duration(Duration::from_secs(duration as u64))
+            );
+        }
         if duration < dt {
             anyhow::bail!("simulated duration must be at least one tick ({dt}s)");
         }
