@@ -49,34 +49,23 @@ impl Setup {
     }
 
     /// Whether backfilling at `rate` in batches of `batch` keeps every
-    /// signal at or below its safe level this tick; returns the truth.
-    fn feasible(
-        &self,
-        plant: &Plant,
-        i: usize,
-        r: &Reach,
-        rate: f64,
-        batch: f64,
-    ) -> Option<(Truth, f64)> {
+    /// signal at or below its safe level this tick, within the knobs' reach.
+    fn feasible(&self, plant: &Plant, i: usize, r: &Reach, rate: f64, batch: f64) -> bool {
         let m = &self.model;
         let c = &self.trace.ticks[i];
         let u = m.utilisation(c.live, rate, batch);
         if u >= m.latency.u_max {
-            return None;
+            return false;
         }
         let bt = m.batch_time(batch, u, c.live);
         if rate > r.workers * batch / (bt + r.sleep) * (1.0 + 1e-9) || rate > r.rate_cap {
-            return None;
+            return false;
         }
         let t = plant.peek(m, c, rate, batch, bt, self.dt());
-        for (j, kind) in self.kinds.iter().enumerate() {
-            if let Some(level) = self.safe_level(j)
-                && kind.value(&t) > level
-            {
-                return None;
-            }
-        }
-        Some((t, bt))
+        self.kinds.iter().enumerate().all(|(j, kind)| {
+            self.safe_level(j)
+                .is_none_or(|level| kind.value(&t) <= level)
+        })
     }
 
     /// Highest safe rate at tick `i` for one batch size (bisection: every
@@ -86,27 +75,26 @@ impl Setup {
         let c = &self.trace.ticks[i];
         let hi =
             (r.workers * batch / (m.batch_time(batch, c.live, c.live) + r.sleep)).min(r.rate_cap);
-        if self.feasible(plant, i, r, hi, batch).is_some() {
+        if self.feasible(plant, i, r, hi, batch) {
             return (hi, true);
         }
-        if self.feasible(plant, i, r, 0.0, batch).is_none() {
+        if !self.feasible(plant, i, r, 0.0, batch) {
             return (0.0, false);
         }
         let (mut lo, mut hi) = (0.0, hi);
         for _ in 0..40 {
             let mid = 0.5 * (lo + hi);
-            if self.feasible(plant, i, r, mid, batch).is_some() {
+            if self.feasible(plant, i, r, mid, batch) {
                 lo = mid;
             } else {
                 hi = mid;
             }
         }
         // Close to the capacity limit the binding constraint may still be
-        // the knobs (the reach shrinks with utilisation).
-        let knob_bound = self.feasible(plant, i, r, hi, batch).is_none() && {
-            let u = m.utilisation(c.live, hi, batch);
-            hi > r.workers * batch / (m.batch_time(batch, u, c.live) + r.sleep)
-        };
+        // the knobs (their reach shrinks as utilisation grows).
+        let u = m.utilisation(c.live, hi, batch);
+        let knob_bound =
+            hi > r.workers * batch / (m.batch_time(batch, u, c.live) + r.sleep) || hi > r.rate_cap;
         (lo, knob_bound)
     }
 
