@@ -79,9 +79,13 @@ pub struct CheckArgs {
 pub struct SimulateArgs {
     #[command(flatten)]
     pub policy: PolicyArg,
-    /// Scenario: business-day, replica-storm, steady (or a file path).
-    #[arg(long, default_value = "business-day")]
+    /// Scenario: business-day, replica-storm, steady, or a scenario file
+    /// (see sim/scenarios/ for the format).
+    #[arg(long, default_value = "business-day", value_name = "NAME|PATH")]
     pub scenario: String,
+    /// Model parameters file instead of the built-in sim/model.toml.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
     /// Seed for the simulated noise; the same seed gives the same run.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

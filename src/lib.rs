@@ -10,4 +10,5 @@ pub mod history;
 pub mod policy;
 pub mod report;
 pub mod signals;
+pub mod sim;
 pub mod telemetry;

@@ -1,6 +1,114 @@
-use crate::cli::{LogFormat, SimulateArgs, exit};
+//! `pacer simulate`: wiring only; the simulator lives in `crate::sim`.
 
-pub fn run(_args: &SimulateArgs, _format: LogFormat) -> u8 {
-    eprintln!("simulate: being built");
-    exit::FAILED
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use crate::cli::{LogFormat, SimulateArgs, exit};
+use crate::controller::Action;
+use crate::policy::Policy;
+use crate::sim::{self, Model, Scenario};
+
+pub fn run(args: &SimulateArgs, format: LogFormat) -> u8 {
+    let policy = match Policy::load(&args.policy.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::INVALID;
+        }
+    };
+    let inputs = || -> anyhow::Result<(Scenario, Model)> {
+        let scenario = Scenario::load(&args.scenario)?;
+        let model = match &args.model {
+            None => Model::builtin(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("model {}: cannot read: {e}", path.display()))?;
+                Model::from_toml(&path.display().to_string(), &text)?
+            }
+        };
+        Ok((scenario, model))
+    };
+    let outcome = inputs().and_then(|(scenario, model)| {
+        sim::simulate(&policy, &model, &scenario, args.seed, args.duration)
+    });
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{}: {e:#}", args.policy.policy.display());
+            return exit::INVALID;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&outcome) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("cannot encode the result: {e}");
+                return exit::FAILED;
+            }
+        }
+        return exit::OK;
+    }
+    let tz: Tz = policy.job.timezone.parse().unwrap_or(Tz::UTC);
+    let clock = init_logging(format, tz);
+    for d in &outcome.log {
+        clock.set(d.at);
+        // Calm growth changes the knobs nearly every tick; those lines are
+        // debug so the slow-downs, pauses and resumes stay readable.
+        if d.action == Action::Increase {
+            tracing::debug!(target: "pacer::simulate", state = d.state.as_str(), "{}", d.summary());
+        } else {
+            tracing::info!(target: "pacer::simulate", state = d.state.as_str(), "{}", d.summary());
+        }
+    }
+    print!("{}", sim::summary_table(&outcome));
+    exit::OK
+}
+
+/// Log lines carry the simulated time (in the job's time zone) instead of
+/// the wall clock. Kept in one function so the real logging setup can
+/// replace it.
+fn init_logging(format: LogFormat, tz: Tz) -> SimClock {
+    let clock = SimClock {
+        at: Arc::new(AtomicI64::new(0)),
+        tz,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PACER_LOG_LEVEL")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_timer(clock.clone());
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    clock
+}
+
+/// A tracing timer showing the simulated instant last `set`.
+#[derive(Clone)]
+struct SimClock {
+    at: Arc<AtomicI64>,
+    tz: Tz,
+}
+
+impl SimClock {
+    fn set(&self, at: DateTime<Utc>) {
+        self.at.store(at.timestamp_millis(), Ordering::Relaxed);
+    }
+}
+
+impl tracing_subscriber::fmt::time::FormatTime for SimClock {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let at = DateTime::<Utc>::from_timestamp_millis(self.at.load(Ordering::Relaxed))
+            .unwrap_or_default();
+        write!(
+            w,
+            "{}",
+            at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M:%S%:z")
+        )
+    }
 }

@@ -1,0 +1,180 @@
+//! `pacer simulate`: the real controller against a simulated database in
+//! virtual time.
+//!
+//! The model (`sim/model.toml`) and the scenarios (`sim/scenarios/*.toml`)
+//! are data, not code the controller can see: the controller only gets
+//! readings through meters that imitate the real sources, with their delay
+//! and noise. Because the simulator knows the true state, it can say how
+//! close the controller came to the best safe throughput (`safe_rows_bound`)
+//! and how long it hurt production (`seconds_above_stop`). See
+//! docs/SIMULATOR.md.
+
+mod bound;
+mod measure;
+mod model;
+mod run;
+mod scenario;
+mod setup;
+mod table;
+
+pub use bound::{Oracle, Reach};
+pub use measure::{Meter, SimKind};
+pub use model::{Conditions, DEFAULT_MODEL, Model, Plant, Truth};
+pub use run::{RunStats, Strategy};
+pub use scenario::{BUILTIN as BUILTIN_SCENARIOS, Scenario, Trace};
+pub use setup::Setup;
+pub use table::summary_table;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::controller::{Decision, Knobs};
+use crate::history::History;
+use crate::policy::Policy;
+
+/// The result of `pacer simulate`: the pacer run, the two fixed strategies
+/// on the same trace, and the bound they are measured against.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub job: String,
+    pub scenario: String,
+    pub seed: u64,
+    pub start: DateTime<Utc>,
+    /// The policy's `job.timezone`, in which windows and the scenario apply.
+    pub timezone: String,
+    pub simulated_seconds: f64,
+    pub rows_done: u64,
+    pub safe_rows_bound: u64,
+    /// rows_done / safe_rows_bound.
+    pub efficiency: f64,
+    pub seconds_above_stop: f64,
+    pub seconds_above_slow: f64,
+    pub pauses: u64,
+    /// Decisions that changed something (each is a log line).
+    pub decisions: u64,
+    /// The same decisions by action.
+    pub actions: BTreeMap<String, u64>,
+    pub max_signals: BTreeMap<String, f64>,
+    /// Baselines measured before start (fixed `baseline` keys are not listed).
+    pub baselines: BTreeMap<String, f64>,
+    pub levels: Vec<LevelInfo>,
+    pub fixed_baselines: FixedBaselines,
+    #[serde(skip)]
+    pub log: Vec<Decision>,
+    #[serde(skip)]
+    pub history: History,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelInfo {
+    pub signal: String,
+    pub sim: String,
+    pub slow: Option<f64>,
+    pub stop: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FixedBaselines {
+    /// `start` knobs, one worker, never adapting.
+    pub conservative: RunStats,
+    /// `max` knobs (`min` sleep), never adapting.
+    pub aggressive: RunStats,
+}
+
+/// The fixed strategies' knobs for `policy`.
+pub fn fixed_knobs(policy: &Policy) -> (Knobs, Knobs) {
+    let l = &policy.limits;
+    (
+        Knobs {
+            batch_size: l.batch_size.start,
+            sleep: l.sleep.start,
+            workers: 1.max(l.workers.min),
+        },
+        Knobs {
+            batch_size: l.batch_size.max,
+            sleep: l.sleep.min,
+            workers: l.workers.max,
+        },
+    )
+}
+
+/// Simulate `policy` on `scenario` with the noise of `seed`.
+pub fn simulate(
+    policy: &Policy,
+    model: &Model,
+    scenario: &Scenario,
+    seed: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    let setup = Setup::new(policy, model, scenario, seed, duration)?;
+    let oracle = setup.oracle();
+    let bound = oracle.rows.round();
+    // As documented: rows_done / safe_rows_bound, both as reported.
+    let eff = |rows: u64| {
+        if bound > 0.0 {
+            rows as f64 / bound
+        } else {
+            0.0
+        }
+    };
+    let mut pacer = setup.run(&Strategy::Pacer, true)?;
+    let (cons, aggr) = fixed_knobs(policy);
+    let mut conservative = setup.run(&Strategy::Fixed(cons), false)?;
+    let mut aggressive = setup.run(&Strategy::Fixed(aggr), false)?;
+    for s in [&mut pacer, &mut conservative, &mut aggressive] {
+        s.efficiency = eff(s.rows_done);
+    }
+    Ok(Outcome {
+        job: policy.job.name.clone(),
+        scenario: scenario.name.clone(),
+        seed,
+        start: setup.start,
+        timezone: policy.job.timezone.clone(),
+        simulated_seconds: setup.simulated_seconds(),
+        rows_done: pacer.rows_done,
+        safe_rows_bound: bound as u64,
+        efficiency: pacer.efficiency,
+        seconds_above_stop: pacer.seconds_above_stop,
+        seconds_above_slow: pacer.seconds_above_slow,
+        pauses: pacer.pauses,
+        decisions: pacer.decisions,
+        actions: pacer.actions.clone(),
+        max_signals: pacer.max_signals.clone(),
+        baselines: setup.baselines.clone(),
+        levels: setup
+            .levels
+            .iter()
+            .zip(&policy.signals)
+            .map(|(l, s)| LevelInfo {
+                signal: l.name.clone(),
+                sim: s.sim_kind().unwrap_or_default().to_string(),
+                slow: l.slow,
+                stop: l.stop,
+            })
+            .collect(),
+        log: std::mem::take(&mut pacer.log),
+        history: pacer.history.take().unwrap_or_default(),
+        fixed_baselines: FixedBaselines {
+            conservative,
+            aggressive,
+        },
+    })
+}
+
+/// Only the run's history, for `pacer simulate --report` and other renderers.
+pub fn history(
+    policy: &Policy,
+    model: &Model,
+    scenario: &Scenario,
+    seed: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<History> {
+    let setup = Setup::new(policy, model, scenario, seed, duration)?;
+    Ok(setup
+        .run(&Strategy::Pacer, true)?
+        .history
+        .unwrap_or_default())
+}

@@ -1,0 +1,198 @@
+//! Everything one simulated day shares across strategy runs: the trace, the
+//! no-backfill truth, the signal mapping and the baselines.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Timelike, Utc};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::measure::{Meter, SimKind};
+use super::model::{Model, Plant, Truth};
+use super::scenario::{Scenario, Trace};
+use crate::controller::{Caps, Controller, SignalLevels};
+use crate::policy::Policy;
+
+/// Warm-up before the baseline window so rate windows are full.
+const WARMUP_SECS: f64 = 120.0;
+
+/// Longest day one run simulates: the per-tick history grows with it.
+const MAX_DAYS: f64 = 7.0;
+
+/// One simulated day, ready to run strategies on.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub policy: Policy,
+    pub model: Model,
+    pub scenario: Scenario,
+    pub seed: u64,
+    pub trace: Trace,
+    /// Instant the backfill starts (tick `trace.start_index`).
+    pub start: DateTime<Utc>,
+    pub kinds: Vec<SimKind>,
+    /// Baselines measured before start (only for signals without a fixed
+    /// `baseline`, which wins).
+    pub baselines: BTreeMap<String, f64>,
+    /// Resolved levels, in policy order.
+    pub levels: Vec<SignalLevels>,
+    /// True values with no backfill at all, per tick of the trace.
+    pub quiet: Vec<Truth>,
+    /// Merged caps of the policy's windows, per tick of the trace.
+    pub caps: Vec<Caps>,
+}
+
+impl Setup {
+    pub fn new(
+        policy: &Policy,
+        model: &Model,
+        scenario: &Scenario,
+        seed: u64,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<Setup> {
+        let kinds = policy
+            .signals
+            .iter()
+            .map(SimKind::of)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let start = crate::policy::local_instant(
+            &policy.job.timezone,
+            scenario.date,
+            scenario.start.hour(),
+            scenario.start.minute(),
+        )
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "scenario {}: {} {} does not exist in time zone {} (daylight-saving gap?)",
+                scenario.name,
+                scenario.date,
+                scenario.start.format("%H:%M"),
+                policy.job.timezone
+            )
+        })?;
+        let dt = policy.controller.tick.as_secs_f64();
+        let duration = duration.unwrap_or(scenario.duration).as_secs_f64();
+        if duration > MAX_DAYS * 86_400.0 {
+            anyhow::bail!(
+                "simulated duration {} is longer than the supported {MAX_DAYS} days",
+                humantime::format_duration(Duration::from_secs(duration as u64))
+            );
+        }
+        if duration < dt {
+            anyhow::bail!("simulated duration must be at least one tick ({dt}s)");
+        }
+        let preroll = policy.baseline.window.as_secs_f64() + WARMUP_SECS;
+        let trace = Trace::new(scenario, model, seed, dt, preroll, duration);
+        let mut plant = Plant::default();
+        let quiet: Vec<Truth> = trace
+            .ticks
+            .iter()
+            .map(|c| plant.advance(model, c, 0.0, 1.0, 0.0, dt))
+            .collect();
+
+        let mut setup = Setup {
+            policy: policy.clone(),
+            model: model.clone(),
+            scenario: scenario.clone(),
+            seed,
+            trace,
+            start,
+            kinds,
+            baselines: BTreeMap::new(),
+            levels: Vec::new(),
+            quiet,
+            caps: Vec::new(),
+        };
+        setup.baselines = setup.measure_baselines()?;
+        let ctrl = Controller::new(policy, &setup.baselines)?;
+        setup.levels = ctrl.levels().to_vec();
+        setup.caps = (0..setup.trace.ticks.len())
+            .map(|i| ctrl.caps_at(setup.instant(i)).0)
+            .collect();
+        Ok(setup)
+    }
+
+    pub fn dt(&self) -> f64 {
+        self.trace.dt
+    }
+
+    /// Ticks of the backfill itself (after the pre-start history).
+    pub fn run_ticks(&self) -> usize {
+        self.trace.ticks.len() - self.trace.start_index
+    }
+
+    pub fn simulated_seconds(&self) -> f64 {
+        self.run_ticks() as f64 * self.dt()
+    }
+
+    /// Start instant of tick `i` of the trace.
+    pub fn instant(&self, i: usize) -> DateTime<Utc> {
+        let offset = (i as f64 - self.trace.start_index as f64) * self.dt();
+        self.start + chrono::Duration::milliseconds((offset * 1000.0).round() as i64)
+    }
+
+    /// A fresh measurement stream: every strategy run of one seed sees the
+    /// same noise draws for the same pre-start history.
+    pub fn measure_rng(&self) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(self.seed ^ 0x6d65_6173_7572_6500)
+    }
+
+    pub fn meters(&self) -> Vec<Meter> {
+        self.kinds
+            .iter()
+            .map(|k| Meter::new(*k, &self.model, self.dt()))
+            .collect()
+    }
+
+    /// As a real run does: the median of each signal over `baseline.window`
+    /// before start, from what the measurement would have read.
+    fn measure_baselines(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let mut rng = self.measure_rng();
+        let mut meters = self.meters();
+        let from = self.trace.start_index.saturating_sub(
+            (self.policy.baseline.window.as_secs_f64() / self.dt()).round() as usize,
+        );
+        let mut seen: Vec<Vec<f64>> = vec![Vec::new(); meters.len()];
+        for i in 0..self.trace.start_index {
+            for (j, m) in meters.iter_mut().enumerate() {
+                if let Some(v) = m.observe(&self.quiet[i], &self.model, &mut rng)
+                    && i >= from
+                {
+                    seen[j].push(v);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for ((sig, vals), _) in self.policy.signals.iter().zip(seen).zip(&self.kinds) {
+            if sig.baseline.is_some() || !sig.needs_baseline() {
+                continue;
+            }
+            if vals.len() < self.policy.baseline.min_samples as usize {
+                anyhow::bail!(
+                    "signal {:?}: only {} samples in the baseline window, baseline.min_samples is {}",
+                    sig.name,
+                    vals.len(),
+                    self.policy.baseline.min_samples
+                );
+            }
+            out.insert(sig.name.clone(), median(vals));
+        }
+        Ok(out)
+    }
+
+    /// The level a signal must stay under for the safe-rate bound: its slow
+    /// level, or its stop level when it has none (HTTP checks).
+    pub fn safe_level(&self, j: usize) -> Option<f64> {
+        self.levels[j].slow.or(self.levels[j].stop)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}

@@ -1,0 +1,93 @@
+//! The human summary printed after the decision log.
+
+use std::fmt::Write;
+
+use super::Outcome;
+use super::run::RunStats;
+
+/// pacer vs the fixed strategies, one column each.
+pub fn summary_table(o: &Outcome) -> String {
+    let f = &o.fixed_baselines;
+    let pacer = RunStats {
+        rows_done: o.rows_done,
+        efficiency: o.efficiency,
+        seconds_above_stop: o.seconds_above_stop,
+        seconds_above_slow: o.seconds_above_slow,
+        pauses: o.pauses,
+        decisions: o.decisions,
+        max_signals: o.max_signals.clone(),
+        knobs: None,
+        actions: Default::default(),
+        log: Vec::new(),
+        history: None,
+    };
+    let cols = [
+        ("pacer", &pacer),
+        ("conservative", &f.conservative),
+        ("aggressive", &f.aggressive),
+    ];
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n{} on {} (seed {}), {} simulated from {}; safe rows bound {}",
+        o.job,
+        o.scenario,
+        o.seed,
+        humantime::format_duration(std::time::Duration::from_secs(o.simulated_seconds as u64)),
+        match o.timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) => o
+                .start
+                .with_timezone(&tz)
+                .format("%Y-%m-%d %H:%M %Z")
+                .to_string(),
+            Err(_) => o.start.format("%Y-%m-%d %H:%M UTC").to_string(),
+        },
+        o.safe_rows_bound
+    );
+    let _ = write!(s, "{:<28}", "");
+    for (name, _) in &cols {
+        let _ = write!(s, "{name:>14}");
+    }
+    s.push('\n');
+    let mut row = |label: &str, cell: &dyn Fn(&RunStats) -> String| {
+        let _ = write!(s, "{label:<28}");
+        for (_, r) in &cols {
+            let _ = write!(s, "{:>14}", cell(r));
+        }
+        s.push('\n');
+    };
+    row("rows", &|r| r.rows_done.to_string());
+    row("efficiency", &|r| format!("{:.3}", r.efficiency));
+    row("seconds above stop", &|r| {
+        format!("{:.0}", r.seconds_above_stop)
+    });
+    row("seconds above slow", &|r| {
+        format!("{:.0}", r.seconds_above_slow)
+    });
+    row("pauses", &|r| r.pauses.to_string());
+    for l in &o.levels {
+        let name = l.signal.clone();
+        let lv = match (l.slow, l.stop) {
+            (Some(a), Some(b)) => format!(" ({}/{})", short(a), short(b)),
+            (None, Some(b)) => format!(" (stop {})", short(b)),
+            (Some(a), None) => format!(" (slow {})", short(a)),
+            _ => String::new(),
+        };
+        row(&format!("max {name}{lv}"), &|r| {
+            r.max_signals
+                .get(&name)
+                .map(|v| short(*v))
+                .unwrap_or_default()
+        });
+    }
+    s
+}
+
+fn short(v: f64) -> String {
+    if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 1e5) {
+        let t = format!("{v:.3}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{v:.2e}")
+    }
+}
