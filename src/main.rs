@@ -5,13 +5,18 @@ use pacer::cli::{Cli, Command, exit};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = pacer::telemetry::init(cli.log_format, cli.log_level.as_deref()) {
+    let level = cli.log_level.as_deref();
+    // The simulator stamps log lines with simulated time, so it installs
+    // its own subscriber; every other command logs in real time.
+    if !matches!(cli.command, Command::Simulate(_))
+        && let Err(e) = pacer::telemetry::init(cli.log_format, level)
+    {
         eprintln!("pacer: {e:#}");
         return ExitCode::from(exit::INVALID);
     }
     let code = match cli.command {
         Command::Check(args) => pacer::commands::check::run(&args),
-        Command::Simulate(args) => pacer::commands::simulate::run(&args, cli.log_format),
+        Command::Simulate(args) => pacer::commands::simulate::run(&args, cli.log_format, level),
     };
     ExitCode::from(code)
 }

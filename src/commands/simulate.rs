@@ -11,7 +11,7 @@ use crate::controller::Action;
 use crate::policy::Policy;
 use crate::sim::{self, Model, Scenario};
 
-pub fn run(args: &SimulateArgs, format: LogFormat) -> u8 {
+pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
     let policy = match Policy::load(&args.policy.policy) {
         Ok(p) => p,
         Err(e) => {
@@ -52,7 +52,13 @@ pub fn run(args: &SimulateArgs, format: LogFormat) -> u8 {
         return exit::OK;
     }
     let tz: Tz = policy.job.timezone.parse().unwrap_or(Tz::UTC);
-    let clock = init_logging(format, tz);
+    let clock = match init_logging(format, level, tz) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pacer: {e:#}");
+            return exit::INVALID;
+        }
+    };
     for d in &outcome.log {
         clock.set(d.at);
         // Calm growth changes the knobs nearly every tick; those lines are
@@ -70,13 +76,12 @@ pub fn run(args: &SimulateArgs, format: LogFormat) -> u8 {
 /// Log lines carry the simulated time (in the job's time zone) instead of
 /// the wall clock. Kept in one function so the real logging setup can
 /// replace it.
-fn init_logging(format: LogFormat, tz: Tz) -> SimClock {
+fn init_logging(format: LogFormat, level: Option<&str>, tz: Tz) -> anyhow::Result<SimClock> {
     let clock = SimClock {
         at: Arc::new(AtomicI64::new(0)),
         tz,
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PACER_LOG_LEVEL")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = crate::telemetry::logging::filter(level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -85,7 +90,7 @@ fn init_logging(format: LogFormat, tz: Tz) -> SimClock {
         LogFormat::Text => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-    clock
+    Ok(clock)
 }
 
 /// A tracing timer showing the simulated instant last `set`.

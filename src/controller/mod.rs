@@ -26,9 +26,9 @@ mod decision;
 mod knobs;
 
 pub use decision::{Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, State};
-pub use knobs::{Caps, Knobs};
 /// Formatting shared with the logs and the report.
 pub use decision::{fmt_dur, knob_delta};
+pub use knobs::{Caps, Knobs};
 
 use std::time::Duration;
 
