@@ -95,4 +95,7 @@ pub struct SimulateArgs {
     /// Simulated duration (default: the scenario's own length).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Also write DIR/timeline.svg and DIR/report.md for the simulated run.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
 }

@@ -511,3 +511,47 @@ fn history_has_a_sample_per_tick_and_the_decisions() {
     .unwrap_err();
     assert!(e.to_string().contains("7 days"), "{e}");
 }
+
+#[test]
+fn cli_report_writes_a_timeline_and_a_runbook() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--json",
+            "--report",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(dir.path().join("timeline.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
+    let text: String = doc
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for series in [
+        "checkout_p95",
+        "replica_lag",
+        "batch size",
+        "workers",
+        "rows/s",
+    ] {
+        assert!(text.contains(series), "{series} missing from the chart");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains("a simulation (scenario business-day, seed 1)"),
+        "{md}"
+    );
+    assert!(md.contains("checkout_p95"), "{md}");
+}

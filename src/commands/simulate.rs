@@ -49,7 +49,7 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
                 return exit::FAILED;
             }
         }
-        return exit::OK;
+        return write_report(args, &policy, &outcome);
     }
     let tz: Tz = policy.job.timezone.parse().unwrap_or(Tz::UTC);
     let clock = match init_logging(format, level, tz) {
@@ -70,7 +70,7 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
         }
     }
     print!("{}", sim::summary_table(&outcome));
-    exit::OK
+    write_report(args, &policy, &outcome)
 }
 
 /// Log lines carry the simulated time (in the job's time zone) instead of
@@ -116,4 +116,31 @@ impl tracing_subscriber::fmt::time::FormatTime for SimClock {
             at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M:%S%:z")
         )
     }
+}
+
+/// Render the simulated run's timeline and runbook, as `pacer report` does
+/// for a real one.
+fn write_report(args: &SimulateArgs, policy: &Policy, outcome: &sim::Outcome) -> u8 {
+    let Some(dir) = &args.report else {
+        return exit::OK;
+    };
+    let info = crate::report::ReportInfo {
+        policy: Some(policy.clone()),
+        policy_path: Some(args.policy.policy.clone()),
+        source: Some(format!(
+            "a simulation (scenario {}, seed {})",
+            args.scenario, args.seed
+        )),
+        ..Default::default()
+    };
+    if let Err(e) = crate::report::render(&outcome.history, &info, dir) {
+        eprintln!("pacer: cannot write the report to {}: {e:#}", dir.display());
+        return exit::FAILED;
+    }
+    eprintln!(
+        "report written to {} and {}",
+        dir.join("timeline.svg").display(),
+        dir.join("report.md").display()
+    );
+    exit::OK
 }
