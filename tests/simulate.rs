@@ -555,3 +555,34 @@ fn cli_report_writes_a_timeline_and_a_runbook() {
     );
     assert!(md.contains("checkout_p95"), "{md}");
 }
+
+/// Lock contention grows with rows held per transaction: the controller
+/// must answer with smaller batches and more workers, not only more sleep,
+/// and so beat a fixed loop at the start knobs by a wide margin.
+#[test]
+fn lock_bound_policy_shrinks_batches_and_beats_the_fixed_loop() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args([
+            "simulate",
+            "--policy",
+            "tests/fixtures/lock-bound.toml",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let eff = o["efficiency"].as_f64().unwrap();
+    let conservative = o["fixed_baselines"]["conservative"]["efficiency"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        eff > 3.0 * conservative,
+        "pacer {eff} vs conservative {conservative}"
+    );
+    assert_eq!(o["seconds_above_stop"].as_f64().unwrap(), 0.0);
+}

@@ -51,6 +51,9 @@ pub struct SignalLevels {
     pub stop_expr: Option<String>,
     pub stop_for: Duration,
     pub on_missing: OnMissing,
+    /// Lock contention grows with how long each transaction holds its rows,
+    /// so a cut for this signal shrinks the batch rather than only the rate.
+    pub lock_bound: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -119,6 +122,10 @@ pub struct Controller {
     /// Last time the worker count changed (up or down): workers grow only
     /// after `worker_after` of calm since then.
     workers_changed_at: Option<Time>,
+    /// Batch size that last caused lock contention: growth stops below it
+    /// and concurrency grows instead (more workers with smaller batches hold
+    /// fewer rows each), until a long calm spell clears it.
+    batch_ceiling: Option<u32>,
     /// Smoothed seconds per row, learned from batch outcomes.
     secs_per_row: Option<f64>,
     last_tick: Option<Time>,
@@ -162,6 +169,10 @@ impl Controller {
                 stop_expr: s.stop_above.map(|l| l.to_string()),
                 stop_for: s.stop_for,
                 on_missing: s.on_missing,
+                lock_bound: matches!(
+                    s.sim_kind(),
+                    Some("lock_waiters" | "blocked_by_pacer" | "ddl_waiting")
+                ),
             });
         }
         let windows = policy
@@ -203,6 +214,7 @@ impl Controller {
             resumed_from: Vec::new(),
             resume_scale: 1.0,
             workers_changed_at: None,
+            batch_ceiling: None,
             secs_per_row: None,
             last_tick: None,
         })
@@ -417,10 +429,17 @@ impl Controller {
             causes.extend(batch_causes.iter().cloned());
             if let Some(f) = factor {
                 if self.may_decrease(now) {
-                    let shrink_batch = !batch_causes.is_empty();
+                    let lock_trouble = classes
+                        .iter()
+                        .zip(&self.signals)
+                        .any(|(c, s)| *c == Class::Slow && s.lock_bound);
+                    let shrink_batch = !batch_causes.is_empty() || lock_trouble;
                     self.knobs =
                         self.knobs
                             .decrease(f, shrink_batch, self.bt(), &self.limits, &caps);
+                    if lock_trouble {
+                        self.batch_ceiling = Some(self.knobs.batch_size);
+                    }
                     if self.knobs.workers != before.workers {
                         self.workers_changed_at = Some(now);
                     }
@@ -562,10 +581,18 @@ impl Controller {
         } else {
             ((k.batch_size as f64) * c.target_batch_time.as_secs_f64() / bt).floor() as u32
         };
+        let calm_for = self
+            .calm_since
+            .map(|s| (now - s).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        if calm_for >= c.worker_after * 4 {
+            self.batch_ceiling = None;
+        }
         let batch_max = l
             .batch_size
             .max
-            .min(caps.max_batch_size.unwrap_or(u32::MAX));
+            .min(caps.max_batch_size.unwrap_or(u32::MAX))
+            .min(self.batch_ceiling.unwrap_or(u32::MAX));
         let new_batch = by_step
             .min(by_ratio)
             .min(by_time)
@@ -579,10 +606,6 @@ impl Controller {
         // change, when the per-worker knobs are exhausted, and only while
         // the workers are busy (app_limited is false here).
         let workers_max = l.workers.max.min(caps.max_workers.unwrap_or(u32::MAX));
-        let calm_for = self
-            .calm_since
-            .map(|s| (now - s).to_std().unwrap_or_default())
-            .unwrap_or_default();
         let since_change = self
             .workers_changed_at
             .map(|t| (now - t).to_std().unwrap_or_default())
