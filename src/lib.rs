@@ -4,8 +4,11 @@
 //! `sim` runs the same controller against a simulated database.
 
 pub mod controller;
+pub mod executor;
 pub mod history;
 pub mod policy;
+pub mod preflight;
 pub mod signals;
+pub mod store;
 pub mod cli;
 pub mod commands;
