@@ -180,9 +180,19 @@ impl Store {
             .bind(&self.schema_q)
             .execute(&mut *conn)
             .await?;
+        // "already exists, skipping" notices are noise on every start.
+        let old_level: String = sqlx::query_scalar(
+            "SELECT current_setting('client_min_messages'), set_config('client_min_messages', 'warning', false)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         let result = MIGRATOR.run_direct(None, &mut *conn, false).await;
         sqlx::query("SELECT set_config('search_path', $1, false)")
             .bind(&old_path)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT set_config('client_min_messages', $1, false)")
+            .bind(&old_level)
             .execute(&mut *conn)
             .await?;
         result.map_err(|e| {
