@@ -54,7 +54,11 @@ fn has_seq_scan(plan: &serde_json::Value) -> bool {
     walk(&plan["Plan"])
 }
 
-pub async fn preflight(conn: &mut PgConnection, policy: &Policy, force: bool) -> anyhow::Result<Report> {
+pub async fn preflight(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    force: bool,
+) -> anyhow::Result<Report> {
     let mut r = Report::default();
     let target = Target::resolve(conn, policy).await?;
     r.notes.push(format!(
@@ -64,7 +68,9 @@ pub async fn preflight(conn: &mut PgConnection, policy: &Policy, force: bool) ->
     ));
 
     // Reads walk an index on the key.
-    let plan = target.explain(conn, &target.first_read_literal(policy.limits.read_chunk)).await?;
+    let plan = target
+        .explain(conn, &target.first_read_literal(policy.limits.read_chunk))
+        .await?;
     let summary = plan_summary(&plan);
     if has_seq_scan(&plan) {
         r.problems.push(format!(
@@ -76,15 +82,20 @@ pub async fn preflight(conn: &mut PgConnection, policy: &Policy, force: bool) ->
     }
 
     // Sparse pending filter.
-    let reltuples: f32 = sqlx::query_scalar("SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = $1::regclass")
-        .bind(&target.table_q)
-        .fetch_one(&mut *conn)
-        .await?;
+    let reltuples: f32 = sqlx::query_scalar(
+        "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(&target.table_q)
+    .fetch_one(&mut *conn)
+    .await?;
     let table_rows = reltuples as f64;
     let pending_est = target.estimate_pending(conn).await? as f64;
     if table_rows > 0.0 {
         let frac = pending_est / table_rows;
-        r.notes.push(format!("pending ≈ {pending_est:.0} of ≈ {table_rows:.0} rows ({:.2} %)", frac * 100.0));
+        r.notes.push(format!(
+            "pending ≈ {pending_est:.0} of ≈ {table_rows:.0} rows ({:.2} %)",
+            frac * 100.0
+        ));
         if frac < SPARSE_FRACTION && pending_est > 0.0 {
             let msg = format!(
                 "job.pending: only ≈ {:.2} % of the table is pending; pacer would read ≈ {:.0} keys for each pending one \
@@ -104,60 +115,113 @@ pub async fn preflight(conn: &mut PgConnection, policy: &Policy, force: bool) ->
     Ok(r)
 }
 
-/// Apply one batch twice inside a transaction that is always rolled back.
-async fn idempotency(conn: &mut PgConnection, policy: &Policy, target: &Target, r: &mut Report) -> anyhow::Result<()> {
-    let (_, _, mut pending) = target.read_chunk(conn, None, policy.limits.read_chunk).await?;
+/// What applying one batch twice (then rolling back) showed.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub keys: usize,
+    /// Rows the first application changed.
+    pub first: u64,
+    /// Keys of the batch still matching `pending` after it.
+    pub still_pending: i64,
+    /// Rows a second application changed (0 for an idempotent update).
+    pub second: u64,
+}
+
+/// Apply the first pending batch twice inside a transaction that is always
+/// rolled back. `None` when the first chunk has nothing pending.
+pub async fn apply_twice(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<Option<Probe>> {
+    let (_, _, mut pending) = target
+        .read_chunk(conn, None, policy.limits.read_chunk)
+        .await?;
     if pending.is_empty() {
-        r.notes.push("no pending rows in the first chunk: idempotency not tested".into());
-        return Ok(());
+        return Ok(None);
     }
     let keys = pending.take_front(policy.limits.batch_size.start as usize);
     let mut tx = conn.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
-        .bind(policy.limits.lock_timeout.as_millis().to_string())
-        .bind(policy.limits.statement_timeout.as_millis().to_string())
-        .execute(&mut *tx)
-        .await?;
-    let result: anyhow::Result<()> = async {
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    )
+    .bind(policy.limits.lock_timeout.as_millis().to_string())
+    .bind(policy.limits.statement_timeout.as_millis().to_string())
+    .execute(&mut *tx)
+    .await?;
+    let result: anyhow::Result<Probe> = async {
         let first = keys
             .bind(sqlx::query(AssertSqlSafe(target.update.clone())))
             .execute(&mut *tx)
             .await
-            .map_err(|e| crate::store::Fail::invalid(format!("job.update: applying one batch failed: {}", db_message(&e))))?
+            .map_err(|e| {
+                crate::store::Fail::invalid(format!(
+                    "job.update: applying one batch failed: {}",
+                    db_message(&e)
+                ))
+            })?
             .rows_affected();
-        let still: i64 = keys
-            .bind_scalar(sqlx::query_scalar(AssertSqlSafe(target.still_pending_sql())))
+        let still_pending: i64 = keys
+            .bind_scalar(sqlx::query_scalar(AssertSqlSafe(
+                target.still_pending_sql(),
+            )))
             .fetch_one(&mut *tx)
             .await?;
-        if still > 0 {
-            r.problems.push(format!(
-                "job.update: after one application, {still} of the batch's {} keys still match job.pending; \
-                 pacer would find them again and again",
-                keys.len()
-            ));
-        }
         let second = keys
             .bind(sqlx::query(AssertSqlSafe(target.update.clone())))
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if second > 0 {
-            r.problems.push(format!(
-                "job.update is not idempotent: applied twice to the same {} keys, the second application changed {second} rows \
-                 (the first changed {first}). Add the pending condition to its WHERE (e.g. `AND {}`), so a retried batch changes nothing",
-                keys.len(),
-                policy.job.pending
-            ));
-        } else {
-            r.notes.push(format!(
-                "update is idempotent: one batch of {} keys changed {first} rows, a second application changed none (rolled back)",
-                keys.len()
-            ));
-        }
-        Ok(())
+        Ok(Probe {
+            keys: keys.len(),
+            first,
+            still_pending,
+            second,
+        })
     }
     .await;
     tx.rollback().await?;
     let _ = conn.execute("SELECT 1").await;
-    result
+    result.map(Some)
+}
+
+/// The update must clear `pending` (else pacer would find the same rows
+/// forever).
+pub fn still_pending_problem(p: &Probe) -> Option<String> {
+    (p.still_pending > 0).then(|| {
+        format!(
+            "job.update: after one application, {} of the batch's {} keys still match job.pending; \
+             pacer would find them again and again",
+            p.still_pending, p.keys
+        )
+    })
+}
+
+async fn idempotency(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(p) = apply_twice(conn, policy, target).await? else {
+        r.notes
+            .push("no pending rows in the first chunk: idempotency not tested".into());
+        return Ok(());
+    };
+    if let Some(msg) = still_pending_problem(&p) {
+        r.problems.push(msg);
+    }
+    if p.second > 0 {
+        r.problems.push(format!(
+            "job.update is not idempotent: applied twice to the same {} keys, the second application changed {} rows \
+             (the first changed {}). Add the pending condition to its WHERE (e.g. `AND {}`), so a retried batch changes nothing",
+            p.keys, p.second, p.first, policy.job.pending
+        ));
+    } else {
+        r.notes.push(format!(
+            "update is idempotent: one batch of {} keys changed {} rows, a second application changed none (rolled back)",
+            p.keys, p.first
+        ));
+    }
+    Ok(())
 }

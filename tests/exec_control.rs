@@ -26,7 +26,10 @@ async fn pause_and_resume_while_running(pool: PgPool) {
         },
     );
     let mut child = spawn(pacer(&["run"], &policy));
-    let started = wait_until(Duration::from_secs(30), || async { counters(&pool, "t").await.1 > 1000 }).await;
+    let started = wait_until(Duration::from_secs(30), || async {
+        counters(&pool, "t").await.1 > 1000
+    })
+    .await;
     assert!(started, "the job did not start");
 
     let out = output({
@@ -36,7 +39,10 @@ async fn pause_and_resume_while_running(pool: PgPool) {
     })
     .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let paused = wait_until(Duration::from_secs(10), || async { status(&policy).await["state"] == "paused" }).await;
+    let paused = wait_until(Duration::from_secs(10), || async {
+        status(&policy).await["state"] == "paused"
+    })
+    .await;
     assert!(paused, "the job did not pause: {}", status(&policy).await);
     let s = status(&policy).await;
     assert_eq!(s["paused_by"]["reason"], "flash sale");
@@ -44,25 +50,45 @@ async fn pause_and_resume_while_running(pool: PgPool) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let frozen = counters(&pool, "t").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(counters(&pool, "t").await, frozen, "rows changed while paused");
-    assert!(frozen.0 > 0, "the job finished before the pause took effect; make it longer");
+    assert_eq!(
+        counters(&pool, "t").await,
+        frozen,
+        "rows changed while paused"
+    );
+    assert!(
+        frozen.0 > 0,
+        "the job finished before the pause took effect; make it longer"
+    );
 
     let out = output(pacer(&["resume"], &policy)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
-    let status_code = tokio::time::timeout(Duration::from_secs(120), child.wait()).await.unwrap().unwrap();
+    let status_code = tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status_code.success());
     assert_eq!(counters(&pool, "t").await, (0, 30_000, 0));
 
     // Knobs restored: the resume decision hands back the knobs in force at the pause.
-    let rows: Vec<(String, serde_json::Value, serde_json::Value)> =
-        sqlx::query_as("SELECT action, before, knobs FROM pacer.decisions WHERE job = 't' ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let pause = rows.iter().position(|r| r.0 == "pause").expect("a pause decision");
-    let resume = rows.iter().position(|r| r.0 == "resume").expect("a resume decision");
+    let rows: Vec<(String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+        "SELECT action, before, knobs FROM pacer.decisions WHERE job = 't' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let pause = rows
+        .iter()
+        .position(|r| r.0 == "pause")
+        .expect("a pause decision");
+    let resume = rows
+        .iter()
+        .position(|r| r.0 == "resume")
+        .expect("a resume decision");
     assert!(resume > pause);
-    assert_eq!(rows[resume].2, rows[pause].1, "resume must restore the knobs from before the pause");
+    assert_eq!(
+        rows[resume].2, rows[pause].1,
+        "resume must restore the knobs from before the pause"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -113,15 +139,25 @@ async fn locked_rows_are_set_aside_and_done_after_release(pool: PgPool) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(rest_done, "unlocked rows were not all done while the lock was held: {:?}", counters(&pool, "t").await);
+    assert!(
+        rest_done,
+        "unlocked rows were not all done while the lock was held: {:?}",
+        counters(&pool, "t").await
+    );
     assert!(
         longest_wait < lock_timeout_ms as f64 / 1000.0 + 0.5,
         "pacer waited {longest_wait}s for a lock (lock_timeout {lock_timeout_ms}ms)"
     );
-    assert!(child.try_wait().unwrap().is_none(), "pacer must keep the locked keys for later, not finish");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "pacer must keep the locked keys for later, not finish"
+    );
 
     sqlx::query("ROLLBACK").execute(&mut *locker).await.unwrap();
-    let st = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.unwrap().unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(st.success());
     assert_eq!(counters(&pool, "t").await, (0, 6_000, 0));
     let lock_errors: i64 = sqlx::query_scalar(
@@ -130,5 +166,8 @@ async fn locked_rows_are_set_aside_and_done_after_release(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(lock_errors > 0, "lock timeouts must be reported to the controller");
+    assert!(
+        lock_errors > 0,
+        "lock timeouts must be reported to the controller"
+    );
 }

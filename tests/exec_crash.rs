@@ -14,7 +14,10 @@ use sqlx::PgPool;
 /// progress table), so a kill "inside COMMIT" lands while the server commits.
 async fn slow_commits(pool: &PgPool) {
     let mut conn = pool.acquire().await.unwrap();
-    pacer::store::Store::new("pacer").migrate(&mut conn).await.unwrap();
+    pacer::store::Store::new("pacer")
+        .migrate(&mut conn)
+        .await
+        .unwrap();
     sqlx::raw_sql(
         "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN PERFORM pg_sleep(0.03); RETURN NULL; END $$;
@@ -49,7 +52,8 @@ async fn crash_scenario(pool: PgPool, workers: u32, seed: u64) {
                 cmd.env("PACER_FAILPOINT", format!("before_commit:{n}"));
             }
             2 => {
-                cmd.env("PACER_FAILPOINT", format!("in_commit:{n}")).env("PACER_FAILPOINT_DELAY_MS", "5");
+                cmd.env("PACER_FAILPOINT", format!("in_commit:{n}"))
+                    .env("PACER_FAILPOINT_DELAY_MS", "5");
             }
             3 => {
                 cmd.env("PACER_FAILPOINT", format!("after_commit:{n}"));
@@ -76,11 +80,20 @@ async fn crash_scenario(pool: PgPool, workers: u32, seed: u64) {
             crashes += 1;
         }
         let (_, _, twice) = counters(&pool, "t").await;
-        assert_eq!(twice, 0, "crash {i} (mode {mode}): some rows were updated twice");
+        assert_eq!(
+            twice, 0,
+            "crash {i} (mode {mode}): some rows were updated twice"
+        );
     }
-    assert!(crashes >= 10, "only {crashes} of 12 runs died before the end; the test did not test much");
+    assert!(
+        crashes >= 10,
+        "only {crashes} of 12 runs died before the end; the test did not test much"
+    );
     let (left, _, _) = counters(&pool, "t").await;
-    assert!(left > 0, "the job finished during the crash phase; make it longer");
+    assert!(
+        left > 0,
+        "the job finished during the crash phase; make it longer"
+    );
 
     let out = output(pacer(&["run"], &policy)).await;
     assert_eq!(out.code, Some(0), "final run failed:\n{}", out.all());
@@ -89,7 +102,10 @@ async fn crash_scenario(pool: PgPool, workers: u32, seed: u64) {
     assert_eq!(v.code, Some(0), "verify:\n{}", v.all());
     let j: serde_json::Value = serde_json::from_str(v.stdout.trim()).unwrap();
     assert_eq!(j["rows_pending"], 0);
-    assert_eq!(j["rows_done_by_pacer"], 100_000, "progress records must count every row exactly once");
+    assert_eq!(
+        j["rows_done_by_pacer"], 100_000,
+        "progress records must count every row exactly once"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -111,13 +127,32 @@ async fn ambiguous_commits_are_resolved_by_the_progress_record(pool: PgPool) {
     let url = url_of(&pool).await;
     counter_table(&pool, "t", 20_000).await;
     slow_commits(&pool).await;
-    let (_dir, policy) = policy(&url, &Spec { batch: (500, 100, 1000), ..Spec::default() });
+    let (_dir, policy) = policy(
+        &url,
+        &Spec {
+            batch: (500, 100, 1000),
+            ..Spec::default()
+        },
+    );
     let mut cmd = pacer(&["run"], &policy);
-    cmd.env("PACER_FAILPOINT", "lose_commit:2,terminate_in_commit:4,lose_commit:6")
-        .env("PACER_FAILPOINT_DELAY_MS", "5");
+    cmd.env(
+        "PACER_FAILPOINT",
+        "lose_commit:2,terminate_in_commit:4,lose_commit:6",
+    )
+    .env("PACER_FAILPOINT_DELAY_MS", "5");
     let out = output(cmd).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert!(out.stderr.contains("the batch had committed; not applying it again"), "{}", out.stderr);
-    assert!(out.stderr.contains("the batch had not committed; retrying it"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the batch had committed; not applying it again"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("the batch had not committed; retrying it"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(counters(&pool, "t").await, (0, 20_000, 0));
 }

@@ -11,7 +11,11 @@ use sqlx::PgPool;
 async fn run_expect(policy: &std::path::PathBuf, code: i32, needle: &str) -> Out {
     let out = output(pacer(&["run"], policy)).await;
     assert_eq!(out.code, Some(code), "expected exit {code}:\n{}", out.all());
-    assert!(out.all().contains(needle), "expected {needle:?} in:\n{}", out.all());
+    assert!(
+        out.all().contains(needle),
+        "expected {needle:?} in:\n{}",
+        out.all()
+    );
     out
 }
 
@@ -25,13 +29,62 @@ async fn bad_sql_and_missing_objects_stop_before_the_first_write(pool: PgPool) {
     let url = url_of(&pool).await;
     counter_table(&pool, "t", 1000).await;
     let cases = [
-        (Spec { update: "UPDATE t SET counter = counter + WHERE id = ANY($1)", ..Spec::default() }, "job.update"),
-        (Spec { update: "UPDATE t SET nope = 1 WHERE id = ANY($1)", ..Spec::default() }, "job.update"),
-        (Spec { update: "UPDATE t SET counter = 1 WHERE id::text = ANY($1)", ..Spec::default() }, "job.update"),
-        (Spec { update: "UPDATE t SET counter = 1", ..Spec::default() }, "job.update"),
-        (Spec { pending: "missing_column IS NULL", ..Spec::default() }, "job.pending"),
-        (Spec { table: "no_such_table", ..Spec::default() }, "job.table"),
-        (Spec { key: "no_such_column", ..Spec::default() }, "job.key"),
+        (
+            Spec {
+                update: "UPDATE t SET counter = counter + WHERE id = ANY($1)",
+                ..Spec::default()
+            },
+            "job.update",
+        ),
+        (
+            Spec {
+                update: "UPDATE t SET nope = 1 WHERE id = ANY($1)",
+                ..Spec::default()
+            },
+            "job.update",
+        ),
+        (
+            Spec {
+                update: "UPDATE t SET counter = 1 WHERE id::text = ANY($1)",
+                ..Spec::default()
+            },
+            "job.update",
+        ),
+        (
+            Spec {
+                update: "UPDATE t SET counter = 1",
+                ..Spec::default()
+            },
+            "job.update",
+        ),
+        (
+            Spec {
+                pending: "missing_column IS NULL",
+                ..Spec::default()
+            },
+            "job.pending",
+        ),
+        (
+            Spec {
+                update: "UPDATE t SET pad = 'x' WHERE id = ANY($1)",
+                ..Spec::default()
+            },
+            "still match job.pending",
+        ),
+        (
+            Spec {
+                table: "no_such_table",
+                ..Spec::default()
+            },
+            "job.table",
+        ),
+        (
+            Spec {
+                key: "no_such_column",
+                ..Spec::default()
+            },
+            "job.key",
+        ),
     ];
     for (spec, key) in cases {
         let (_d, p) = policy(&url, &spec);
@@ -50,13 +103,25 @@ async fn unusable_keys_are_refused(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let not_unique = Spec { key: "grp", update: "UPDATE t SET counter = counter + 1 WHERE grp = ANY($1)", ..Spec::default() };
+    let not_unique = Spec {
+        key: "grp",
+        update: "UPDATE t SET counter = counter + 1 WHERE grp = ANY($1)",
+        ..Spec::default()
+    };
     let (_d, p) = policy(&url, &not_unique);
     run_expect(&p, 2, "no unique index").await;
-    let nulls = Spec { key: "nk", update: "UPDATE t SET counter = counter + 1 WHERE nk = ANY($1)", ..Spec::default() };
+    let nulls = Spec {
+        key: "nk",
+        update: "UPDATE t SET counter = counter + 1 WHERE nk = ANY($1)",
+        ..Spec::default()
+    };
     let (_d, p) = policy(&url, &nulls);
     run_expect(&p, 2, "is NULL").await;
-    let float = Spec { key: "f", update: "UPDATE t SET counter = counter + 1 WHERE f = ANY($1)", ..Spec::default() };
+    let float = Spec {
+        key: "f",
+        update: "UPDATE t SET counter = counter + 1 WHERE f = ANY($1)",
+        ..Spec::default()
+    };
     let (_d, p) = policy(&url, &float);
     run_expect(&p, 2, "cannot walk").await;
     nothing_written(&pool).await;
@@ -72,7 +137,10 @@ async fn check_flags_a_non_idempotent_update_and_passes_a_good_one(pool: PgPool)
     assert!(out.stdout.contains("not idempotent"), "{}", out.stdout);
     nothing_written(&pool).await;
 
-    let good = Spec { update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0", ..Spec::default() };
+    let good = Spec {
+        update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0",
+        ..Spec::default()
+    };
     let (_d, p) = policy(&url, &good);
     let out = output(pacer(&["check"], &p)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
@@ -86,8 +154,14 @@ async fn check_flags_a_non_idempotent_update_and_passes_a_good_one(pool: PgPool)
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(out.stdout.contains("nothing written"));
     nothing_written(&pool).await;
-    let schema: bool = sqlx::query_scalar("SELECT to_regnamespace('pacer') IS NOT NULL").fetch_one(&pool).await.unwrap();
-    assert!(!schema, "--dry-run and check must not create pacer's schema");
+    let schema: bool = sqlx::query_scalar("SELECT to_regnamespace('pacer') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        !schema,
+        "--dry-run and check must not create pacer's schema"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -98,8 +172,17 @@ async fn empty_table_complete_job_and_changed_policy(pool: PgPool) {
     run_expect(&p, 0, "done: 0 rows").await;
     run_expect(&p, 0, "already complete").await;
 
-    sqlx::raw_sql("INSERT INTO t (id) SELECT generate_series(1, 3000)").execute(&pool).await.unwrap();
-    let (_d, p2) = policy(&url, &Spec { job: "t2", ..Spec::default() });
+    sqlx::raw_sql("INSERT INTO t (id) SELECT generate_series(1, 3000)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_d, p2) = policy(
+        &url,
+        &Spec {
+            job: "t2",
+            ..Spec::default()
+        },
+    );
     let changed = Spec {
         job: "t2",
         update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0",
@@ -112,7 +195,9 @@ async fn empty_table_complete_job_and_changed_policy(pool: PgPool) {
         c.env("PACER_FAILPOINT", "before_commit:3");
         c
     });
-    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap();
     let out = run_expect(&p3, 2, "--accept-policy-change").await;
     assert!(out.all().contains("changed since the job started"));
     let out = output(pacer(&["run", "--accept-policy-change"], &p3)).await;
@@ -124,24 +209,58 @@ async fn empty_table_complete_job_and_changed_policy(pool: PgPool) {
 async fn sigterm_stops_gracefully_and_the_next_run_resumes(pool: PgPool) {
     let url = url_of(&pool).await;
     counter_table(&pool, "t", 20_000).await;
-    let (_d, p) = policy(&url, &Spec { batch: (200, 100, 300), sleep_ms: 30, workers: (2, 1, 2), ..Spec::default() });
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            batch: (200, 100, 300),
+            sleep_ms: 30,
+            workers: (2, 1, 2),
+            ..Spec::default()
+        },
+    );
     let child = spawn(pacer(&["run"], &p));
-    assert!(wait_until(Duration::from_secs(30), || async { counters(&pool, "t").await.1 > 500 }).await);
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(&pool, "t").await.1 > 500
+        })
+        .await
+    );
     let pid = child.id().unwrap() as i32;
-    std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let o = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let o = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout.contains("stopped by signal") && stdout.contains("resume with"), "{stdout}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("stopped by signal") && stdout.contains("resume with"),
+        "{stdout}"
+    );
     let (left, done, twice) = counters(&pool, "t").await;
     assert!(left > 0 && twice == 0);
-    let st: String = sqlx::query_scalar("SELECT state FROM pacer.jobs WHERE name = 't'").fetch_one(&pool).await.unwrap();
-    assert_eq!(st, "stopped");
-    let rows_done: i64 = sqlx::query_scalar("SELECT sum(rows)::bigint FROM pacer.progress WHERE job = 't'")
+    let st: String = sqlx::query_scalar("SELECT state FROM pacer.jobs WHERE name = 't'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(rows_done, done, "every committed row has its progress record");
+    assert_eq!(st, "stopped");
+    let rows_done: i64 =
+        sqlx::query_scalar("SELECT sum(rows)::bigint FROM pacer.progress WHERE job = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows_done, done,
+        "every committed row has its progress record"
+    );
     let out = output(pacer(&["run"], &p)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert_eq!(counters(&pool, "t").await, (0, 20_000, 0));
@@ -160,12 +279,22 @@ async fn retries_exhausted_stop_cleanly_with_progress_intact(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let (_d, p) = policy(&url, &Spec { batch: (100, 50, 100), max_retries: 2, ..Spec::default() });
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            batch: (100, 50, 100),
+            max_retries: 2,
+            ..Spec::default()
+        },
+    );
     let out = run_expect(&p, 3, "limits.max_retries").await;
     assert!(out.all().contains("progress intact"), "{}", out.all());
     let (_, done, twice) = counters(&pool, "t").await;
     assert!(done > 0 && twice == 0);
-    let st: String = sqlx::query_scalar("SELECT state FROM pacer.jobs WHERE name = 't'").fetch_one(&pool).await.unwrap();
+    let st: String = sqlx::query_scalar("SELECT state FROM pacer.jobs WHERE name = 't'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(st, "failed");
 }
 
@@ -177,8 +306,16 @@ async fn key_types_walk_in_postgres_order(pool: PgPool) {
     let tables = [
         ("k_int", "integer", "g"),
         ("k_uuid", "uuid", "md5(g::text)::uuid"),
-        ("k_ts", "timestamptz", "timestamptz '2026-01-01' + g * interval '1.000001 second'"),
-        ("k_text", "text COLLATE \"C\"", "(ARRAY['a','B','_','é','Z','0'])[1 + g % 6] || g"),
+        (
+            "k_ts",
+            "timestamptz",
+            "timestamptz '2026-01-01' + g * interval '1.000001 second'",
+        ),
+        (
+            "k_text",
+            "text COLLATE \"C\"",
+            "(ARRAY['a','B','_','é','Z','0'])[1 + g % 6] || g",
+        ),
     ];
     for (name, ty, expr) in tables {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -191,7 +328,14 @@ async fn key_types_walk_in_postgres_order(pool: PgPool) {
         let update = format!("UPDATE {name} SET counter = counter + 1 WHERE id = ANY($1)");
         let (_d, p) = policy(
             &url,
-            &Spec { job: name, table: name, update: &update, batch: (300, 50, 700), read_chunk: 800, ..Spec::default() },
+            &Spec {
+                job: name,
+                table: name,
+                update: &update,
+                batch: (300, 50, 700),
+                read_chunk: 800,
+                ..Spec::default()
+            },
         );
         let out = output(pacer(&["run"], &p)).await;
         assert_eq!(out.code, Some(0), "{name}:\n{}", out.all());

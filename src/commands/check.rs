@@ -22,15 +22,19 @@ pub fn run(args: &CheckArgs) -> u8 {
         return exit::OK;
     }
     let Some(url) = database_url(&p) else {
-        println!("offline: no database.url in the policy and no DATABASE_URL; SQL not checked against the database");
+        println!(
+            "offline: no database.url in the policy and no DATABASE_URL; SQL not checked against the database"
+        );
         return exit::OK;
     };
-    let result = super::run::runtime().map_err(anyhow::Error::from).and_then(|rt| {
-        rt.block_on(async {
-            let mut conn = crate::store::connect(&url, "pacer-cli").await?;
-            crate::preflight::preflight(&mut conn, &p, args.force).await
-        })
-    });
+    let result = super::run::runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+                crate::preflight::preflight(&mut conn, &p, args.force).await
+            })
+        });
     match result {
         Ok(report) => {
             for n in &report.notes {

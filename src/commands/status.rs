@@ -18,7 +18,10 @@ pub fn run(args: &StatusArgs) -> u8 {
     match result {
         Ok(None) => {
             if args.json {
-                println!("{}", json!({"job": policy.job.name, "state": null, "message": "job has not started"}));
+                println!(
+                    "{}",
+                    json!({"job": policy.job.name, "state": null, "message": "job has not started"})
+                );
             } else {
                 println!("job {} has not started", policy.job.name);
             }
@@ -42,8 +45,9 @@ pub fn run(args: &StatusArgs) -> u8 {
 /// The job's status as JSON; `None` when the job never started. Reads only
 /// pacer's tables: rows left is the count taken at start minus rows done.
 pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>> {
-    let url = database_url(policy)
-        .ok_or_else(|| Fail::invalid("no database: set database.url in the policy or DATABASE_URL"))?;
+    let url = database_url(policy).ok_or_else(|| {
+        Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
+    })?;
     let mut conn = crate::store::connect(&url, "pacer-cli").await?;
     let store = Store::for_policy(policy);
     if !store.exists(&mut conn).await? {
@@ -55,15 +59,20 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
     };
     let (rows_done, _) = store.progress_totals(&mut conn, job).await?;
     let recent = store.recent_rows(&mut conn, job, 60.0).await?;
-    let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)")
-        .bind(runner_app_name(job))
-        .fetch_one(&mut conn)
-        .await?;
+    let alive: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+    )
+    .bind(runner_app_name(job))
+    .fetch_one(&mut conn)
+    .await?;
     let mut state = row.state.clone();
     let mut note = row.message.clone();
     if !alive && matches!(state.as_str(), "running" | "slowing" | "paused") {
         state = "stopped".into();
-        note = Some("no runner is alive (the last one died without recording a stop); `pacer run` resumes".into());
+        note = Some(
+            "no runner is alive (the last one died without recording a stop); `pacer run` resumes"
+                .into(),
+        );
     }
     let rows_pending = row.rows_at_start.map(|n| (n - rows_done).max(0));
     let rate = if alive { recent as f64 / 60.0 } else { 0.0 };
@@ -103,16 +112,26 @@ fn print_text(v: &serde_json::Value) {
         other => other.to_string(),
     };
     println!("job {}: {}", s("job"), s("state"));
-    println!("  rows done {}, pending ~{} (of {} at start)", s("rows_done"), s("rows_pending"), s("rows_at_start"));
+    println!(
+        "  rows done {}, pending ~{} (of {} at start)",
+        s("rows_done"),
+        s("rows_pending"),
+        s("rows_at_start")
+    );
     let eta = v["eta_seconds"]
         .as_i64()
         .map(|e| humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string())
         .unwrap_or_else(|| "-".into());
-    println!("  rate {} rows/s over the last minute, ETA {eta}", s("rows_per_second"));
+    println!(
+        "  rate {} rows/s over the last minute, ETA {eta}",
+        s("rows_per_second")
+    );
     if let Some(k) = v["knobs"].as_object() {
         println!(
             "  knobs: batch {}, sleep {}, workers {}",
-            k.get("batch_size").map(|x| x.to_string()).unwrap_or_default(),
+            k.get("batch_size")
+                .map(|x| x.to_string())
+                .unwrap_or_default(),
             k.get("sleep").and_then(|x| x.as_str()).unwrap_or("-"),
             k.get("workers").map(|x| x.to_string()).unwrap_or_default()
         );

@@ -30,7 +30,11 @@ pub fn run(args: &VerifyArgs) -> u8 {
             } else {
                 print_text(&v);
             }
-            if v["rows_pending"].as_i64() == Some(0) { exit::OK } else { exit::PENDING }
+            if v["rows_pending"].as_i64() == Some(0) {
+                exit::OK
+            } else {
+                exit::PENDING
+            }
         }
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -40,13 +44,18 @@ pub fn run(args: &VerifyArgs) -> u8 {
 }
 
 pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
-    let url = database_url(policy)
-        .ok_or_else(|| Fail::invalid("no database: set database.url in the policy or DATABASE_URL"))?;
+    let url = database_url(policy).ok_or_else(|| {
+        Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
+    })?;
     let mut conn = crate::store::connect(&url, "pacer-cli").await?;
     let target = Target::resolve(&mut conn, policy).await?;
     let chunk = policy.limits.read_chunk.max(1000) as i64;
     let (k, t, p) = (&target.key_q, &target.table_q, &target.pending);
-    let coll = target.collation.as_ref().map(|c| format!(" COLLATE {c}")).unwrap_or_default();
+    let coll = target
+        .collation
+        .as_ref()
+        .map(|c| format!(" COLLATE {c}"))
+        .unwrap_or_default();
     let first = format!(
         "SELECT count(*) FILTER (WHERE pend), count(*), (array_agg(k::text ORDER BY k))[count(*)::int] FROM
            (SELECT {k} AS k, coalesce(({p}), false) AS pend FROM {t} WHERE {k} IS NOT NULL ORDER BY {k} LIMIT $1) s"
@@ -61,7 +70,8 @@ pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
     let mut boundaries = Vec::new();
     loop {
         let q = if cursor.is_some() { &next } else { &first };
-        let mut query = sqlx::query_as::<_, (i64, i64, Option<String>)>(AssertSqlSafe(q.clone())).bind(chunk);
+        let mut query =
+            sqlx::query_as::<_, (i64, i64, Option<String>)>(AssertSqlSafe(q.clone())).bind(chunk);
         if let Some(c) = &cursor {
             query = query.bind(c.clone());
         }
@@ -94,7 +104,9 @@ pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
             Some(_) => format!("WHERE {k} >= ($1::{}{coll})", target.key_type.sql()),
             None => String::new(),
         };
-        format!("SELECT row_to_json(x)::text FROM (SELECT * FROM {t} {cond} ORDER BY {k} {order} LIMIT 3) x")
+        format!(
+            "SELECT row_to_json(x)::text FROM (SELECT * FROM {t} {cond} ORDER BY {k} {order} LIMIT 3) x"
+        )
     };
     let mut samples = serde_json::Map::new();
     for (name, order, from) in [

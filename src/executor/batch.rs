@@ -55,6 +55,7 @@ pub fn classify(e: &sqlx::Error) -> Class {
 
 /// A worker's connection, with its backend PID (for ambiguous commits and
 /// so pacer knows its own backends).
+#[derive(Default)]
 pub struct Writer {
     conn: Option<(PgConnection, i32)>,
 }
@@ -69,7 +70,9 @@ impl Writer {
             let mut c = crate::store::connect(&sh.url, &sh.app_name)
                 .await
                 .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut c).await?;
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut c)
+                .await?;
             self.conn = Some((c, pid));
         }
         Ok(())
@@ -78,11 +81,22 @@ impl Writer {
     /// Apply `keys` in one transaction with progress record `batch_id`.
     /// With `lock_free`, first lock the rows that are free right now and
     /// apply only those; the others come back as `deferred`.
-    pub async fn attempt(&mut self, sh: &Shared, keys: &Keys, batch_id: i64, pass: i32, lock_free: bool) -> Attempt {
+    pub async fn attempt(
+        &mut self,
+        sh: &Shared,
+        keys: &Keys,
+        batch_id: i64,
+        pass: i32,
+        lock_free: bool,
+    ) -> Attempt {
         if let Err(e) = self.ensure(sh).await {
             return Attempt::Lost(format!("cannot connect: {e}"));
         }
-        let (conn, pid) = self.conn.as_mut().map(|(c, p)| (c, *p)).expect("connected above");
+        let (conn, pid) = self
+            .conn
+            .as_mut()
+            .map(|(c, p)| (c, *p))
+            .expect("connected above");
         match run_tx(sh, conn, pid, keys, batch_id, pass, lock_free).await {
             Ok(Ok(a)) => a,
             Ok(Err(commit_err)) => {
@@ -99,9 +113,7 @@ impl Writer {
             Err(e) => {
                 let class = classify(&e);
                 let msg = super::target::db_message(&e);
-                if matches!(class, Class::Lost) {
-                    self.conn = None;
-                } else if conn.execute("ROLLBACK").await.is_err() {
+                if matches!(class, Class::Lost) || conn.execute("ROLLBACK").await.is_err() {
                     self.conn = None;
                 }
                 match class {
@@ -133,11 +145,13 @@ async fn run_tx(
     lock_free: bool,
 ) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
     conn.execute("BEGIN").await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)")
-        .bind(sh.limits.lock_timeout.as_millis().to_string())
-        .bind(sh.limits.statement_timeout.as_millis().to_string())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    )
+    .bind(sh.limits.lock_timeout.as_millis().to_string())
+    .bind(sh.limits.statement_timeout.as_millis().to_string())
+    .execute(&mut *conn)
+    .await?;
     let (apply, deferred) = if lock_free {
         let rows = keys
             .bind(sqlx::query(AssertSqlSafe(sh.target.lock_free_sql())))
@@ -193,7 +207,10 @@ async fn run_tx(
         let d = failpoint::delay();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
-            let _ = sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(&mut killer).await;
+            let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&mut killer)
+                .await;
         });
     }
     let committed = conn.execute("COMMIT").await;
@@ -215,7 +232,11 @@ async fn run_tx(
 /// After a connection broke during COMMIT: wait until the old backend is
 /// gone (so its transaction has ended one way or the other), then look the
 /// batch's progress record up. `Some(rows)`: it committed.
-pub async fn resolve_ambiguous(sh: &Shared, old_pid: i32, batch_id: i64) -> anyhow::Result<Option<u64>> {
+pub async fn resolve_ambiguous(
+    sh: &Shared,
+    old_pid: i32,
+    batch_id: i64,
+) -> anyhow::Result<Option<u64>> {
     let mut tries = 0u32;
     let mut conn = loop {
         match crate::store::connect(&sh.url, &sh.app_name).await {
@@ -231,19 +252,26 @@ pub async fn resolve_ambiguous(sh: &Shared, old_pid: i32, batch_id: i64) -> anyh
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let alive: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
-            .bind(old_pid)
-            .fetch_one(&mut conn)
-            .await?;
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(old_pid)
+                .fetch_one(&mut conn)
+                .await?;
         if !alive {
             break;
         }
         if std::time::Instant::now() > deadline {
-            let _ = sqlx::query("SELECT pg_terminate_backend($1)").bind(old_pid).execute(&mut conn).await;
+            let _ = sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(old_pid)
+                .execute(&mut conn)
+                .await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rows = sh.store.batch_committed(&mut conn, &sh.job, batch_id).await?;
+    let rows = sh
+        .store
+        .batch_committed(&mut conn, &sh.job, batch_id)
+        .await?;
     let _ = conn.close().await;
     Ok(rows.map(|r| r as u64))
 }

@@ -74,7 +74,13 @@ pub struct Dispatch {
 }
 
 impl Dispatch {
-    pub fn new(target: Arc<Target>, reader: PgConnection, read_chunk: u32, pass: i32, cursor: Option<String>) -> Dispatch {
+    pub fn new(
+        target: Arc<Target>,
+        reader: PgConnection,
+        read_chunk: u32,
+        pass: i32,
+        cursor: Option<String>,
+    ) -> Dispatch {
         let queue = target.key_type.empty();
         let deferred = target.key_type.empty();
         Dispatch {
@@ -124,7 +130,11 @@ impl Dispatch {
             if self.queue.len() < batch_size && !self.exhausted {
                 let (last, n, pending) = self
                     .target
-                    .read_chunk(&mut self.reader, self.read_cursor.as_deref(), self.read_chunk)
+                    .read_chunk(
+                        &mut self.reader,
+                        self.read_cursor.as_deref(),
+                        self.read_chunk,
+                    )
                     .await?;
                 if n < self.read_chunk as usize {
                     self.exhausted = true;
@@ -143,7 +153,8 @@ impl Dispatch {
                 let keys = self.queue.take_front(batch_size);
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.inflight.insert(seq, (keys.last_text().unwrap_or_default(), false));
+                self.inflight
+                    .insert(seq, (keys.last_text().unwrap_or_default(), false));
                 return Ok(Next::Batch(Batch {
                     keys,
                     seq: Some(seq),
@@ -153,7 +164,9 @@ impl Dispatch {
             if !self.deferred.is_empty() {
                 let now = Instant::now();
                 match self.deferred_ready {
-                    Some(t) if t > now => return Ok(Next::Wait((t - now).min(Duration::from_millis(200)))),
+                    Some(t) if t > now => {
+                        return Ok(Next::Wait((t - now).min(Duration::from_millis(200))));
+                    }
                     _ => {
                         let keys = self.deferred.take_front(batch_size);
                         self.deferred_inflight += 1;
@@ -171,8 +184,14 @@ impl Dispatch {
             // The pass is complete.
             if self.pass_keys == 0 && !self.resumed_mid_pass {
                 self.finished = Some(Finish::Done);
-            } else if self.pass > 0 && self.pass_keys > 0 && self.pass_rows == 0 && !self.resumed_mid_pass {
-                self.finished = Some(Finish::Stuck { keys: self.pass_keys });
+            } else if self.pass > 0
+                && self.pass_keys > 0
+                && self.pass_rows == 0
+                && !self.resumed_mid_pass
+            {
+                self.finished = Some(Finish::Stuck {
+                    keys: self.pass_keys,
+                });
             } else {
                 tracing::info!(
                     pass = self.pass,

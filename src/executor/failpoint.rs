@@ -57,7 +57,10 @@ pub fn arm() -> Vec<Point> {
         return Vec::new();
     }
     let n = COMMITS.fetch_add(1, Ordering::SeqCst) + 1;
-    pts.iter().filter(|(_, at)| *at == n).map(|(p, _)| *p).collect()
+    pts.iter()
+        .filter(|(_, at)| *at == n)
+        .map(|(p, _)| *p)
+        .collect()
 }
 
 pub fn delay() -> Duration {

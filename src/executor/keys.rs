@@ -33,7 +33,8 @@ impl KeyType {
         })
     }
 
-    pub const SUPPORTED: &'static str = "smallint, integer, bigint, uuid, timestamptz, text, varchar";
+    pub const SUPPORTED: &'static str =
+        "smallint, integer, bigint, uuid, timestamptz, text, varchar";
 
     /// SQL type a text cursor is cast to (`$2::<type>`).
     pub fn sql(&self) -> &'static str {
@@ -172,7 +173,10 @@ impl Keys {
     }
 
     /// Bind as `$n`, an array of the column's type.
-    pub fn bind<'q>(&self, q: Query<'q, Postgres, PgArguments>) -> Query<'q, Postgres, PgArguments> {
+    pub fn bind<'q>(
+        &self,
+        q: Query<'q, Postgres, PgArguments>,
+    ) -> Query<'q, Postgres, PgArguments> {
         match self {
             Keys::I16(v) => q.bind(v.clone()),
             Keys::I32(v) => q.bind(v.clone()),
@@ -201,6 +205,23 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// Bind as `$1` of a scalar query.
+    pub fn bind_scalar<'q, O>(
+        &self,
+        q: sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>,
+    ) -> sqlx::query::QueryScalar<'q, Postgres, O, PgArguments> {
+        match self {
+            Keys::I16(v) => q.bind(v.clone()),
+            Keys::I32(v) => q.bind(v.clone()),
+            Keys::I64(v) => q.bind(v.clone()),
+            Keys::Uuid(v) => q.bind(v.clone()),
+            Keys::Ts(v) => q.bind(v.clone()),
+            Keys::Text(v) => q.bind(v.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,24 +243,12 @@ mod tests {
 
     #[test]
     fn timestamps_keep_microseconds() {
-        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z").unwrap().with_timezone(&Utc);
-        assert_eq!(Keys::Ts(vec![t]).first_text().unwrap(), "2026-01-02T03:04:05.123456Z");
-    }
-}
-
-impl Keys {
-    /// Bind as `$1` of a scalar query.
-    pub fn bind_scalar<'q, O>(
-        &self,
-        q: sqlx::query::QueryScalar<'q, Postgres, O, PgArguments>,
-    ) -> sqlx::query::QueryScalar<'q, Postgres, O, PgArguments> {
-        match self {
-            Keys::I16(v) => q.bind(v.clone()),
-            Keys::I32(v) => q.bind(v.clone()),
-            Keys::I64(v) => q.bind(v.clone()),
-            Keys::Uuid(v) => q.bind(v.clone()),
-            Keys::Ts(v) => q.bind(v.clone()),
-            Keys::Text(v) => q.bind(v.clone()),
-        }
+        let t = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            Keys::Ts(vec![t]).first_text().unwrap(),
+            "2026-01-02T03:04:05.123456Z"
+        );
     }
 }

@@ -51,10 +51,16 @@ fn settings_hash(p: &Policy) -> String {
         .collect()
 }
 
-pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Receiver<bool>) -> anyhow::Result<RunOutcome> {
+pub async fn run(
+    policy: &Policy,
+    opts: &RunOptions,
+    mut stop_signal: watch::Receiver<bool>,
+) -> anyhow::Result<RunOutcome> {
     let job = policy.job.name.clone();
     let url = database_url(policy).ok_or_else(|| {
-        Fail::invalid("no database: set database.url in the policy or the DATABASE_URL environment variable")
+        Fail::invalid(
+            "no database: set database.url in the policy or the DATABASE_URL environment variable",
+        )
     })?;
     let app = runner_app_name(&job);
     let mut ctl = crate::store::connect(&url, &app).await?;
@@ -62,10 +68,18 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;
     }
+    probe_update(&mut ctl, policy, &target).await?;
     let store = Store::for_policy(policy);
     store.migrate(&mut ctl).await?;
     take_runner_lock(&mut ctl, &store, &job).await?;
     wait_for_stale_backends(&mut ctl, &app).await?;
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(
+            url.parse::<sqlx::postgres::PgConnectOptions>()?
+                .application_name(&format!("pacer-signals:{job}")),
+        );
 
     // Job identity: create, or resume with the same fingerprint.
     let fingerprint = policy.fingerprint();
@@ -82,7 +96,15 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
                     )));
                 }
                 tracing::warn!(job = %job, old = %row.fingerprint, new = %fingerprint, "accepting changed pending/update (--accept-policy-change)");
-                store.accept_change(&mut ctl, &job, &fingerprint, &policy.job.pending, &policy.job.update).await?;
+                store
+                    .accept_change(
+                        &mut ctl,
+                        &job,
+                        &fingerprint,
+                        &policy.job.pending,
+                        &policy.job.update,
+                    )
+                    .await?;
             }
             if row.state == "done" {
                 let (rows, _) = store.progress_totals(&mut ctl, &job).await?;
@@ -102,11 +124,15 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
             row
         }
         None => {
-            let ctx = crate::signals::Context { pool: None };
+            let ctx = crate::signals::Context {
+                pool: Some(pool.clone()),
+            };
             let baselines = crate::signals::capture_baselines(policy, &ctx)
                 .await
                 .map_err(|e| Fail::invalid(format!("{e:#}")))?;
-            let (count, exact) = target.count_pending(&mut ctl, Duration::from_secs(60)).await?;
+            let (count, exact) = target
+                .count_pending(&mut ctl, Duration::from_secs(60))
+                .await?;
             tracing::info!(job = %job, pending = count, exact, "new job");
             store
                 .create_job(
@@ -124,18 +150,20 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
                     },
                 )
                 .await?;
-            store.job(&mut ctl, &job).await?.ok_or_else(|| Fail::failed("job row vanished after insert"))?
+            store
+                .job(&mut ctl, &job)
+                .await?
+                .ok_or_else(|| Fail::failed("job row vanished after insert"))?
         }
     };
     store.mark_started(&mut ctl, &job, &settings).await?;
 
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_lazy_with(url.parse::<sqlx::postgres::PgConnectOptions>()?.application_name(&format!("pacer-signals:{job}")));
-    let sampler = crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
-        .await
-        .map_err(|e| Fail::invalid(format!("{e:#}")))?;
-    let mut controller = Controller::new(policy, &row.baselines).map_err(|e| Fail::invalid(e.to_string()))?;
+    let sampler =
+        crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
+            .await
+            .map_err(|e| Fail::invalid(format!("{e:#}")))?;
+    let mut controller =
+        Controller::new(policy, &row.baselines).map_err(|e| Fail::invalid(e.to_string()))?;
     if let Some(k) = row.knobs {
         controller = controller.with_knobs(k);
     }
@@ -166,7 +194,12 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
     });
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..policy.limits.workers.max {
-        workers.spawn(super::worker::run(i, sh.clone(), dispatch.clone(), cmd_rx.clone()));
+        workers.spawn(super::worker::run(
+            i,
+            sh.clone(),
+            dispatch.clone(),
+            cmd_rx.clone(),
+        ));
     }
     tracing::info!(job = %job, table = %target.table_q, key = %target.key_name, knobs = ?controller.knobs(), "running");
 
@@ -269,7 +302,14 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
         }
         let (pass, cursor) = dispatch.lock().await.position();
         if let Err(e) = store
-            .save_position(&mut ctl, &job, state.as_str(), pass, cursor.as_deref(), &decision.knobs)
+            .save_position(
+                &mut ctl,
+                &job,
+                state.as_str(),
+                pass,
+                cursor.as_deref(),
+                &decision.knobs,
+            )
             .await
         {
             tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
@@ -290,7 +330,9 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
     let resume = format!("pacer run --policy {}", opts.policy_path.display());
     let outcome = match sh.end() {
         Some(End::Failed(msg)) => {
-            store.save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs).await?;
+            store
+                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .await?;
             store.finish(&mut ctl, &job, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
@@ -300,7 +342,9 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
             }
         }
         Some(End::Finished(Finish::Done)) => {
-            store.save_position(&mut ctl, &job, "done", pass, None, &knobs).await?;
+            store
+                .save_position(&mut ctl, &job, "done", pass, None, &knobs)
+                .await?;
             store.finish(&mut ctl, &job, "done", "complete").await?;
             RunOutcome {
                 code: exit::OK,
@@ -316,7 +360,9 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
                 "{keys} rows still match job.pending after job.update was applied to them, and the update changed none: \
                  the update does not clear the pending condition"
             );
-            store.save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs).await?;
+            store
+                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .await?;
             store.finish(&mut ctl, &job, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
@@ -331,11 +377,19 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
             } else {
                 "stopped"
             };
-            store.save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs).await?;
+            store
+                .save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs)
+                .await?;
             store.finish(&mut ctl, &job, "stopped", why).await?;
-            let left = left.map(|n| format!("~{n}")).unwrap_or_else(|| "unknown".into());
+            let left = left
+                .map(|n| format!("~{n}"))
+                .unwrap_or_else(|| "unknown".into());
             RunOutcome {
-                code: if max_pause_exceeded { exit::MAX_PAUSE } else { exit::OK },
+                code: if max_pause_exceeded {
+                    exit::MAX_PAUSE
+                } else {
+                    exit::OK
+                },
                 summary: format!(
                     "job {job} {why}: {total_done} rows done, {left} left; resume with `{resume}`"
                 ),
@@ -344,6 +398,38 @@ pub async fn run(policy: &Policy, opts: &RunOptions, mut stop_signal: watch::Rec
     };
     let _ = sqlx::Connection::close(ctl).await;
     Ok(outcome)
+}
+
+/// Before the first write: apply one batch twice in a rolled-back
+/// transaction. An update that leaves its rows pending is refused (the job
+/// would never end); a non-idempotent one is only warned about, since
+/// exactly-once batches keep it safe (`pacer check` refuses it).
+async fn probe_update(
+    ctl: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<()> {
+    match crate::preflight::apply_twice(ctl, policy, target).await {
+        Ok(Some(p)) => {
+            if let Some(msg) = crate::preflight::still_pending_problem(&p) {
+                return Err(Fail::invalid(msg));
+            }
+            if p.second > 0 {
+                tracing::warn!(
+                    rows = p.second,
+                    "job.update is not idempotent (a second application changes rows); pacer applies each batch once, \
+                     but anyone re-running it by hand would double-apply. `pacer check` explains"
+                );
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) if e.downcast_ref::<Fail>().is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not probe job.update before the first write (rows locked?); continuing");
+            Ok(())
+        }
+    }
 }
 
 /// One runner per job: a session advisory lock held by the control
@@ -403,15 +489,32 @@ async fn wait_for_stale_backends(ctl: &mut PgConnection, app: &str) -> anyhow::R
 }
 
 /// `--dry-run`: reads, estimates and EXPLAINs; writes nothing.
-async fn dry_run(ctl: &mut PgConnection, policy: &Policy, target: &Target) -> anyhow::Result<RunOutcome> {
+async fn dry_run(
+    ctl: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<RunOutcome> {
     let est = target.estimate_pending(ctl).await?;
-    let plan = target.explain(ctl, &target.first_read_literal(policy.limits.read_chunk)).await?;
+    let plan = target
+        .explain(ctl, &target.first_read_literal(policy.limits.read_chunk))
+        .await?;
     let (_, n, pending) = target
         .read_chunk(ctl, None, policy.limits.read_chunk)
         .await
-        .map_err(|e| Fail::invalid(format!("job.pending: reading the first chunk failed: {}", super::target::db_message(&e))))?;
+        .map_err(|e| {
+            Fail::invalid(format!(
+                "job.pending: reading the first chunk failed: {}",
+                super::target::db_message(&e)
+            ))
+        })?;
     let l = &policy.limits;
-    println!("dry run of job {} on {} (key {} {})", policy.job.name, target.table_q, target.key_name, target.key_type.sql());
+    println!(
+        "dry run of job {} on {} (key {} {})",
+        policy.job.name,
+        target.table_q,
+        target.key_name,
+        target.key_type.sql()
+    );
     println!("  pending rows (planner estimate): {est}");
     println!("  first chunk: {n} keys read, {} pending", pending.len());
     println!("  read plan: {}", crate::preflight::plan_summary(&plan));

@@ -49,11 +49,18 @@ impl Target {
     /// walkable: a supported type with a unique index on it alone.
     pub async fn resolve(conn: &mut PgConnection, policy: &Policy) -> anyhow::Result<Target> {
         let job = &policy.job;
-        let oid: Option<sqlx::postgres::types::Oid> = sqlx::query_scalar("SELECT to_regclass($1)::oid")
-            .bind(&job.table)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| Fail::invalid(format!("job.table: {:?} is not a valid table name: {}", job.table, db_message(&e))))?;
+        let oid: Option<sqlx::postgres::types::Oid> =
+            sqlx::query_scalar("SELECT to_regclass($1)::oid")
+                .bind(&job.table)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| {
+                    Fail::invalid(format!(
+                        "job.table: {:?} is not a valid table name: {}",
+                        job.table,
+                        db_message(&e)
+                    ))
+                })?;
         let Some(oid) = oid else {
             return Err(Fail::invalid(format!(
                 "job.table: relation {:?} does not exist (or is not visible on the search_path)",
@@ -109,7 +116,11 @@ impl Target {
                 job.key
             )));
         }
-        let collation: Option<String> = if key_type == KeyType::Text { r.try_get("coll")? } else { None };
+        let collation: Option<String> = if key_type == KeyType::Text {
+            r.try_get("coll")?
+        } else {
+            None
+        };
         let t = Target {
             table_q,
             key_q: r.try_get("key_q")?,
@@ -126,7 +137,10 @@ impl Target {
     }
 
     fn coll(&self) -> String {
-        self.collation.as_ref().map(|c| format!(" COLLATE {c}")).unwrap_or_default()
+        self.collation
+            .as_ref()
+            .map(|c| format!(" COLLATE {c}"))
+            .unwrap_or_default()
     }
 
     /// Narrow keyset read: the next `$1` keys after the cursor `$2`, each
@@ -166,7 +180,10 @@ impl Target {
     /// The statements prepare, and the update takes `$1` as an array of the
     /// key's type.
     async fn check_sql(&self, conn: &mut PgConnection) -> anyhow::Result<()> {
-        let probe = format!("SELECT 1 FROM {} WHERE ({}) LIMIT 0", self.table_q, self.pending);
+        let probe = format!(
+            "SELECT 1 FROM {} WHERE ({}) LIMIT 0",
+            self.table_q, self.pending
+        );
         let d = conn
             .describe(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(probe)))
             .await
@@ -174,11 +191,15 @@ impl Target {
         if let Some(either) = d.parameters() {
             let n = either.map_left(|v| v.len()).into_inner();
             if n > 0 {
-                return Err(Fail::invalid("job.pending: must not use parameters ($1...)"));
+                return Err(Fail::invalid(
+                    "job.pending: must not use parameters ($1...)",
+                ));
             }
         }
         let d = conn
-            .describe(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(self.update.clone())))
+            .describe(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(
+                self.update.clone(),
+            )))
             .await
             .map_err(|e| Fail::invalid(format!("job.update: {}", db_message(&e))))?;
         let want = format!("{}[]", self.key_type.sql());
@@ -210,7 +231,9 @@ impl Target {
                 }
             }
             _ => {
-                return Err(Fail::invalid("job.update: must use $1 (the array of the batch's keys)"));
+                return Err(Fail::invalid(
+                    "job.update: must use $1 (the array of the batch's keys)",
+                ));
             }
         }
         Ok(())
@@ -225,7 +248,9 @@ impl Target {
             "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NULL AND coalesce(({}), false))",
             self.table_q, self.key_q, self.pending
         );
-        let has: bool = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
+        let has: bool = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut *conn)
+            .await?;
         if has {
             return Err(Fail::invalid(format!(
                 "job.key: {} has pending rows whose key {} is NULL; a keyset walk cannot reach them. \
@@ -242,14 +267,23 @@ impl Target {
 
     /// Rows matching `pending`: one count, or the planner's estimate when
     /// the count would take longer than `limit`.
-    pub async fn count_pending(&self, conn: &mut PgConnection, limit: std::time::Duration) -> anyhow::Result<(i64, bool)> {
+    pub async fn count_pending(
+        &self,
+        conn: &mut PgConnection,
+        limit: std::time::Duration,
+    ) -> anyhow::Result<(i64, bool)> {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         sqlx::query("SELECT set_config('statement_timeout', $1, true)")
             .bind(limit.as_millis().to_string())
             .execute(&mut *tx)
             .await?;
-        let sql = format!("SELECT count(*) FROM {} WHERE coalesce(({}), false)", self.table_q, self.pending);
-        let counted: Result<i64, _> = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *tx).await;
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE coalesce(({}), false)",
+            self.table_q, self.pending
+        );
+        let counted: Result<i64, _> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut *tx)
+            .await;
         tx.rollback().await?;
         match counted {
             Ok(n) => Ok((n, true)),
@@ -263,16 +297,24 @@ impl Target {
     /// The planner's estimate of pending rows.
     pub async fn estimate_pending(&self, conn: &mut PgConnection) -> anyhow::Result<i64> {
         let plan = self
-            .explain(conn, &format!("SELECT 1 FROM {} WHERE ({})", self.table_q, self.pending))
+            .explain(
+                conn,
+                &format!("SELECT 1 FROM {} WHERE ({})", self.table_q, self.pending),
+            )
             .await?;
         Ok(plan["Plan"]["Plan Rows"].as_f64().unwrap_or(0.0) as i64)
     }
 
     /// `EXPLAIN (FORMAT JSON)` of a parameterless statement: the top object.
-    pub async fn explain(&self, conn: &mut PgConnection, sql: &str) -> anyhow::Result<serde_json::Value> {
-        let v: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
-            .fetch_one(&mut *conn)
-            .await?;
+    pub async fn explain(
+        &self,
+        conn: &mut PgConnection,
+        sql: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        let v: serde_json::Value =
+            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (FORMAT JSON) {sql}")))
+                .fetch_one(&mut *conn)
+                .await?;
         Ok(v.get(0).cloned().unwrap_or_default())
     }
 

@@ -17,7 +17,12 @@ use super::keys::Keys;
 use super::{Command, Shared};
 use crate::controller::{BatchError, BatchOutcome};
 
-pub async fn run(idx: u32, sh: Arc<Shared>, dispatch: Arc<Mutex<Dispatch>>, mut cmd: watch::Receiver<Command>) {
+pub async fn run(
+    idx: u32,
+    sh: Arc<Shared>,
+    dispatch: Arc<Mutex<Dispatch>>,
+    mut cmd: watch::Receiver<Command>,
+) {
     let mut writer = Writer::new();
     loop {
         if sh.stopping() {
@@ -51,7 +56,10 @@ pub async fn run(idx: u32, sh: Arc<Shared>, dispatch: Arc<Mutex<Dispatch>>, mut 
                 // The reader's connection: retry with backoff, a few times.
                 let n = sh.read_errors.fetch_add(1, Ordering::SeqCst) + 1;
                 if n > sh.limits.max_retries {
-                    sh.fail(format!("reading keys failed {n} times: {}", super::target::db_message(&e)));
+                    sh.fail(format!(
+                        "reading keys failed {n} times: {}",
+                        super::target::db_message(&e)
+                    ));
                     break;
                 }
                 tracing::warn!(error = %super::target::db_message(&e), attempt = n, "reading keys failed; retrying");
@@ -67,7 +75,15 @@ pub async fn run(idx: u32, sh: Arc<Shared>, dispatch: Arc<Mutex<Dispatch>>, mut 
         };
         sh.read_errors.store(0, Ordering::SeqCst);
         wait_for_quota(&sh, batch.keys.len()).await;
-        let (rows, deferred) = match apply(&sh, &mut writer, &batch.keys, batch.pass, batch.seq.is_none()).await {
+        let (rows, deferred) = match apply(
+            &sh,
+            &mut writer,
+            &batch.keys,
+            batch.pass,
+            batch.seq.is_none(),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(msg) => {
                 sh.fail(msg);
@@ -109,7 +125,13 @@ async fn wait_for_quota(sh: &Shared, rows: usize) {
 /// Apply one batch to the end: retries, lock-free splitting, ambiguous
 /// commits. Returns rows changed and keys set aside, or the message that
 /// stops the job.
-async fn apply(sh: &Shared, w: &mut Writer, keys: &Keys, pass: i32, was_deferred: bool) -> Result<(u64, Keys), String> {
+async fn apply(
+    sh: &Shared,
+    w: &mut Writer,
+    keys: &Keys,
+    pass: i32,
+    was_deferred: bool,
+) -> Result<(u64, Keys), String> {
     let mut work = VecDeque::from([keys.clone()]);
     let mut rows_total = 0u64;
     let mut deferred_total = sh.target.key_type.empty();
@@ -142,7 +164,11 @@ async fn apply(sh: &Shared, w: &mut Writer, keys: &Keys, pass: i32, was_deferred
                     tracing::warn!(batch_id = id, error = %msg, "connection lost during COMMIT; checking whether the batch committed");
                     match resolve_ambiguous(sh, pid, id).await {
                         Ok(Some(rows)) => {
-                            tracing::info!(batch_id = id, rows, "the batch had committed; not applying it again");
+                            tracing::info!(
+                                batch_id = id,
+                                rows,
+                                "the batch had committed; not applying it again"
+                            );
                             report(rows, None);
                             rows_total += rows;
                             sh.rows_done.fetch_add(rows, Ordering::Relaxed);
@@ -150,11 +176,16 @@ async fn apply(sh: &Shared, w: &mut Writer, keys: &Keys, pass: i32, was_deferred
                             break;
                         }
                         Ok(None) => {
-                            tracing::info!(batch_id = id, "the batch had not committed; retrying it");
+                            tracing::info!(
+                                batch_id = id,
+                                "the batch had not committed; retrying it"
+                            );
                             report(0, Some(BatchError::ConnectionLost));
                             msg
                         }
-                        Err(e) => return Err(format!("cannot tell whether batch {id} committed: {e}")),
+                        Err(e) => {
+                            return Err(format!("cannot tell whether batch {id} committed: {e}"));
+                        }
                     }
                 }
                 Attempt::Lost(msg) => {
@@ -184,7 +215,11 @@ async fn apply(sh: &Shared, w: &mut Writer, keys: &Keys, pass: i32, was_deferred
                         let first = a.take_front(part.len() / 2);
                         work.push_front(a);
                         work.push_front(first);
-                        tokio::time::sleep(crate::store::backoff(failures, Duration::from_secs(10))).await;
+                        tokio::time::sleep(crate::store::backoff(
+                            failures,
+                            Duration::from_secs(10),
+                        ))
+                        .await;
                         break;
                     }
                     msg

@@ -39,7 +39,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn switch(&self, conn: &mut PgConnection, job: &str) -> anyhow::Result<Option<Switch>> {
+    pub async fn switch(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+    ) -> anyhow::Result<Option<Switch>> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "SELECT paused, changed_by, reason, changed_at FROM {} WHERE job = $1",
             self.t("control")
@@ -67,5 +71,9 @@ pub fn operator() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    if host.is_empty() { user } else { format!("{user}@{host}") }
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
 }

@@ -19,7 +19,12 @@ pub struct StoredDecision {
 }
 
 impl Store {
-    pub async fn record_decision(&self, conn: &mut PgConnection, job: &str, d: &Decision) -> anyhow::Result<()> {
+    pub async fn record_decision(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+        d: &Decision,
+    ) -> anyhow::Result<()> {
         let action = serde_json::to_value(d.action)?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {} (job, at, state, action, before, knobs, causes, summary)
@@ -39,7 +44,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn decisions(&self, conn: &mut PgConnection, job: &str, limit: i64) -> anyhow::Result<Vec<StoredDecision>> {
+    pub async fn decisions(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredDecision>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
             "SELECT at, state, action, before, knobs, causes, summary FROM {}
              WHERE job = $1 ORDER BY id DESC LIMIT $2",

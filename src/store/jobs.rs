@@ -199,7 +199,11 @@ impl Store {
     }
 
     /// Rows changed by committed batches, and the next free batch id.
-    pub async fn progress_totals(&self, conn: &mut PgConnection, name: &str) -> anyhow::Result<(i64, i64)> {
+    pub async fn progress_totals(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> anyhow::Result<(i64, i64)> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "SELECT coalesce(sum(rows), 0)::bigint AS rows, coalesce(max(batch_id), 0)::bigint + 1 AS next
              FROM {} WHERE job = $1",
@@ -212,7 +216,12 @@ impl Store {
     }
 
     /// Rows committed in the last `secs` seconds (for the rate).
-    pub async fn recent_rows(&self, conn: &mut PgConnection, name: &str, secs: f64) -> anyhow::Result<i64> {
+    pub async fn recent_rows(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        secs: f64,
+    ) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT coalesce(sum(rows), 0)::bigint FROM {}
              WHERE job = $1 AND committed_at > clock_timestamp() - make_interval(secs => $2)",

@@ -87,7 +87,11 @@ pub fn database_url(policy: &Policy) -> Option<String> {
         .url
         .clone()
         .filter(|u| !u.trim().is_empty())
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|u| !u.trim().is_empty())
+        })
 }
 
 /// `application_name` of a runner's backends; DBAs see it in

@@ -13,10 +13,16 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pacer");
 
 /// URL of the database a `#[sqlx::test]` pool is connected to.
 pub async fn url_of(pool: &PgPool) -> String {
-    let db: String = sqlx::query_scalar("SELECT current_database()").fetch_one(pool).await.unwrap();
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the executor tests");
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let base =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the executor tests");
     let (prefix, _) = base.split_once('?').unwrap_or((&base, ""));
-    let (server, _) = prefix.rsplit_once('/').expect("DATABASE_URL has a database path");
+    let (server, _) = prefix
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database path");
     format!("{server}/{db}")
 }
 
@@ -113,8 +119,11 @@ hold_after_resume = "1s"
 pub fn pacer(args: &[&str], policy: &PathBuf) -> Command {
     let mut c = Command::new(BIN);
     c.args(args).arg("--policy").arg(policy);
-    c.env_remove("PACER_FAILPOINT").env("PACER_LOG_LEVEL", "info");
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    c.env_remove("PACER_FAILPOINT")
+        .env("PACER_LOG_LEVEL", "info");
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     c
 }
 
