@@ -127,7 +127,7 @@ async fn locked_rows_are_set_aside_and_done_after_release(pool: PgPool) {
     while t0.elapsed() < Duration::from_secs(60) {
         let w: f64 = sqlx::query_scalar(
             "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - query_start)), 0)::float8
-               FROM pg_stat_activity WHERE application_name = 'pacer:t' AND wait_event_type = 'Lock'",
+               FROM pg_stat_activity WHERE application_name = 'pacer:t' AND datname = current_database() AND wait_event_type = 'Lock'",
         )
         .fetch_one(&pool)
         .await

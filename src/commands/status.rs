@@ -60,7 +60,7 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
     let (rows_done, _) = store.progress_totals(&mut conn, job).await?;
     let recent = store.recent_rows(&mut conn, job, 60.0).await?;
     let alive: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database())",
     )
     .bind(runner_app_name(job))
     .fetch_one(&mut conn)

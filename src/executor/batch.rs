@@ -73,6 +73,7 @@ impl Writer {
             let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
                 .fetch_one(&mut c)
                 .await?;
+            tracing::debug!(pid, "writer connected");
             self.conn = Some((c, pid));
         }
         Ok(())

@@ -449,7 +449,7 @@ async fn take_runner_lock(ctl: &mut PgConnection, store: &Store, job: &str) -> a
             let holder: Option<String> = sqlx::query_scalar(
                 "SELECT string_agg(format('pid %s (%s, %s)', a.pid, a.application_name, a.client_addr), ', ')
                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                  WHERE l.locktype = 'advisory' AND l.granted AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
+                  WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
             )
             .bind(&key)
             .fetch_one(&mut *ctl)
@@ -470,7 +470,7 @@ async fn wait_for_stale_backends(ctl: &mut PgConnection, app: &str) -> anyhow::R
     let deadline = Instant::now() + STALE_WAIT;
     loop {
         let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()",
         )
         .bind(app)
         .fetch_all(&mut *ctl)

@@ -151,7 +151,14 @@ pub async fn output(mut c: Command) -> Out {
     }
 }
 
+/// Start pacer in the background. Its stderr (logs) goes to a file, not a
+/// pipe nobody reads: a full pipe would block the child mid-run.
 pub fn spawn(mut c: Command) -> Child {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = std::env::temp_dir().join(format!("pacer-test-{}-{n}.log", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    c.stderr(Stdio::from(file));
     c.spawn().unwrap()
 }
 
