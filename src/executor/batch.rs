@@ -145,12 +145,12 @@ async fn run_tx(
     pass: i32,
     lock_free: bool,
 ) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
-    conn.execute("BEGIN").await?;
-    sqlx::query(
-        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
-    )
-    .bind(sh.limits.lock_timeout.as_millis().to_string())
-    .bind(sh.limits.statement_timeout.as_millis().to_string())
+    // One round trip: the timeouts are numbers pacer formats itself.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+        sh.limits.lock_timeout.as_millis(),
+        sh.limits.statement_timeout.as_millis()
+    )))
     .execute(&mut *conn)
     .await?;
     let (apply, deferred) = if lock_free {
