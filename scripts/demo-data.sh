@@ -56,7 +56,7 @@ SELECT g.id,
        CASE WHEN g.n % 3 <> 0 THEN now() - make_interval(secs => (:rows - g.n) * 3 - 60) END,
        NULL
   FROM (SELECT n, n + n / 7 + (n / 100000) * 1000000 AS id
-          FROM generate_series(1, :rows) AS n) g;
+          FROM generate_series(1::bigint, :rows) AS n) g;
 CREATE INDEX orders_customer ON public.orders (customer_id);
 ANALYZE public.orders;
 SELECT count(*) AS rows, min(id), max(id), count(*) FILTER (WHERE status IS NULL) AS pending
