@@ -29,7 +29,9 @@ pacer="${PACER:-target/release/pacer}"
 
 db=pacer_bench
 psql "$url" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-bench_url="${url%/*}/$db"
+base="${url%%\?*}"
+query="${url#"$base"}"
+bench_url="${base%/*}/$db$query"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

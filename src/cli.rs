@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Exit codes, documented in README.md.
+/// Exit codes, documented in README.md and docs/EXECUTOR.md.
 pub mod exit {
     /// Success (also: a graceful stop on SIGINT/SIGTERM).
     pub const OK: u8 = 0;
-    /// `verify` found rows still pending; `check` preflight found problems.
+    /// `verify` found rows still pending; `check` preflight found problems;
+    /// `status`: the job has not started.
     pub const PENDING: u8 = 1;
     /// Invalid policy, flags or SQL: fix the input and retry.
     pub const INVALID: u8 = 2;

@@ -171,3 +171,41 @@ async fn locked_rows_are_set_aside_and_done_after_release(pool: PgPool) {
         "lock timeouts must be reported to the controller"
     );
 }
+
+/// Rows inserted behind the cursor while the job runs are caught by the
+/// final sweep.
+#[sqlx::test(migrations = false)]
+async fn rows_inserted_behind_the_cursor_are_swept(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 10_000).await;
+    let (_dir, policy) = policy(
+        &url,
+        &Spec {
+            batch: (200, 100, 200),
+            sleep_ms: 30,
+            ..Spec::default()
+        },
+    );
+    let mut child = spawn(pacer(&["run"], &policy));
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(&pool, "t").await.1 > 2000
+        })
+        .await
+    );
+    sqlx::query("INSERT INTO t (id) SELECT -g FROM generate_series(1, 300) g")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(120), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(counters(&pool, "t").await, (0, 10_300, 0));
+    let pass: i32 = sqlx::query_scalar("SELECT pass FROM pacer.jobs WHERE name = 't'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(pass >= 1, "a sweep pass must have run");
+}
