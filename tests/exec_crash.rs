@@ -36,7 +36,7 @@ async fn crash_scenario(pool: PgPool, workers: u32, seed: u64) {
     let (_dir, policy) = policy(
         &url,
         &Spec {
-            batch: (700, 100, 1500),
+            batch: (500, 100, 800),
             workers: (workers, 1, workers),
             ..Spec::default()
         },
@@ -45,6 +45,9 @@ async fn crash_scenario(pool: PgPool, workers: u32, seed: u64) {
     let mut crashes = 0;
     for i in 0..12 {
         let mut cmd = pacer(&["run"], &policy);
+        // A rate cap (the governor) keeps the job long enough for twelve
+        // crashes before the end; the final run goes uncapped.
+        cmd.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "4000");
         let mode = i % 4;
         let n = 1 + rng.below(6);
         match mode {
