@@ -25,7 +25,7 @@ async fn pause_and_resume_while_running(pool: PgPool) {
             ..Spec::default()
         },
     );
-    let mut child = spawn(pacer(&["run"], &policy));
+    let mut child = spawn(capped(pacer(&["run"], &policy)));
     let started = wait_until(Duration::from_secs(30), || async {
         counters(&pool, "t").await.1 > 1000
     })
@@ -118,7 +118,7 @@ async fn locked_rows_are_set_aside_and_done_after_release(pool: PgPool) {
     .unwrap();
     assert_eq!(locked, 50);
 
-    let mut child = spawn(pacer(&["run"], &policy));
+    let mut child = spawn(capped(pacer(&["run"], &policy)));
     // The rest proceeds while the lock is held, and pacer never waits for a
     // lock longer than lock_timeout.
     let mut longest_wait = 0.0f64;
@@ -186,7 +186,7 @@ async fn rows_inserted_behind_the_cursor_are_swept(pool: PgPool) {
             ..Spec::default()
         },
     );
-    let mut child = spawn(pacer(&["run"], &policy));
+    let mut child = spawn(capped(pacer(&["run"], &policy)));
     assert!(
         wait_until(Duration::from_secs(30), || async {
             counters(&pool, "t").await.1 > 2000

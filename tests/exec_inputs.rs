@@ -218,7 +218,7 @@ async fn sigterm_stops_gracefully_and_the_next_run_resumes(pool: PgPool) {
             ..Spec::default()
         },
     );
-    let child = spawn(pacer(&["run"], &p));
+    let child = spawn(capped(pacer(&["run"], &p)));
     assert!(
         wait_until(Duration::from_secs(30), || async {
             counters(&pool, "t").await.1 > 500

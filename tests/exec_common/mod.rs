@@ -127,6 +127,13 @@ pub fn pacer(args: &[&str], policy: &PathBuf) -> Command {
     c
 }
 
+/// Cap the run at 3000 rows/s (the governor), so a test that acts while
+/// the job runs is not outrun by a fast machine.
+pub fn capped(mut c: Command) -> Command {
+    c.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "3000");
+    c
+}
+
 pub struct Out {
     pub code: Option<i32>,
     pub stdout: String,
@@ -156,7 +163,8 @@ pub async fn output(mut c: Command) -> Out {
 pub fn spawn(mut c: Command) -> Child {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let path = std::env::temp_dir().join(format!("pacer-test-{}-{n}.log", std::process::id()));
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("pacer-test-{}-{n}.log", std::process::id()));
     let file = std::fs::File::create(&path).unwrap();
     c.stderr(Stdio::from(file));
     c.spawn().unwrap()
