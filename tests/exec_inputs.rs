@@ -344,3 +344,35 @@ async fn key_types_walk_in_postgres_order(pool: PgPool) {
         assert_eq!(v.code, Some(0), "{name}: {}", v.all());
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn verify_reports_pending_rows_and_max_pause_stops_with_code_4(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 1500).await;
+    let (_d, p) = policy(&url, &Spec::default());
+    let v = output(pacer(&["verify", "--json"], &p)).await;
+    assert_eq!(v.code, Some(1), "{}", v.all());
+    let j: serde_json::Value = serde_json::from_str(v.stdout.trim()).unwrap();
+    assert_eq!(j["rows_pending"], 1500);
+    assert_eq!(j["samples"]["oldest"].as_array().map(|a| a.len()), Some(3));
+
+    let out = output({
+        let mut c = pacer(&["pause"], &p);
+        c.args(["--reason", "before the start"]);
+        c
+    })
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let mut run = pacer(&["run"], &p);
+    run.env("PACER_POLICY__JOB__MAX_PAUSE", "1s")
+        .env("PACER_POLICY__JOB__STOP_AFTER_MAX_PAUSE", "true");
+    let out = output(run).await;
+    assert_eq!(out.code, Some(4), "{}", out.all());
+    assert!(out.stdout.contains("max_pause"), "{}", out.stdout);
+    nothing_written(&pool).await;
+    let s = output(pacer(&["status", "--json"], &p)).await;
+    let j: serde_json::Value = serde_json::from_str(s.stdout.trim()).unwrap();
+    assert_eq!(j["state"], "stopped");
+    assert_eq!(j["paused_by"]["reason"], "before the start");
+    assert_eq!(j["rows_pending"], 1500);
+}

@@ -188,9 +188,11 @@ pub async fn run(
         row.pass,
         row.cursor_key.clone(),
     )));
+    // Workers hold still until the first tick has read the pause switch: a
+    // job paused before it started must not write a single batch.
     let (cmd_tx, cmd_rx) = watch::channel(Command {
         knobs: controller.knobs(),
-        paused: false,
+        paused: true,
     });
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..policy.limits.workers.max {
