@@ -74,7 +74,13 @@ pub async fn run(
             }
         };
         sh.read_errors.store(0, Ordering::SeqCst);
-        wait_for_quota(&sh, batch.keys.len()).await;
+        // A stop during a long wait for quota drops the batch unapplied: the
+        // saved cursor is still below it, so the next run reads it again.
+        let mut stop = sh.stop_rx();
+        tokio::select! {
+            _ = wait_for_quota(&sh, batch.keys.len()) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
         let (rows, deferred) = match apply(
             &sh,
             &mut writer,
