@@ -5,11 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// Exit codes, documented in README.md.
+/// Exit codes, documented in README.md and docs/EXECUTOR.md.
 pub mod exit {
     /// Success (also: a graceful stop on SIGINT/SIGTERM).
     pub const OK: u8 = 0;
-    /// `verify` found rows still pending; `check` preflight found problems.
+    /// `verify` found rows still pending; `check` preflight found problems;
+    /// `status`: the job has not started.
     pub const PENDING: u8 = 1;
     /// Invalid policy, flags or SQL: fix the input and retry.
     pub const INVALID: u8 = 2;
@@ -61,6 +62,61 @@ pub enum Command {
     Check(CheckArgs),
     /// Rehearse a policy against a simulated database in virtual time.
     Simulate(SimulateArgs),
+    /// Run (or resume) the policy's backfill against the database.
+    Run(RunArgs),
+    /// Pause a job: it stops taking batches within one tick.
+    Pause(PauseArgs),
+    /// Resume a paused job with the knobs it had.
+    Resume(ResumeArgs),
+    /// Show a job's state, progress, rate, ETA, knobs and last decision.
+    Status(StatusArgs),
+    /// Count rows still pending (in throttled chunks) and show sample rows.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Resume even though job.pending/job.update changed since the job started.
+    #[arg(long)]
+    pub accept_policy_change: bool,
+    /// Read, estimate and EXPLAIN; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Why, for the logs and `pacer status`.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

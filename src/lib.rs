@@ -6,9 +6,12 @@
 pub mod cli;
 pub mod commands;
 pub mod controller;
+pub mod executor;
 pub mod history;
 pub mod policy;
+pub mod preflight;
 pub mod report;
 pub mod signals;
 pub mod sim;
+pub mod store;
 pub mod telemetry;

@@ -17,6 +17,11 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Check(args) => pacer::commands::check::run(&args),
         Command::Simulate(args) => pacer::commands::simulate::run(&args, cli.log_format, level),
+        Command::Run(args) => pacer::commands::run::run(&args),
+        Command::Pause(args) => pacer::commands::pause::pause(&args),
+        Command::Resume(args) => pacer::commands::resume::run(&args),
+        Command::Status(args) => pacer::commands::status::run(&args),
+        Command::Verify(args) => pacer::commands::verify::run(&args),
     };
     ExitCode::from(code)
 }

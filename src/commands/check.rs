@@ -1,21 +1,62 @@
 use crate::cli::{CheckArgs, exit};
 use crate::policy::Policy;
+use crate::store::{Fail, database_url};
 
 pub fn run(args: &CheckArgs) -> u8 {
-    match Policy::load(&args.policy.policy) {
-        Ok(p) => {
-            println!(
-                "{}: ok (job {:?}, {} signal(s), {} window(s))",
-                args.policy.policy.display(),
-                p.job.name,
-                p.signals.len(),
-                p.windows.len()
-            );
-            exit::OK
-        }
+    let p = match Policy::load(&args.policy.policy) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
-            exit::INVALID
+            return exit::INVALID;
+        }
+    };
+    println!(
+        "{}: ok (job {:?}, {} signal(s), {} window(s))",
+        args.policy.policy.display(),
+        p.job.name,
+        p.signals.len(),
+        p.windows.len()
+    );
+    if args.offline {
+        println!("offline: SQL not checked against the database (--offline)");
+        return exit::OK;
+    }
+    let Some(url) = database_url(&p) else {
+        println!(
+            "offline: no database.url in the policy and no DATABASE_URL; SQL not checked against the database"
+        );
+        return exit::OK;
+    };
+    let result = super::run::runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+                crate::preflight::preflight(&mut conn, &p, args.force).await
+            })
+        });
+    match result {
+        Ok(report) => {
+            for n in &report.notes {
+                println!("  ok: {n}");
+            }
+            for w in &report.warnings {
+                println!("  warning: {w}");
+            }
+            for pr in &report.problems {
+                println!("  problem: {pr}");
+            }
+            if report.problems.is_empty() {
+                println!("preflight: ok");
+                exit::OK
+            } else {
+                println!("preflight: {} problem(s)", report.problems.len());
+                exit::PENDING
+            }
+        }
+        Err(e) => {
+            eprintln!("preflight: {e:#}");
+            Fail::code_of(&e)
         }
     }
 }

@@ -1,0 +1,71 @@
+use crate::cli::{PauseArgs, ResumeArgs, exit};
+use crate::policy::Policy;
+use crate::store::control::operator;
+use crate::store::{Fail, Store, database_url};
+
+pub fn pause(args: &PauseArgs) -> u8 {
+    flip(
+        &args.policy.policy,
+        true,
+        args.reason.as_deref().unwrap_or(""),
+    )
+}
+
+pub fn resume(args: &ResumeArgs) -> u8 {
+    flip(&args.policy.policy, false, "")
+}
+
+/// Flip the job's pause switch; a running job obeys within one tick.
+fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
+    let policy = match Policy::load(path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::INVALID;
+        }
+    };
+    let result = super::run::runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let url = database_url(&policy).ok_or_else(|| {
+                    Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
+                })?;
+                let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+                let store = Store::for_policy(&policy);
+                store.migrate(&mut conn).await?;
+                let by = operator();
+                store
+                    .set_paused(&mut conn, &policy.job.name, paused, &by, reason)
+                    .await?;
+                Ok::<_, anyhow::Error>(by)
+            })
+        });
+    match result {
+        Ok(by) => {
+            if paused {
+                println!(
+                    "job {} paused by {by}{}; a running job stops taking batches within one tick (in-flight batches finish). \
+                     `pacer resume --policy {}` to continue",
+                    policy.job.name,
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    },
+                    path.display()
+                );
+            } else {
+                println!(
+                    "job {} resumed by {by}; it continues with the knobs it had",
+                    policy.job.name
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Fail::code_of(&e)
+        }
+    }
+}

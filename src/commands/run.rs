@@ -1,0 +1,70 @@
+use crate::cli::{RunArgs, exit};
+use crate::executor::{RunOptions, run as run_job};
+use crate::policy::Policy;
+use crate::store::Fail;
+
+/// Logs go to stderr, as text or JSON lines; `--log-level` wins over RUST_LOG.
+/// A multi-threaded runtime sized for a CLI.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+pub fn run(args: &RunArgs) -> u8 {
+    let policy = match Policy::load(&args.policy.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::INVALID;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    let opts = RunOptions {
+        policy_path: args.policy.policy.clone(),
+        accept_policy_change: args.accept_policy_change,
+        dry_run: args.dry_run,
+    };
+    rt.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            let mut n = 0;
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                n += 1;
+                if n == 1 {
+                    stop_tx.send_replace(true);
+                } else {
+                    tracing::warn!("already stopping: waiting for in-flight batches to commit");
+                }
+            }
+        });
+        match run_job(&policy, &opts, stop_rx).await {
+            Ok(o) => {
+                println!("{}", o.summary);
+                o.code
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                Fail::code_of(&e)
+            }
+        }
+    })
+}

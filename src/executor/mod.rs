@@ -1,0 +1,136 @@
+//! The executor: runs a policy's backfill against PostgreSQL under the
+//! controller's command.
+//!
+//! `run` is a thin async shell around the pure `Controller`: every tick it
+//! samples the signals, gathers the batch outcomes since the last tick,
+//! reads the pause switch, steps the controller, records and logs changed
+//! decisions, and hands the knobs to the workers. The workers
+//! (`worker`) take batches from the dispatcher (`dispatch`) and apply them
+//! (`batch`), each with its progress record in the same transaction.
+//! See docs/EXECUTOR.md for the guarantees.
+
+pub mod batch;
+pub mod dispatch;
+pub mod failpoint;
+pub mod keys;
+pub mod runner;
+pub mod target;
+pub mod worker;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{mpsc, watch};
+
+use crate::controller::{BatchOutcome, Knobs};
+use crate::policy::Limits;
+use crate::store::Store;
+pub use runner::{RunOptions, RunOutcome, run};
+
+/// What the coordinator tells the workers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Command {
+    pub knobs: Knobs,
+    pub paused: bool,
+}
+
+/// How the workers ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    Finished(dispatch::Finish),
+    Failed(String),
+}
+
+/// State shared by the coordinator and the workers.
+pub struct Shared {
+    pub url: String,
+    pub app_name: String,
+    pub store: Store,
+    pub job: String,
+    pub target: std::sync::Arc<target::Target>,
+    pub limits: Limits,
+    pub next_batch_id: AtomicI64,
+    pub rows_done: AtomicU64,
+    /// Set by workers that waited on the rate cap or the reader or had no
+    /// work since the last tick; the coordinator takes it each tick.
+    pub app_limited: AtomicBool,
+    pub read_errors: AtomicU32,
+    pub governor: Option<DefaultDirectRateLimiter>,
+    pub outcomes: mpsc::UnboundedSender<BatchOutcome>,
+    stop: watch::Sender<bool>,
+    end: Mutex<Option<End>>,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        url: String,
+        app_name: String,
+        store: Store,
+        job: String,
+        target: std::sync::Arc<target::Target>,
+        limits: Limits,
+        next_batch_id: i64,
+        outcomes: mpsc::UnboundedSender<BatchOutcome>,
+    ) -> Shared {
+        let governor = limits
+            .max_rows_per_second
+            .and_then(std::num::NonZeroU32::new)
+            .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        Shared {
+            url,
+            app_name,
+            store,
+            job,
+            target,
+            limits,
+            next_batch_id: AtomicI64::new(next_batch_id),
+            rows_done: AtomicU64::new(0),
+            app_limited: AtomicBool::new(false),
+            read_errors: AtomicU32::new(0),
+            governor,
+            outcomes,
+            stop: watch::channel(false).0,
+            end: Mutex::new(None),
+        }
+    }
+
+    /// Stop taking new batches (graceful stop, failure, or the end).
+    pub fn request_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    pub fn stop_rx(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    pub fn finish(&self, f: dispatch::Finish) {
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        e.get_or_insert(End::Finished(f));
+        drop(e);
+        self.request_stop();
+    }
+
+    pub fn fail(&self, msg: String) {
+        tracing::error!(error = %msg, "stopping the job");
+        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
+        if !matches!(*e, Some(End::Failed(_))) {
+            *e = Some(End::Failed(msg));
+        }
+        drop(e);
+        self.request_stop();
+    }
+
+    pub fn end(&self) -> Option<End> {
+        self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows_done.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,543 @@
+//! The run loop: preflight, job identity and resume, then one controller
+//! tick after another until the work is done, the job fails, or a stop
+//! signal arrives.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::postgres::PgConnection;
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::dispatch::{Dispatch, Finish};
+use super::target::Target;
+use super::{Command, End, Shared};
+use crate::cli::exit;
+use crate::controller::{Controller, Inputs, ManualPause, State};
+use crate::policy::Policy;
+use crate::store::jobs::NewJob;
+use crate::store::{Fail, Store, database_url, redact_url, runner_app_name};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub policy_path: PathBuf,
+    pub accept_policy_change: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub code: u8,
+    /// The one-line summary printed at the end.
+    pub summary: String,
+}
+
+/// How long a new run waits for an earlier run's backends to go away.
+const STALE_WAIT: Duration = Duration::from_secs(15);
+
+/// Hash of what may change between runs (limits, controller, signals,
+/// windows): changes are allowed and logged.
+fn settings_hash(p: &Policy) -> String {
+    use sha2::{Digest, Sha256};
+    let v = serde_json::json!({
+        "limits": p.limits, "controller": p.controller, "signals": p.signals, "windows": p.windows,
+    });
+    Sha256::digest(v.to_string().as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub async fn run(
+    policy: &Policy,
+    opts: &RunOptions,
+    mut stop_signal: watch::Receiver<bool>,
+) -> anyhow::Result<RunOutcome> {
+    let job = policy.job.name.clone();
+    let url = database_url(policy).ok_or_else(|| {
+        Fail::invalid(
+            "no database: set database.url in the policy or the DATABASE_URL environment variable",
+        )
+    })?;
+    let app = runner_app_name(&job);
+    let mut ctl = crate::store::connect(&url, &app).await?;
+    let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
+    if opts.dry_run {
+        return dry_run(&mut ctl, policy, &target).await;
+    }
+    probe_update(&mut ctl, policy, &target).await?;
+    let store = Store::for_policy(policy);
+    store.migrate(&mut ctl).await?;
+    take_runner_lock(&mut ctl, &store, &job).await?;
+    wait_for_stale_backends(&mut ctl, &app).await?;
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_lazy_with(
+            url.parse::<sqlx::postgres::PgConnectOptions>()?
+                .application_name(&format!("pacer-signals:{job}")),
+        );
+
+    // Job identity: create, or resume with the same fingerprint.
+    let fingerprint = policy.fingerprint();
+    let settings = settings_hash(policy);
+    let row = match store.job(&mut ctl, &job).await? {
+        Some(row) => {
+            if row.fingerprint != fingerprint {
+                if !opts.accept_policy_change {
+                    return Err(Fail::invalid(format!(
+                        "job {job:?}: job.pending or job.update (or table/key) changed since the job started \
+                         (fingerprint {} → {fingerprint}); rows already done were done with the old SQL. \
+                         Re-run with --accept-policy-change if that is intended, or use a new job.name",
+                        row.fingerprint
+                    )));
+                }
+                tracing::warn!(job = %job, old = %row.fingerprint, new = %fingerprint, "accepting changed pending/update (--accept-policy-change)");
+                store
+                    .accept_change(
+                        &mut ctl,
+                        &job,
+                        &fingerprint,
+                        &policy.job.pending,
+                        &policy.job.update,
+                    )
+                    .await?;
+            }
+            if row.state == "done" {
+                let (rows, _) = store.progress_totals(&mut ctl, &job).await?;
+                let when = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                return Ok(RunOutcome {
+                    code: exit::OK,
+                    summary: format!(
+                        "job {job} is already complete ({rows} rows, finished {when}); nothing to do. \
+                         `pacer verify` checks for rows still pending; a new backfill needs a new job.name"
+                    ),
+                });
+            }
+            if row.settings_hash != settings {
+                tracing::info!(job = %job, "limits/controller/signals/windows changed since the last run; using the new ones");
+            }
+            tracing::info!(job = %job, pass = row.pass, cursor = ?row.cursor_key, state = %row.state, "resuming");
+            row
+        }
+        None => {
+            let ctx = crate::signals::Context {
+                pool: Some(pool.clone()),
+            };
+            let baselines = crate::signals::capture_baselines(policy, &ctx)
+                .await
+                .map_err(|e| Fail::invalid(format!("{e:#}")))?;
+            let (count, exact) = target
+                .count_pending(&mut ctl, Duration::from_secs(60))
+                .await?;
+            tracing::info!(job = %job, pending = count, exact, "new job");
+            store
+                .create_job(
+                    &mut ctl,
+                    &NewJob {
+                        name: &job,
+                        fingerprint: &fingerprint,
+                        settings_hash: &settings,
+                        table_name: &policy.job.table,
+                        key_column: &policy.job.key,
+                        pending_sql: &policy.job.pending,
+                        update_sql: &policy.job.update,
+                        baselines: &baselines,
+                        rows_at_start: Some(count),
+                    },
+                )
+                .await?;
+            store
+                .job(&mut ctl, &job)
+                .await?
+                .ok_or_else(|| Fail::failed("job row vanished after insert"))?
+        }
+    };
+    store.mark_started(&mut ctl, &job, &settings).await?;
+
+    let sampler =
+        crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
+            .await
+            .map_err(|e| Fail::invalid(format!("{e:#}")))?;
+    let mut controller =
+        Controller::new(policy, &row.baselines).map_err(|e| Fail::invalid(e.to_string()))?;
+    if let Some(k) = row.knobs {
+        controller = controller.with_knobs(k);
+    }
+
+    let (rows_before, next_id) = store.progress_totals(&mut ctl, &job).await?;
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let sh = Arc::new(Shared::new(
+        url.clone(),
+        app.clone(),
+        store.clone(),
+        job.clone(),
+        target.clone(),
+        policy.limits.clone(),
+        next_id,
+        out_tx,
+    ));
+    let reader = crate::store::connect(&url, &app).await?;
+    let dispatch = Arc::new(Mutex::new(Dispatch::new(
+        target.clone(),
+        reader,
+        policy.limits.read_chunk,
+        row.pass,
+        row.cursor_key.clone(),
+    )));
+    // Workers hold still until the first tick has read the pause switch: a
+    // job paused before it started must not write a single batch.
+    let (cmd_tx, cmd_rx) = watch::channel(Command {
+        knobs: controller.knobs(),
+        paused: true,
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..policy.limits.workers.max {
+        workers.spawn(super::worker::run(
+            i,
+            sh.clone(),
+            dispatch.clone(),
+            cmd_rx.clone(),
+        ));
+    }
+    tracing::info!(job = %job, table = %target.table_q, key = %target.key_name, knobs = ?controller.knobs(), "running");
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(policy.controller.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state;
+    let mut paused_since: Option<Instant> = None;
+    let mut max_pause_warned = Instant::now();
+    let mut stopped_by_signal = false;
+    let mut max_pause_exceeded = false;
+    let mut last_switch: Option<bool> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = workers.join_next(), if !workers.is_empty() => {
+                if let Some(Err(e)) = r {
+                    sh.fail(format!("a worker crashed: {e}"));
+                }
+                if !workers.is_empty() { continue; }
+            }
+            _ = stop_signal.changed(), if !stopped_by_signal => {
+                if *stop_signal.borrow() {
+                    stopped_by_signal = true;
+                    tracing::info!(job = %job, "stop requested: no new batches; letting in-flight batches commit");
+                    sh.request_stop();
+                }
+                continue;
+            }
+        }
+        let now = Utc::now();
+        let readings = sampler.sample().await;
+        let mut batches = Vec::new();
+        while let Ok(b) = out_rx.try_recv() {
+            batches.push(b);
+        }
+        let switch = store.switch(&mut ctl, &job).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the pause switch failed; keeping the last known state");
+            None
+        });
+        let manual = switch.as_ref().filter(|s| s.paused).map(|s| ManualPause {
+            by: s.by.clone(),
+            reason: s.reason.clone(),
+        });
+        let now_paused = switch.as_ref().is_some_and(|s| s.paused);
+        if last_switch.is_some_and(|p| p != now_paused) || (last_switch.is_none() && now_paused) {
+            let s = switch.as_ref();
+            tracing::info!(
+                job = %job,
+                paused = now_paused,
+                by = s.map(|s| s.by.as_str()).unwrap_or(""),
+                reason = s.map(|s| s.reason.as_str()).unwrap_or(""),
+                "pause switch {}",
+                if now_paused { "on" } else { "off" }
+            );
+        }
+        last_switch = Some(now_paused);
+        let inputs = Inputs {
+            readings,
+            batches,
+            manual_pause: manual,
+            app_limited: sh.app_limited.swap(false, Ordering::Relaxed),
+        };
+        let decision = controller.step(now, &inputs);
+        if decision.changed() {
+            tracing::info!(
+                job = %job,
+                state = decision.state.as_str(),
+                knobs = %format!("batch={} sleep={} workers={}", decision.knobs.batch_size,
+                    fmt_dur(decision.knobs.sleep), decision.knobs.workers),
+                "{}",
+                decision.summary()
+            );
+            if let Err(e) = store.record_decision(&mut ctl, &job, &decision).await {
+                tracing::warn!(error = %e, "recording the decision failed");
+            }
+        }
+        state = decision.state;
+        cmd_tx.send_replace(Command {
+            knobs: decision.knobs,
+            paused: state == State::Paused,
+        });
+        // Max pause.
+        if state == State::Paused {
+            let since = *paused_since.get_or_insert_with(Instant::now);
+            if let Some(max) = policy.job.max_pause
+                && since.elapsed() > max
+            {
+                if policy.job.stop_after_max_pause && !sh.stopping() {
+                    tracing::warn!(job = %job, "paused longer than job.max_pause; stopping (job.stop_after_max_pause)");
+                    max_pause_exceeded = true;
+                    sh.request_stop();
+                } else if max_pause_warned.elapsed() > Duration::from_secs(60) {
+                    tracing::warn!(job = %job, paused_for = ?since.elapsed(), "paused longer than job.max_pause");
+                    max_pause_warned = Instant::now();
+                }
+            }
+        } else {
+            paused_since = None;
+        }
+        let (pass, cursor) = dispatch.lock().await.position();
+        if let Err(e) = store
+            .save_position(
+                &mut ctl,
+                &job,
+                state.as_str(),
+                pass,
+                cursor.as_deref(),
+                &decision.knobs,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
+        }
+        if workers.is_empty() {
+            break;
+        }
+    }
+
+    // Everything is committed or rolled back; record the end.
+    let rows_now = sh.rows();
+    let total_done = rows_before as u64 + rows_now;
+    let (pass, cursor) = dispatch.lock().await.position();
+    let knobs = controller.knobs();
+    let elapsed = started.elapsed();
+    let rate = rows_now as f64 / elapsed.as_secs_f64().max(1e-3);
+    let left = row.rows_at_start.map(|n| (n - total_done as i64).max(0));
+    let resume = format!("pacer run --policy {}", opts.policy_path.display());
+    let outcome = match sh.end() {
+        Some(End::Failed(msg)) => {
+            store
+                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .await?;
+            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            RunOutcome {
+                code: exit::FAILED,
+                summary: format!(
+                    "job {job} failed: {msg}. {total_done} rows done (progress intact); fix the cause and resume with `{resume}`"
+                ),
+            }
+        }
+        Some(End::Finished(Finish::Done)) => {
+            store
+                .save_position(&mut ctl, &job, "done", pass, None, &knobs)
+                .await?;
+            store.finish(&mut ctl, &job, "done", "complete").await?;
+            RunOutcome {
+                code: exit::OK,
+                summary: format!(
+                    "job {job} done: {rows_now} rows in this run ({total_done} in total) in {} ({rate:.0} rows/s); \
+                     a final sweep found nothing pending",
+                    fmt_dur(elapsed)
+                ),
+            }
+        }
+        Some(End::Finished(Finish::Stuck { keys })) => {
+            let msg = format!(
+                "{keys} rows still match job.pending after job.update was applied to them, and the update changed none: \
+                 the update does not clear the pending condition"
+            );
+            store
+                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .await?;
+            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            RunOutcome {
+                code: exit::FAILED,
+                summary: format!("job {job} failed: {msg}"),
+            }
+        }
+        None => {
+            let why = if max_pause_exceeded {
+                "stopped after job.max_pause"
+            } else if stopped_by_signal {
+                "stopped by signal"
+            } else {
+                "stopped"
+            };
+            store
+                .save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs)
+                .await?;
+            store.finish(&mut ctl, &job, "stopped", why).await?;
+            let left = left
+                .map(|n| format!("~{n}"))
+                .unwrap_or_else(|| "unknown".into());
+            RunOutcome {
+                code: if max_pause_exceeded {
+                    exit::MAX_PAUSE
+                } else {
+                    exit::OK
+                },
+                summary: format!(
+                    "job {job} {why}: {total_done} rows done, {left} left; resume with `{resume}`"
+                ),
+            }
+        }
+    };
+    let _ = sqlx::Connection::close(ctl).await;
+    Ok(outcome)
+}
+
+/// Before the first write: apply one batch twice in a rolled-back
+/// transaction. An update that leaves its rows pending is refused (the job
+/// would never end); a non-idempotent one is only warned about, since
+/// exactly-once batches keep it safe (`pacer check` refuses it).
+async fn probe_update(
+    ctl: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<()> {
+    match crate::preflight::apply_twice(ctl, policy, target).await {
+        Ok(Some(p)) => {
+            if let Some(msg) = crate::preflight::still_pending_problem(&p) {
+                return Err(Fail::invalid(msg));
+            }
+            if p.second > 0 {
+                tracing::warn!(
+                    rows = p.second,
+                    "job.update is not idempotent (a second application changes rows); pacer applies each batch once, \
+                     but anyone re-running it by hand would double-apply. `pacer check` explains"
+                );
+            }
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) if e.downcast_ref::<Fail>().is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not probe job.update before the first write (rows locked?); continuing");
+            Ok(())
+        }
+    }
+}
+
+/// One runner per job: a session advisory lock held by the control
+/// connection for the whole run (released by Postgres if the runner dies).
+async fn take_runner_lock(ctl: &mut PgConnection, store: &Store, job: &str) -> anyhow::Result<()> {
+    let key = format!("pacer:{}:{job}", store.schema());
+    let deadline = Instant::now() + STALE_WAIT;
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+            .bind(&key)
+            .fetch_one(&mut *ctl)
+            .await?;
+        if got {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let holder: Option<String> = sqlx::query_scalar(
+                "SELECT string_agg(format('pid %s (%s, %s)', a.pid, a.application_name, a.client_addr), ', ')
+                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
+            )
+            .bind(&key)
+            .fetch_one(&mut *ctl)
+            .await
+            .unwrap_or(None);
+            return Err(Fail::failed(format!(
+                "job {job:?} is already being run by another pacer ({}); one runner per job",
+                holder.unwrap_or_else(|| "holder unknown".into())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Refuse to start while backends of an earlier run still live (a killed
+/// runner's transaction may still be committing); wait a little first.
+async fn wait_for_stale_backends(ctl: &mut PgConnection, app: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + STALE_WAIT;
+    loop {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .bind(app)
+        .fetch_all(&mut *ctl)
+        .await?;
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Fail::failed(format!(
+                "backends of an earlier run of this job are still alive (application_name {app:?}, pids {pids:?}); \
+                 wait for them to finish or end them with pg_terminate_backend, then run again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--dry-run`: reads, estimates and EXPLAINs; writes nothing.
+async fn dry_run(
+    ctl: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<RunOutcome> {
+    let est = target.estimate_pending(ctl).await?;
+    let plan = target
+        .explain(ctl, &target.first_read_literal(policy.limits.read_chunk))
+        .await?;
+    let (_, n, pending) = target
+        .read_chunk(ctl, None, policy.limits.read_chunk)
+        .await
+        .map_err(|e| {
+            Fail::invalid(format!(
+                "job.pending: reading the first chunk failed: {}",
+                super::target::db_message(&e)
+            ))
+        })?;
+    let l = &policy.limits;
+    println!(
+        "dry run of job {} on {} (key {} {})",
+        policy.job.name,
+        target.table_q,
+        target.key_name,
+        target.key_type.sql()
+    );
+    println!("  pending rows (planner estimate): {est}");
+    println!("  first chunk: {n} keys read, {} pending", pending.len());
+    println!("  read plan: {}", crate::preflight::plan_summary(&plan));
+    println!(
+        "  batches: start {} rows, {} worker(s), sleep {}; lock_timeout {}, statement_timeout {}",
+        l.batch_size.start,
+        l.workers.start,
+        humantime::format_duration(l.sleep.start),
+        humantime::format_duration(l.lock_timeout),
+        humantime::format_duration(l.statement_timeout)
+    );
+    if let Some(first) = pending.first_text() {
+        println!("  first batch would start at key {first}");
+    }
+    let _ = redact_url;
+    Ok(RunOutcome {
+        code: exit::OK,
+        summary: "dry run: nothing written".into(),
+    })
+}
+
+fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
+}

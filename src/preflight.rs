@@ -1,0 +1,227 @@
+//! `pacer check` against the database: everything that can be known
+//! before the first write. The statements prepare, the key is walkable,
+//! reads walk an index, the pending filter is not hopelessly sparse on a
+//! large table, and the update is idempotent (one batch applied twice
+//! inside a transaction that is rolled back).
+
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection, Executor};
+
+use crate::executor::target::{Target, db_message};
+use crate::policy::Policy;
+
+/// Tables at least this large refuse a sparse pending filter without `--force`.
+pub const LARGE_TABLE_ROWS: f64 = 1_000_000.0;
+/// Below this fraction of pending rows, the filter counts as sparse.
+pub const SPARSE_FRACTION: f64 = 0.01;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Each makes `check` fail.
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Node types and relations of a plan, outermost first:
+/// `Limit > Index Scan using orders_pkey on orders`.
+pub fn plan_summary(plan: &serde_json::Value) -> String {
+    fn walk(n: &serde_json::Value, out: &mut Vec<String>) {
+        let mut s = n["Node Type"].as_str().unwrap_or("?").to_string();
+        if let Some(i) = n["Index Name"].as_str() {
+            s.push_str(&format!(" using {i}"));
+        }
+        if let Some(r) = n["Relation Name"].as_str() {
+            s.push_str(&format!(" on {r}"));
+        }
+        out.push(s);
+        if let Some(children) = n["Plans"].as_array() {
+            for c in children {
+                walk(c, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&plan["Plan"], &mut out);
+    out.join(" > ")
+}
+
+fn has_seq_scan(plan: &serde_json::Value) -> bool {
+    fn walk(n: &serde_json::Value) -> bool {
+        n["Node Type"].as_str() == Some("Seq Scan")
+            || n["Plans"].as_array().is_some_and(|c| c.iter().any(walk))
+    }
+    walk(&plan["Plan"])
+}
+
+pub async fn preflight(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    force: bool,
+) -> anyhow::Result<Report> {
+    let mut r = Report::default();
+    let target = Target::resolve(conn, policy).await?;
+    r.notes.push(format!(
+        "key {} ({}) is unique and indexed; statements prepare",
+        target.key_name,
+        target.key_type.sql()
+    ));
+
+    // Reads walk an index on the key.
+    let plan = target
+        .explain(conn, &target.first_read_literal(policy.limits.read_chunk))
+        .await?;
+    let summary = plan_summary(&plan);
+    if has_seq_scan(&plan) {
+        r.problems.push(format!(
+            "job.key: keyset reads would scan the table instead of walking an index on {} (plan: {summary})",
+            target.key_name
+        ));
+    } else {
+        r.notes.push(format!("read plan: {summary}"));
+    }
+
+    // Sparse pending filter.
+    let reltuples: f32 = sqlx::query_scalar(
+        "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(&target.table_q)
+    .fetch_one(&mut *conn)
+    .await?;
+    let table_rows = reltuples as f64;
+    let pending_est = target.estimate_pending(conn).await? as f64;
+    if table_rows > 0.0 {
+        let frac = pending_est / table_rows;
+        r.notes.push(format!(
+            "pending ≈ {pending_est:.0} of ≈ {table_rows:.0} rows ({:.2} %)",
+            frac * 100.0
+        ));
+        if frac < SPARSE_FRACTION && pending_est > 0.0 {
+            let msg = format!(
+                "job.pending: only ≈ {:.2} % of the table is pending; pacer would read ≈ {:.0} keys for each pending one \
+                 (a partial index matching job.pending, or a key range in job.pending, helps)",
+                frac * 100.0,
+                1.0 / frac.max(1e-9)
+            );
+            if table_rows >= LARGE_TABLE_ROWS && !force {
+                r.problems.push(format!("{msg}; pass --force to accept"));
+            } else {
+                r.warnings.push(msg);
+            }
+        }
+    }
+
+    idempotency(conn, policy, &target, &mut r).await?;
+    Ok(r)
+}
+
+/// What applying one batch twice (then rolling back) showed.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub keys: usize,
+    /// Rows the first application changed.
+    pub first: u64,
+    /// Keys of the batch still matching `pending` after it.
+    pub still_pending: i64,
+    /// Rows a second application changed (0 for an idempotent update).
+    pub second: u64,
+}
+
+/// Apply the first pending batch twice inside a transaction that is always
+/// rolled back. `None` when the first chunk has nothing pending.
+pub async fn apply_twice(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+) -> anyhow::Result<Option<Probe>> {
+    let (_, _, mut pending) = target
+        .read_chunk(conn, None, policy.limits.read_chunk)
+        .await?;
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let keys = pending.take_front(policy.limits.batch_size.start as usize);
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    )
+    .bind(policy.limits.lock_timeout.as_millis().to_string())
+    .bind(policy.limits.statement_timeout.as_millis().to_string())
+    .execute(&mut *tx)
+    .await?;
+    let result: anyhow::Result<Probe> = async {
+        let first = keys
+            .bind(sqlx::query(AssertSqlSafe(target.update.clone())))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                crate::store::Fail::invalid(format!(
+                    "job.update: applying one batch failed: {}",
+                    db_message(&e)
+                ))
+            })?
+            .rows_affected();
+        let still_pending: i64 = keys
+            .bind_scalar(sqlx::query_scalar(AssertSqlSafe(
+                target.still_pending_sql(),
+            )))
+            .fetch_one(&mut *tx)
+            .await?;
+        let second = keys
+            .bind(sqlx::query(AssertSqlSafe(target.update.clone())))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        Ok(Probe {
+            keys: keys.len(),
+            first,
+            still_pending,
+            second,
+        })
+    }
+    .await;
+    tx.rollback().await?;
+    let _ = conn.execute("SELECT 1").await;
+    result.map(Some)
+}
+
+/// The update must clear `pending` (else pacer would find the same rows
+/// forever).
+pub fn still_pending_problem(p: &Probe) -> Option<String> {
+    (p.still_pending > 0).then(|| {
+        format!(
+            "job.update: after one application, {} of the batch's {} keys still match job.pending; \
+             pacer would find them again and again",
+            p.still_pending, p.keys
+        )
+    })
+}
+
+async fn idempotency(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    target: &Target,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(p) = apply_twice(conn, policy, target).await? else {
+        r.notes
+            .push("no pending rows in the first chunk: idempotency not tested".into());
+        return Ok(());
+    };
+    if let Some(msg) = still_pending_problem(&p) {
+        r.problems.push(msg);
+    }
+    if p.second > 0 {
+        r.problems.push(format!(
+            "job.update is not idempotent: applied twice to the same {} keys, the second application changed {} rows \
+             (the first changed {}). Add the pending condition to its WHERE (e.g. `AND {}`), so a retried batch changes nothing",
+            p.keys, p.second, p.first, policy.job.pending
+        ));
+    } else {
+        r.notes.push(format!(
+            "update is idempotent: one batch of {} keys changed {} rows, a second application changed none (rolled back)",
+            p.keys, p.first
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! The pause switch: one row per job, flipped by `pacer pause`/`resume`
+//! and read by the runner every tick.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Row};
+
+use super::Store;
+
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub paused: bool,
+    pub by: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn set_paused(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+        paused: bool,
+        by: &str,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (job, paused, changed_by, reason, changed_at) VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (job) DO UPDATE SET paused = EXCLUDED.paused, changed_by = EXCLUDED.changed_by,
+                 reason = EXCLUDED.reason, changed_at = EXCLUDED.changed_at",
+            self.t("control")
+        )))
+        .bind(job)
+        .bind(paused)
+        .bind(by)
+        .bind(reason)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn switch(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+    ) -> anyhow::Result<Option<Switch>> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT paused, changed_by, reason, changed_at FROM {} WHERE job = $1",
+            self.t("control")
+        )))
+        .bind(job)
+        .fetch_optional(&mut *conn)
+        .await?;
+        r.map(|r| {
+            Ok(Switch {
+                paused: r.try_get("paused")?,
+                by: r.try_get("changed_by")?,
+                reason: r.try_get("reason")?,
+                at: r.try_get("changed_at")?,
+            })
+        })
+        .transpose()
+    }
+}
+
+/// Who is flipping the switch: `user@host`, from the environment.
+pub fn operator() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
