@@ -7,5 +7,6 @@ pub mod controller;
 pub mod history;
 pub mod policy;
 pub mod signals;
+pub mod traffic;
 pub mod cli;
 pub mod commands;
