@@ -3,7 +3,7 @@
 //!
 //! Run through `bench/reaction` (brings the testbed up and builds pacer).
 //! Each round: wait until the job's workers are writing, inject a fault
-//! (replica replay paused, or checkout latency ×5 in the traffic
+//! (replica replay paused, or 8× the baseline checkout latency added in the traffic
 //! generator), and time from the injection to the first moment after which
 //! no backend named `pacer:<job>` holds a write transaction for `--confirm`
 //! seconds. Then undo the fault and wait for pacer to resume. The reaction
@@ -94,8 +94,8 @@ stop_above = 1.0
 [[signal]]
 name = "checkout_p95"
 prometheus = '{P95}'
-slow_above = "baseline * 2"
-stop_above = "baseline * 3"
+slow_above = "baseline * 3"
+stop_above = "baseline * 5"
 stop_for = "1s"
 "#,
         db = a.database_url,
@@ -116,7 +116,13 @@ async fn busy(pool: &PgPool, app: &str) -> i64 {
 }
 
 /// Seconds from `t0` to the start of the first idle spell of `confirm`.
-async fn time_to_idle(pool: &PgPool, app: &str, t0: Instant, confirm: Duration, limit: Duration) -> Option<f64> {
+async fn time_to_idle(
+    pool: &PgPool,
+    app: &str,
+    t0: Instant,
+    confirm: Duration,
+    limit: Duration,
+) -> Option<f64> {
     let mut idle_since: Option<Instant> = None;
     while t0.elapsed() < limit {
         let now = Instant::now();
@@ -145,7 +151,12 @@ async fn wait_busy(pool: &PgPool, app: &str, limit: Duration) -> bool {
 }
 
 async fn control(a: &Args, body: serde_json::Value) {
-    let r = reqwest::Client::new().post(format!("{}/control", a.traffic)).json(&body).send().await.expect("pacer-traffic /control");
+    let r = reqwest::Client::new()
+        .post(format!("{}/control", a.traffic))
+        .json(&body)
+        .send()
+        .await
+        .expect("pacer-traffic /control");
     assert!(r.status().is_success(), "{body}: {}", r.status());
 }
 
@@ -162,22 +173,55 @@ fn stats(name: &str, v: &mut [f64]) {
     println!(
         "{name}: n={} median={median:.2}s worst={worst:.2}s all=[{}]",
         v.len(),
-        v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let admin = PgPoolOptions::new().max_connections(1).connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
-    let db = a.database_url.rsplit('/').next().unwrap_or("pacer_bench").to_string();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)").bind(&db).fetch_one(&admin).await?;
-    if !exists {
-        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await?;
+    // The same lock the testbed tests take: a test pausing replay would
+    // corrupt a round, and a round's pause would break a test.
+    let lock = std::fs::File::create(std::env::temp_dir().join("pacer-testbed.lock"))?;
+    if lock.try_lock().is_err() {
+        eprintln!("reaction: waiting for the testbed lock (a test is running)");
+        lock.lock()?;
     }
-    let pool = PgPoolOptions::new().max_connections(4).connect(&a.database_url).await?;
-    let replica = PgPoolOptions::new().max_connections(1).connect(&a.replica_url).await?;
-    eprintln!("reaction: creating public.bench_orders with {} rows", a.rows);
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await?;
+    let db = a
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or("pacer_bench")
+        .to_string();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&admin)
+            .await?;
+    if !exists {
+        sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&admin)
+            .await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&a.database_url)
+        .await?;
+    let replica = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&a.replica_url)
+        .await?;
+    eprintln!(
+        "reaction: creating public.bench_orders with {} rows",
+        a.rows
+    );
     for sql in [
         "DROP TABLE IF EXISTS public.bench_orders".to_string(),
         "CREATE TABLE public.bench_orders (id bigint PRIMARY KEY, paid_at timestamptz, status text)".into(),
@@ -192,7 +236,11 @@ async fn main() -> anyhow::Result<()> {
     let path = dir.path().join("policy.toml");
     std::fs::write(&path, policy(&job, &a))?;
     let log_path = std::env::temp_dir().join(format!("{job}.log"));
-    eprintln!("reaction: starting {} run (log {})", a.pacer, log_path.display());
+    eprintln!(
+        "reaction: starting {} run (log {})",
+        a.pacer,
+        log_path.display()
+    );
     let log = std::fs::File::create(&log_path)?;
     let mut child: Child = Command::new(&a.pacer)
         .args(["run", "--policy"])
@@ -203,16 +251,47 @@ async fn main() -> anyhow::Result<()> {
     struct Guard(u32);
     impl Drop for Guard {
         fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-TERM", &self.0.to_string()]).status();
-            let _ = Command::new("psql").args(["-X", "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-Atc", "SELECT pg_wal_replay_resume()"]).output();
-            let _ = Command::new("curl").args(["-fsS", "-m", "5", "-H", "content-type: application/json", "-d", r#"{"added_latency_ms":0}"#, "http://127.0.0.1:9300/control"]).output();
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.to_string()])
+                .status();
+            let _ = Command::new("psql")
+                .args([
+                    "-X",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    "5433",
+                    "-U",
+                    "postgres",
+                    "-Atc",
+                    "SELECT pg_wal_replay_resume()",
+                ])
+                .output();
+            let _ = Command::new("curl")
+                .args([
+                    "-fsS",
+                    "-m",
+                    "5",
+                    "-H",
+                    "content-type: application/json",
+                    "-d",
+                    r#"{"added_latency_ms":0}"#,
+                    "http://127.0.0.1:9300/control",
+                ])
+                .output();
         }
     }
     let _guard = Guard(child.id());
     if !wait_busy(&pool, &app, Duration::from_secs(180)).await {
         let _ = child.kill();
-        let tail: Vec<String> = BufReader::new(std::fs::File::open(&log_path)?).lines().map_while(Result::ok).collect();
-        anyhow::bail!("pacer never started writing:\n{}", tail[tail.len().saturating_sub(30)..].join("\n"));
+        let tail: Vec<String> = BufReader::new(std::fs::File::open(&log_path)?)
+            .lines()
+            .map_while(Result::ok)
+            .collect();
+        anyhow::bail!(
+            "pacer never started writing:\n{}",
+            tail[tail.len().saturating_sub(30)..].join("\n")
+        );
     }
     let prom = {
         let mut c: pacer::policy::PrometheusConfig = toml::from_str("")?;
@@ -228,47 +307,89 @@ async fn main() -> anyhow::Result<()> {
         "both" => vec!["lag", "latency"],
         k => vec![k],
     };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let interrupted = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tokio::pin!(interrupted);
     for round in 0..a.rounds {
         for kind in &kinds {
             if !wait_busy(&pool, &app, Duration::from_secs(120)).await {
-                anyhow::bail!("round {round} {kind}: pacer did not resume writing within 120 s (log {})", log_path.display());
+                anyhow::bail!(
+                    "round {round} {kind}: pacer did not resume writing within 120 s (log {})",
+                    log_path.display()
+                );
             }
-            // Let the previous fault's tail leave the p95 window.
+            // Let the previous fault's tail leave the p95 window, then
+            // inject right after seeing a worker write: pacer is running.
             tokio::time::sleep(Duration::from_secs(if *kind == "latency" { 12 } else { 2 })).await;
+            if !wait_busy(&pool, &app, Duration::from_secs(120)).await {
+                anyhow::bail!(
+                    "round {round} {kind}: pacer not writing before the injection (log {})",
+                    log_path.display()
+                );
+            }
             let t0;
             match *kind {
                 "lag" => {
                     t0 = Instant::now();
-                    sqlx::query("SELECT pg_wal_replay_pause()").execute(&replica).await?;
+                    sqlx::query("SELECT pg_wal_replay_pause()")
+                        .execute(&replica)
+                        .await?;
                 }
                 _ => {
                     let base = prom.instant(P95).await.map_err(anyhow::Error::msg)?;
                     t0 = Instant::now();
-                    control(&a, serde_json::json!({ "added_latency_ms": (base * 5.0).max(0.02) * 1000.0 })).await;
+                    control(
+                        &a,
+                        serde_json::json!({ "added_latency_ms": (base * 8.0).max(0.02) * 1000.0 }),
+                    )
+                    .await;
                 }
             }
-            let r = time_to_idle(&pool, &app, t0, confirm, limit).await;
+            let r = tokio::select! {
+                r = time_to_idle(&pool, &app, t0, confirm, limit) => r,
+                // The guard undoes the fault and stops pacer on the way out.
+                _ = &mut interrupted => anyhow::bail!("interrupted"),
+            };
             match *kind {
                 "lag" => {
-                    sqlx::query("SELECT pg_wal_replay_resume()").execute(&replica).await?;
+                    sqlx::query("SELECT pg_wal_replay_resume()")
+                        .execute(&replica)
+                        .await?;
                 }
                 _ => control(&a, serde_json::json!({ "added_latency_ms": 0 })).await,
             }
             match r {
                 Some(s) => {
                     eprintln!("round {round} {kind}: all workers idle {s:.2}s after injection");
-                    if *kind == "lag" { lag.push(s) } else { lat.push(s) }
+                    if *kind == "lag" {
+                        lag.push(s)
+                    } else {
+                        lat.push(s)
+                    }
                 }
-                None => eprintln!("round {round} {kind}: workers still writing {limit:?} after injection (counted as a failure)"),
+                None => eprintln!(
+                    "round {round} {kind}: workers still writing {limit:?} after injection (counted as a failure)"
+                ),
             }
         }
     }
-    println!("reaction time from injection to all of pacer's workers idle (pg_stat_activity), confirm {:.1}s:", a.confirm);
+    println!(
+        "reaction time from injection to all of pacer's workers idle (pg_stat_activity), confirm {:.1}s:",
+        a.confirm
+    );
     if kinds.contains(&"lag") {
         stats("replica lag (replay paused, stop_above 1 s)", &mut lag);
     }
     if kinds.contains(&"latency") {
-        stats("checkout latency x5 (stop_above baseline*3, stop_for 1 s)", &mut lat);
+        stats(
+            "checkout latency +8x baseline (stop_above baseline*5, stop_for 1 s)",
+            &mut lat,
+        );
     }
     let failures = kinds.len() * a.rounds - lag.len() - lat.len();
     if failures > 0 {

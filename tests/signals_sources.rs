@@ -46,13 +46,19 @@ async fn prometheus_empty_nan_inf_and_several_series_are_missing_not_zero() {
         ("vector(0) / 0", "NaN"),
         ("vector(1) / 0", "inf"),
         ("vector(-1) / 0", "-inf"),
-        (r#"label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")"#, "2 series"),
+        (
+            r#"label_replace(vector(1), "a", "x", "", "") or label_replace(vector(2), "a", "y", "", "")"#,
+            "2 series",
+        ),
         ("sum(rate(", "bad_data"),
     ] {
         let r = read_prom(q).await;
         assert_eq!(r.value, None, "{q}: {r:?}");
         let reason = r.missing.unwrap();
-        assert!(reason.contains(why), "{q}: reason {reason:?} should mention {why:?}");
+        assert!(
+            reason.contains(why),
+            "{q}: reason {reason:?} should mention {why:?}"
+        );
     }
 }
 
@@ -60,8 +66,13 @@ async fn prometheus_empty_nan_inf_and_several_series_are_missing_not_zero() {
 async fn prometheus_unreachable_and_slow_are_missing_within_the_timeout() {
     // Refused: nothing listens on port 1.
     let prom = Prometheus::new(&prom_cfg("http://127.0.0.1:1", Duration::from_secs(2))).unwrap();
-    let r = PromSource::new("t".into(), "vector(1)".into(), prom).read().await;
-    assert!(r.value.is_none() && r.missing.as_deref().unwrap().contains("127.0.0.1:1"), "{r:?}");
+    let r = PromSource::new("t".into(), "vector(1)".into(), prom)
+        .read()
+        .await;
+    assert!(
+        r.value.is_none() && r.missing.as_deref().unwrap().contains("127.0.0.1:1"),
+        "{r:?}"
+    );
 
     // Accepts but never answers: the reqwest timeout ends it.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,11 +84,21 @@ async fn prometheus_unreachable_and_slow_are_missing_within_the_timeout() {
             held.push(s);
         }
     });
-    let prom = Prometheus::new(&prom_cfg(&format!("http://{addr}"), Duration::from_millis(500))).unwrap();
+    let prom = Prometheus::new(&prom_cfg(
+        &format!("http://{addr}"),
+        Duration::from_millis(500),
+    ))
+    .unwrap();
     let t = Instant::now();
-    let r = PromSource::new("t".into(), "vector(1)".into(), prom).read().await;
+    let r = PromSource::new("t".into(), "vector(1)".into(), prom)
+        .read()
+        .await;
     assert!(r.value.is_none(), "{r:?}");
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 /// Bearer token (from the env when the policy has none) and extra headers
@@ -104,7 +125,8 @@ async fn prometheus_sends_bearer_token_and_extra_headers() {
 
     let mut cfg = prom_cfg(&format!("http://{addr}"), Duration::from_secs(2));
     cfg.bearer_token = Some("s3cret".into());
-    cfg.headers.insert("X-Scope-OrgID".into(), "tenant-a".into());
+    cfg.headers
+        .insert("X-Scope-OrgID".into(), "tenant-a".into());
     let prom = Prometheus::new(&cfg).unwrap();
     let r = PromSource::new("t".into(), "q".into(), prom).read().await;
     assert_eq!(r.value, Some(3.5), "{r:?}");
@@ -126,26 +148,34 @@ async fn prometheus_sends_bearer_token_and_extra_headers() {
 async fn http_check_statuses() {
     let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
     let s2 = status.clone();
-    let app = axum::Router::new()
-        .route(
-            "/throttle",
-            get(move || {
-                let s = s2.clone();
-                async move { StatusCode::from_u16(s.load(std::sync::atomic::Ordering::SeqCst)).unwrap() }
-            }),
-        )
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                "late"
-            }),
-        );
+    let app =
+        axum::Router::new()
+            .route(
+                "/throttle",
+                get(move || {
+                    let s = s2.clone();
+                    async move {
+                        StatusCode::from_u16(s.load(std::sync::atomic::Ordering::SeqCst)).unwrap()
+                    }
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let check = HttpCheck::new("h".into(), &format!("http://{addr}/throttle"), Duration::from_secs(2)).unwrap();
+    let check = HttpCheck::new(
+        "h".into(),
+        &format!("http://{addr}/throttle"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     assert_eq!(check.read().await.value, Some(0.0));
     for code in [204u16, 299] {
         status.store(code, std::sync::atomic::Ordering::SeqCst);
@@ -155,10 +185,16 @@ async fn http_check_statuses() {
         status.store(code, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(check.read().await.value, Some(1.0), "{code}");
     }
-    let refused = HttpCheck::new("h".into(), "http://127.0.0.1:1/", Duration::from_secs(2)).unwrap();
+    let refused =
+        HttpCheck::new("h".into(), "http://127.0.0.1:1/", Duration::from_secs(2)).unwrap();
     let r = refused.read().await;
     assert!(r.value.is_none() && r.missing.is_some(), "{r:?}");
-    let slow = HttpCheck::new("h".into(), &format!("http://{addr}/slow"), Duration::from_millis(300)).unwrap();
+    let slow = HttpCheck::new(
+        "h".into(),
+        &format!("http://{addr}/slow"),
+        Duration::from_millis(300),
+    )
+    .unwrap();
     let r = slow.read().await;
     assert!(r.value.is_none(), "{r:?}");
 }
@@ -199,7 +235,9 @@ timeout = "5s"
         "",
     );
     // Only a Prometheus and an HTTP source: no database needed.
-    let sampler: Sampler = build_sampler(&policy, &Context { pool: None }).await.unwrap();
+    let sampler: Sampler = build_sampler(&policy, &Context { pool: None })
+        .await
+        .unwrap();
     assert_eq!(sampler.names(), ["slow_http", "answer"]);
     let t = Instant::now();
     let r = sampler.sample().await;
@@ -208,7 +246,10 @@ timeout = "5s"
     assert_eq!(r[1].value, Some(42.0));
     assert!(r[0].value.is_none(), "{:?}", r[0]);
     let why = r[0].missing.as_deref().unwrap();
-    assert!(why.contains("timed out") || why.contains("within 1s"), "{why}");
+    assert!(
+        why.contains("timed out") || why.contains("within 1s"),
+        "{why}"
+    );
 }
 
 #[tokio::test]
@@ -224,8 +265,15 @@ stop_above = 5
 "#,
         "",
     );
-    let err = build_sampler(&policy, &Context { pool: None }).await.err().unwrap().to_string();
-    assert!(err.contains("\"locks\"") && err.contains("database"), "{err}");
+    let err = build_sampler(&policy, &Context { pool: None })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("\"locks\"") && err.contains("database"),
+        "{err}"
+    );
 
     let mut policy = common::policy(
         "cfg",
@@ -239,7 +287,15 @@ stop_above = 5
         "",
     );
     policy.database.replicas.clear();
-    let pool = sqlx::PgPool::connect_lazy(&format!("{}/{}", common::PRIMARY, common::TEST_DB)).unwrap();
-    let err = build_sampler(&policy, &Context { pool: Some(pool) }).await.err().unwrap().to_string();
-    assert!(err.contains("\"lag\"") && err.contains("database.replicas"), "{err}");
+    let pool =
+        sqlx::PgPool::connect_lazy(&format!("{}/{}", common::PRIMARY, common::TEST_DB)).unwrap();
+    let err = build_sampler(&policy, &Context { pool: Some(pool) })
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("\"lag\"") && err.contains("database.replicas"),
+        "{err}"
+    );
 }

@@ -47,7 +47,11 @@ impl Run {
                 }
             });
         }
-        Run { child, lines, _dir: dir }
+        Run {
+            child,
+            lines,
+            _dir: dir,
+        }
     }
 
     /// Wait for a log line containing every one of `needles` that appears
@@ -57,14 +61,27 @@ impl Run {
         loop {
             {
                 let lines = self.lines.lock().unwrap();
-                if let Some(i) = lines.iter().enumerate().skip(from).find(|(_, l)| needles.iter().all(|n| l.contains(n))).map(|(i, _)| i) {
+                if let Some(i) = lines
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, l)| needles.iter().all(|n| l.contains(n)))
+                    .map(|(i, _)| i)
+                {
                     return i;
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("pacer run exited with {status} before logging {needles:?}:\n{}", self.log());
+                panic!(
+                    "pacer run exited with {status} before logging {needles:?}:\n{}",
+                    self.log()
+                );
             }
-            assert!(start.elapsed() < limit, "no log line with {needles:?} within {limit:?}:\n{}", self.log());
+            assert!(
+                start.elapsed() < limit,
+                "no log line with {needles:?} within {limit:?}:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -77,7 +94,9 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -105,7 +124,11 @@ async fn busy_workers(pool: &PgPool, job: &str) -> i64 {
 async fn assert_idle(pool: &PgPool, job: &str) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
-        assert_eq!(busy_workers(pool, job).await, 0, "a worker of {job} is writing while paused");
+        assert_eq!(
+            busy_workers(pool, job).await,
+            0,
+            "a worker of {job} is writing while paused"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -119,7 +142,9 @@ async fn job(pool: &PgPool, base: &str, signals: &str, extra: &str) -> (String, 
     for sql in [
         format!("DROP TABLE IF EXISTS {table}"),
         format!("CREATE TABLE {table} (id bigint PRIMARY KEY, paid_at timestamptz, status text)"),
-        format!("INSERT INTO {table} SELECT g, CASE WHEN g % 3 = 0 THEN now() END, NULL FROM generate_series(1, 300000) g"),
+        format!(
+            "INSERT INTO {table} SELECT g, CASE WHEN g % 3 = 0 THEN now() END, NULL FROM generate_series(1, 300000) g"
+        ),
     ] {
         sqlx::query(AssertSqlSafe(sql)).execute(pool).await.unwrap();
     }
@@ -174,24 +199,38 @@ async fn run_pauses_on_replica_lag_and_resumes_when_replay_catches_up() {
     )
     .await;
     let mut run = Run::start(&policy);
-    run.wait_line(0, &["running"], Duration::from_secs(60)).await;
+    run.wait_line(0, &["running"], Duration::from_secs(60))
+        .await;
     common::eventually(Duration::from_secs(30), "workers writing", || async {
         (busy_workers(&pool, &name).await > 0).then_some(())
     })
     .await;
 
     let _resume = common::ResumeReplay;
-    sqlx::query("SELECT pg_wal_replay_pause()").execute(&replica).await.unwrap();
+    sqlx::query("SELECT pg_wal_replay_pause()")
+        .execute(&replica)
+        .await
+        .unwrap();
     let t = Instant::now();
-    let i = run.wait_line(0, &["pausing", "replica_lag"], Duration::from_secs(30)).await;
+    let i = run
+        .wait_line(0, &["pausing", "replica_lag"], Duration::from_secs(30))
+        .await;
     eprintln!("paused {:?} after the replay pause", t.elapsed());
     assert_idle(&pool, &name).await;
 
-    sqlx::query("SELECT pg_wal_replay_resume()").execute(&replica).await.unwrap();
+    sqlx::query("SELECT pg_wal_replay_resume()")
+        .execute(&replica)
+        .await
+        .unwrap();
     let t = Instant::now();
-    run.wait_line(i, &["resuming"], Duration::from_secs(60)).await;
+    run.wait_line(i, &["resuming"], Duration::from_secs(60))
+        .await;
     // resume_after = 5s of calm first.
-    assert!(t.elapsed() >= Duration::from_secs(4), "resumed after only {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(4),
+        "resumed after only {:?}",
+        t.elapsed()
+    );
     common::eventually(Duration::from_secs(30), "workers writing again", || async {
         (busy_workers(&pool, &name).await > 0).then_some(())
     })
@@ -213,17 +252,25 @@ async fn run_pauses_when_checkout_p95_crosses_its_relative_stop_and_resumes_afte
     )
     .await;
     let mut run = Run::start(&policy);
-    run.wait_line(0, &["running"], Duration::from_secs(120)).await;
+    run.wait_line(0, &["running"], Duration::from_secs(120))
+        .await;
     let base: f64 = {
-        let prom = pacer::signals::prometheus::Prometheus::new(&toml::from_str("").unwrap()).unwrap();
+        let prom =
+            pacer::signals::prometheus::Prometheus::new(&toml::from_str("").unwrap()).unwrap();
         prom.instant(P95).await.unwrap()
     };
     let _reset = common::ResetTraffic;
-    common::traffic_control(serde_json::json!({ "added_latency_ms": (base * 5.0).max(0.05) * 1000.0 })).await;
-    let i = run.wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(60)).await;
+    common::traffic_control(
+        serde_json::json!({ "added_latency_ms": (base * 5.0).max(0.05) * 1000.0 }),
+    )
+    .await;
+    let i = run
+        .wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(60))
+        .await;
     assert_idle(&pool, &name).await;
     common::traffic_control(serde_json::json!({ "added_latency_ms": 0 })).await;
-    run.wait_line(i, &["resuming"], Duration::from_secs(120)).await;
+    run.wait_line(i, &["resuming"], Duration::from_secs(120))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,14 +286,22 @@ async fn run_pauses_when_prometheus_is_down_past_missing_grace_and_resumes_when_
     )
     .await;
     let mut run = Run::start(&policy);
-    run.wait_line(0, &["running"], Duration::from_secs(60)).await;
+    run.wait_line(0, &["running"], Duration::from_secs(60))
+        .await;
     let _restart = common::RestartPrometheus;
     common::testbed(&["down", "prometheus"]);
     let t = Instant::now();
-    let i = run.wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(30)).await;
+    let i = run
+        .wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(30))
+        .await;
     // Not before missing_grace (5 s).
-    assert!(t.elapsed() >= Duration::from_secs(4), "paused after only {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_secs(4),
+        "paused after only {:?}",
+        t.elapsed()
+    );
     assert_idle(&pool, &name).await;
     common::testbed(&["up", "prometheus"]);
-    run.wait_line(i, &["resuming"], Duration::from_secs(90)).await;
+    run.wait_line(i, &["resuming"], Duration::from_secs(90))
+        .await;
 }

@@ -21,7 +21,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 #[command(about = "Open-loop checkout traffic on the demo orders table, with fault injection")]
 struct Args {
     /// Database with the demo `orders` table.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/pacer_demo")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/pacer_demo"
+    )]
     database_url: String,
     /// Demo table (schema-qualified).
     #[arg(long, default_value = "public.orders")]
@@ -57,7 +61,9 @@ struct App {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let args = Args::parse();
     let control = Arc::new(Control::new(1.0));
@@ -68,7 +74,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .map_err(|e| anyhow::anyhow!("--rate: {e}"))?;
     if !(0.0..=1.0).contains(&args.checkout_share) {
-        anyhow::bail!("--checkout-share {} must be between 0 and 1", args.checkout_share);
+        anyhow::bail!(
+            "--checkout-share {} must be between 0 and 1",
+            args.checkout_share
+        );
     }
     let opts: PgConnectOptions = args.database_url.parse().context("--database-url")?;
     let pool = PgPoolOptions::new()
@@ -80,7 +89,10 @@ async fn main() -> anyhow::Result<()> {
     let (log_tx, log_task) = match &args.latency_log {
         Some(p) => {
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(tokio::spawn(workload::write_latency_log(p.clone(), rx))))
+            (
+                Some(tx),
+                Some(tokio::spawn(workload::write_latency_log(p.clone(), rx))),
+            )
         }
         None => (None, None),
     };
@@ -108,7 +120,8 @@ async fn main() -> anyhow::Result<()> {
                 None => std::future::pending().await,
             }
         };
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -132,7 +145,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn metrics_handler(State(app): State<Arc<App>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         app.metrics.encode(),
     )
 }
@@ -141,7 +157,10 @@ async fn get_control(State(app): State<Arc<App>>) -> Json<ControlUpdate> {
     Json(app.control.state())
 }
 
-async fn post_control(State(app): State<Arc<App>>, Json(u): Json<ControlUpdate>) -> Result<Json<ControlUpdate>, (StatusCode, String)> {
+async fn post_control(
+    State(app): State<Arc<App>>,
+    Json(u): Json<ControlUpdate>,
+) -> Result<Json<ControlUpdate>, (StatusCode, String)> {
     match app.control.apply(&u) {
         Ok(s) => {
             tracing::info!(?s, "control changed");

@@ -51,12 +51,15 @@ pub async fn capture(policy: &Policy, ctx: &Context) -> anyhow::Result<BTreeMap<
                     .map_err(|e| anyhow::anyhow!("signal {:?}: {e}", s.name))?;
                 Prepared::Prom(prom, q.to_string())
             }
-            Some(Kind::Postgres(_)) => Prepared::Sampled(build_source(policy, s, ctx, &mut shared).await?),
+            Some(Kind::Postgres(_)) => {
+                Prepared::Sampled(build_source(policy, s, ctx, &mut shared).await?)
+            }
             _ => anyhow::bail!("signal {:?}: this kind of signal has no baseline", s.name),
         };
         jobs.push((s, prepared));
     }
-    let results = futures::future::join_all(jobs.into_iter().map(|(s, p)| measure(policy, s, p))).await;
+    let results =
+        futures::future::join_all(jobs.into_iter().map(|(s, p)| measure(policy, s, p))).await;
     for r in results {
         let (name, b) = r?;
         tracing::info!(signal = %name, baseline = b.value, samples = b.samples, "baseline measured: {}", b.how);
@@ -75,9 +78,17 @@ async fn measure(policy: &Policy, s: &Signal, p: Prepared) -> anyhow::Result<(St
     let retry = policy.controller.tick.max(Duration::from_secs(5));
     loop {
         let attempt = match &p {
-            Prepared::Prom(prom, q) => from_prometheus(prom, q, cfg.window, cfg.min_samples as usize).await,
+            Prepared::Prom(prom, q) => {
+                from_prometheus(prom, q, cfg.window, cfg.min_samples as usize).await
+            }
             Prepared::Sampled(src) => {
-                from_samples(src.as_ref(), s.timeout, policy.controller.tick, cfg.min_samples as usize).await
+                from_samples(
+                    src.as_ref(),
+                    s.timeout,
+                    policy.controller.tick,
+                    cfg.min_samples as usize,
+                )
+                .await
             }
         };
         match (attempt, cfg.on_insufficient) {
@@ -157,7 +168,11 @@ async fn from_samples(
             return Ok(Baseline {
                 value: median(&values).expect("non-empty"),
                 samples: values.len(),
-                how: format!("median of {} readings {} apart", values.len(), humantime::format_duration(tick)),
+                how: format!(
+                    "median of {} readings {} apart",
+                    values.len(),
+                    humantime::format_duration(tick)
+                ),
             });
         }
     }
@@ -176,7 +191,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use chrono::Utc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 // Identifiers in dynamic SQL are quoted with `quote_ident`.
-use sqlx::{AssertSqlSafe, PgPool};
 use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio::task::JoinHandle;
 
 use super::{Reading, Source, chain, postgres::small_pool, worker_application_name};
@@ -119,9 +119,9 @@ impl Heartbeat {
         let mut reps = Vec::new();
         for url in replicas {
             let label = redact(url);
-            let opts: PgConnectOptions = url
-                .parse()
-                .map_err(|e: sqlx::Error| anyhow::anyhow!("database.replicas {label}: {}", chain(&e)))?;
+            let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
+                anyhow::anyhow!("database.replicas {label}: {}", chain(&e))
+            })?;
             let opts = opts.application_name(&format!("{}:lag", worker_application_name(job)));
             reps.push(Replica {
                 label,
@@ -130,7 +130,14 @@ impl Heartbeat {
         }
 
         let log = Arc::new(Mutex::new(BeatLog::default()));
-        let task = tokio::spawn(beat(writer, table.clone(), job.to_string(), start, interval, log.clone()));
+        let task = tokio::spawn(beat(
+            writer,
+            table.clone(),
+            job.to_string(),
+            start,
+            interval,
+            log.clone(),
+        ));
         Ok(Heartbeat {
             log,
             replicas: reps,
@@ -144,11 +151,12 @@ impl Heartbeat {
     /// Worst lag over all replicas, in seconds.
     pub async fn worst_lag(&self) -> Result<f64, String> {
         let reads = self.replicas.iter().map(|r| async move {
-            let seen: Result<Option<i64>, sqlx::Error> =
-                sqlx::query_scalar(AssertSqlSafe(format!("SELECT seq FROM {} WHERE job = $1", self.table)))
-                    .bind(&self.job)
-                    .fetch_optional(&r.pool)
-                    .await;
+            let seen: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(
+                format!("SELECT seq FROM {} WHERE job = $1", self.table),
+            ))
+            .bind(&self.job)
+            .fetch_optional(&r.pool)
+            .await;
             (r, seen, Instant::now())
         });
         let results = futures::future::join_all(reads).await;
@@ -212,7 +220,14 @@ async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Resul
     Ok(())
 }
 
-async fn beat(pool: PgPool, table: String, job: String, start: i64, interval: Duration, log: Arc<Mutex<BeatLog>>) {
+async fn beat(
+    pool: PgPool,
+    table: String,
+    job: String,
+    start: i64,
+    interval: Duration,
+    log: Arc<Mutex<BeatLog>>,
+) {
     let sql = format!(
         "INSERT INTO {table} (job, seq, written_at) VALUES ($1, $2, now()) \
          ON CONFLICT (job) DO UPDATE SET seq = excluded.seq, written_at = excluded.written_at"
@@ -223,7 +238,11 @@ async fn beat(pool: PgPool, table: String, job: String, start: i64, interval: Du
     loop {
         tick.tick().await;
         seq += 1;
-        let res = sqlx::query(AssertSqlSafe(sql.as_str())).bind(&job).bind(seq).execute(&pool).await;
+        let res = sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind(&job)
+            .bind(seq)
+            .execute(&pool)
+            .await;
         // The commit instant: the replica cannot have this number earlier.
         let at = Instant::now();
         let mut l = log.lock().expect("heartbeat log poisoned");
@@ -298,7 +317,10 @@ mod tests {
     fn caught_up_replica_reads_zero_even_when_the_last_beat_is_old() {
         let t0 = Instant::now();
         let l = log(&[(5, t0), (6, t0 + Duration::from_secs(1))]);
-        assert_eq!(l.lag(Some(6), t0 + Duration::from_secs(60)), Some(Duration::ZERO));
+        assert_eq!(
+            l.lag(Some(6), t0 + Duration::from_secs(60)),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]

@@ -146,7 +146,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn pool(&mut self, policy: &Policy, ctx: &Context, signal: &str) -> anyhow::Result<sqlx::PgPool> {
+    fn pool(
+        &mut self,
+        policy: &Policy,
+        ctx: &Context,
+        signal: &str,
+    ) -> anyhow::Result<sqlx::PgPool> {
         if let Some(p) = &self.pool {
             return Ok(p.clone());
         }
@@ -155,9 +160,10 @@ impl Shared {
                 "signal {signal:?}: a postgres signal needs a database connection (database.url or DATABASE_URL)"
             );
         };
-        let opts = (*base.connect_options())
-            .clone()
-            .application_name(&format!("{}:signals", worker_application_name(&policy.job.name)));
+        let opts = (*base.connect_options()).clone().application_name(&format!(
+            "{}:signals",
+            worker_application_name(&policy.job.name)
+        ));
         let pool = postgres::small_pool(opts);
         self.pool = Some(pool.clone());
         Ok(pool)

@@ -70,7 +70,12 @@ pub struct Builtin {
 }
 
 impl Builtin {
-    pub fn new(name: String, builtin: &str, pool: PgPool, policy: &Policy) -> Result<Builtin, String> {
+    pub fn new(
+        name: String,
+        builtin: &str,
+        pool: PgPool,
+        policy: &Policy,
+    ) -> Result<Builtin, String> {
         let table = policy.job.table.clone();
         let kind = match builtin {
             "replication_lag_bytes" => Kind::ReplicationLagBytes,
@@ -86,7 +91,9 @@ impl Builtin {
             "connections_used_ratio" => Kind::ConnectionsUsedRatio,
             "oldest_transaction_seconds" => Kind::OldestTransactionSeconds,
             "replication_lag_seconds" => {
-                return Err("replication_lag_seconds is read from the heartbeat, not a query".into());
+                return Err(
+                    "replication_lag_seconds is read from the heartbeat, not a query".into(),
+                );
             }
             other => return Err(format!("unknown postgres built-in {other:?}")),
         };
@@ -228,7 +235,9 @@ impl Source for Builtin {
         async move {
             match self.read_value().await {
                 Ok(v) => Reading::value(v, Utc::now()),
-                Err(why) => Reading::missing(format!("postgres {}: {why}", self.builtin), Utc::now()),
+                Err(why) => {
+                    Reading::missing(format!("postgres {}: {why}", self.builtin), Utc::now())
+                }
             }
         }
         .boxed()
@@ -251,7 +260,11 @@ pub async fn blocked_by_pacer_pids(pool: &PgPool, app: &str) -> Result<BTreeSet<
     .fetch_all(pool)
     .await?;
     let pacer: HashSet<i32> = rows.iter().filter(|r| r.1).map(|r| r.0).collect();
-    let waiting: Vec<(i32, Vec<i32>)> = rows.into_iter().filter(|r| !r.2.is_empty()).map(|r| (r.0, r.2)).collect();
+    let waiting: Vec<(i32, Vec<i32>)> = rows
+        .into_iter()
+        .filter(|r| !r.2.is_empty())
+        .map(|r| (r.0, r.2))
+        .collect();
     Ok(blocked_closure(&pacer, &waiting))
 }
 
@@ -265,7 +278,10 @@ pub fn blocked_closure(pacer: &HashSet<i32>, waiting: &[(i32, Vec<i32>)]) -> BTr
             if pacer.contains(pid) || blocked.contains(pid) {
                 continue;
             }
-            if blockers.iter().any(|b| pacer.contains(b) || blocked.contains(b)) {
+            if blockers
+                .iter()
+                .any(|b| pacer.contains(b) || blocked.contains(b))
+            {
                 blocked.insert(*pid);
                 grew = true;
             }
@@ -286,7 +302,10 @@ pub async fn ddl_waiting(pool: &PgPool, table: &str) -> Result<i64, sqlx::Error>
     .await?;
     if !any {
         // Still resolve the name, so a wrong table is an error, not a calm 0.
-        sqlx::query("SELECT $1::regclass").bind(table).execute(pool).await?;
+        sqlx::query("SELECT $1::regclass")
+            .bind(table)
+            .execute(pool)
+            .await?;
         return Ok(0);
     }
     sqlx::query_scalar(

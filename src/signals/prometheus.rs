@@ -43,16 +43,18 @@ impl Prometheus {
             .clone()
             .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()));
         if let Some(t) = token {
-            let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
-                .map_err(|_| "prometheus.bearer_token contains characters not allowed in a header".to_string())?;
+            let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                "prometheus.bearer_token contains characters not allowed in a header".to_string()
+            })?;
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
         for (k, v) in &cfg.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| format!("prometheus.headers: {k:?} is not a valid header name"))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| format!("prometheus.headers.{k}: value is not a valid header value"))?;
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                format!("prometheus.headers.{k}: value is not a valid header value")
+            })?;
             headers.insert(name, value);
         }
         let http = reqwest::Client::builder()
@@ -87,15 +89,21 @@ impl Prometheus {
                 "query returned {} series, expected one (aggregate it, e.g. with max or sum by ())",
                 v.len()
             )),
-            Data::Matrix(_) => {
-                Err("query returned a range vector; use an instant query that yields one number".into())
-            }
+            Data::Matrix(_) => Err(
+                "query returned a range vector; use an instant query that yields one number".into(),
+            ),
         }
     }
 
     /// Finite values of a range query over `[start, end]` (unix seconds).
     /// More than one series is an error for the same reason as above.
-    pub async fn range(&self, query: &str, start: i64, end: i64, step: f64) -> Result<Vec<(f64, f64)>, String> {
+    pub async fn range(
+        &self,
+        query: &str,
+        start: i64,
+        end: i64,
+        step: f64,
+    ) -> Result<Vec<(f64, f64)>, String> {
         let res = self
             .client
             .query_range(query, start, end, step)

@@ -56,18 +56,23 @@ impl Control {
         if let Some(r) = u.rate
             && !(r.is_finite() && r > 0.0 && r <= MAX_RATE)
         {
-            return Err(format!("rate {r} must be > 0 and <= {MAX_RATE} requests per second"));
+            return Err(format!(
+                "rate {r} must be > 0 and <= {MAX_RATE} requests per second"
+            ));
         }
         if let Some(l) = u.added_latency_ms
             && !(l.is_finite() && (0.0..=MAX_ADDED_LATENCY_MS).contains(&l))
         {
-            return Err(format!("added_latency_ms {l} must be between 0 and {MAX_ADDED_LATENCY_MS}"));
+            return Err(format!(
+                "added_latency_ms {l} must be between 0 and {MAX_ADDED_LATENCY_MS}"
+            ));
         }
         if let Some(r) = u.rate {
             self.rate_bits.store(r.to_bits(), Ordering::Relaxed);
         }
         if let Some(l) = u.added_latency_ms {
-            self.added_latency_us.store((l * 1000.0).round() as u64, Ordering::Relaxed);
+            self.added_latency_us
+                .store((l * 1000.0).round() as u64, Ordering::Relaxed);
         }
         Ok(self.state())
     }

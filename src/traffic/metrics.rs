@@ -45,7 +45,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let duration = Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let duration = Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let requests = Family::<Outcome, Counter>::default();
         let dropped = Counter::default();
         let target_rate = Gauge::<f64, AtomicU64>::default();
@@ -56,8 +58,16 @@ impl Metrics {
             duration.clone(),
         );
         registry.register("traffic_requests", "Requests completed", requests.clone());
-        registry.register("traffic_dropped", "Requests not sent: too many in flight", dropped.clone());
-        registry.register("traffic_target_rate", "Configured requests per second", target_rate.clone());
+        registry.register(
+            "traffic_dropped",
+            "Requests not sent: too many in flight",
+            dropped.clone(),
+        );
+        registry.register(
+            "traffic_target_rate",
+            "Configured requests per second",
+            target_rate.clone(),
+        );
         registry.register(
             "traffic_added_latency_seconds",
             "Latency injected into every request",
@@ -75,7 +85,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

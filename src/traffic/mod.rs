@@ -18,4 +18,3 @@ pub mod metrics;
 pub mod workload;
 
 pub use control::{Control, ControlUpdate};
-

@@ -83,7 +83,9 @@ pub async fn run(
     loop {
         let rate = sh.control.rate();
         sh.metrics.target_rate.set(rate);
-        sh.metrics.added_latency.set(sh.control.added_latency().as_secs_f64());
+        sh.metrics
+            .added_latency
+            .set(sh.control.added_latency().as_secs_f64());
         next += Duration::from_secs_f64(1.0 / rate);
         let now = Instant::now();
         // After a stall (machine suspended, runtime starved) do not fire a
@@ -121,7 +123,10 @@ pub async fn run(
 async fn refresh_max_id(sh: Arc<Shared>) {
     let sql = format!("SELECT coalesce(max(id), 0)::int8 FROM {}", sh.cfg.table);
     loop {
-        match sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.as_str())).fetch_one(&sh.pool).await {
+        match sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.as_str()))
+            .fetch_one(&sh.pool)
+            .await
+        {
             Ok(v) => sh.max_id.store(v, Ordering::Relaxed),
             Err(e) => tracing::warn!("reading max(id) of {}: {e}", sh.cfg.table),
         }
@@ -165,7 +170,9 @@ async fn request(sh: Arc<Shared>, n: u64, scheduled: Instant, scheduled_wall: Sy
     let latency = scheduled.elapsed();
     sh.metrics
         .duration
-        .get_or_create(&Route { route: route.into() })
+        .get_or_create(&Route {
+            route: route.into(),
+        })
         .observe(latency.as_secs_f64());
     sh.metrics
         .requests
@@ -176,7 +183,10 @@ async fn request(sh: Arc<Shared>, n: u64, scheduled: Instant, scheduled_wall: Sy
         .inc();
     if let Some(log) = &sh.log {
         let _ = log.send(Completed {
-            scheduled_unix_us: scheduled_wall.duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0),
+            scheduled_unix_us: scheduled_wall
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros())
+                .unwrap_or(0),
             route,
             latency,
             ok,
@@ -186,8 +196,14 @@ async fn request(sh: Arc<Shared>, n: u64, scheduled: Instant, scheduled_wall: Sy
 }
 
 async fn browse(sh: &Shared, id: i64) -> Result<(), sqlx::Error> {
-    let sql = format!("SELECT id, status, paid_at FROM {} WHERE id = $1", sh.cfg.table);
-    sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&sh.pool).await?;
+    let sql = format!(
+        "SELECT id, status, paid_at FROM {} WHERE id = $1",
+        sh.cfg.table
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&sh.pool)
+        .await?;
     Ok(())
 }
 
@@ -195,21 +211,37 @@ async fn browse(sh: &Shared, id: i64) -> Result<(), sqlx::Error> {
 /// same rows the backfill updates, so contention with pacer is real.
 async fn checkout(sh: &Shared, id: i64) -> Result<(), sqlx::Error> {
     let mut tx = sh.pool.begin().await?;
-    let read = format!("SELECT id, status, paid_at FROM {} WHERE id = $1", sh.cfg.table);
-    sqlx::query(AssertSqlSafe(read)).bind(id).fetch_optional(&mut *tx).await?;
+    let read = format!(
+        "SELECT id, status, paid_at FROM {} WHERE id = $1",
+        sh.cfg.table
+    );
+    sqlx::query(AssertSqlSafe(read))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
     let write = format!(
         "UPDATE {} SET paid_at = coalesce(paid_at, now()) WHERE id = $1",
         sh.cfg.table
     );
-    sqlx::query(AssertSqlSafe(write)).bind(id).execute(&mut *tx).await?;
+    sqlx::query(AssertSqlSafe(write))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
 }
 
 /// Append completed requests to `path` as CSV, flushing once a second so
 /// a benchmark reading the file sees recent requests.
-pub async fn write_latency_log(path: std::path::PathBuf, mut rx: mpsc::UnboundedReceiver<Completed>) -> std::io::Result<()> {
+pub async fn write_latency_log(
+    path: std::path::PathBuf,
+    mut rx: mpsc::UnboundedReceiver<Completed>,
+) -> std::io::Result<()> {
     let fresh = !path.exists();
-    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await?;
     let mut w = tokio::io::BufWriter::new(file);
     if fresh {
         w.write_all(Completed::CSV_HEADER.as_bytes()).await?;

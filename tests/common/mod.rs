@@ -21,7 +21,8 @@ pub const TEST_DB: &str = "pacer_signals_test";
 pub struct TestbedLock(#[allow(dead_code)] File);
 
 pub fn lock() -> TestbedLock {
-    let f = File::create(std::env::temp_dir().join("pacer-testbed.lock")).expect("creating the testbed lock file");
+    let f = File::create(std::env::temp_dir().join("pacer-testbed.lock"))
+        .expect("creating the testbed lock file");
     f.lock().expect("locking the testbed");
     TestbedLock(f)
 }
@@ -40,14 +41,17 @@ pub async fn primary(app: &str) -> PgPool {
         .connect_with(opts(PRIMARY, "postgres", "pacer-test-admin"))
         .await
         .expect("the testbed primary (127.0.0.1:5432) is not reachable: run scripts/testbed up");
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(TEST_DB)
-        .fetch_one(&admin)
-        .await
-        .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(TEST_DB)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
     if !exists {
         // Two test processes may race here; losing the race is fine.
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {TEST_DB}"))).execute(&admin).await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {TEST_DB}")))
+            .execute(&admin)
+            .await;
     }
     admin.close().await;
     PgPoolOptions::new()
@@ -60,7 +64,9 @@ pub async fn primary(app: &str) -> PgPool {
 /// A single connection (its own backend pid) on the primary.
 pub async fn session(app: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    sqlx::PgConnection::connect_with(&opts(PRIMARY, TEST_DB, app)).await.unwrap()
+    sqlx::PgConnection::connect_with(&opts(PRIMARY, TEST_DB, app))
+        .await
+        .unwrap()
 }
 
 pub async fn replica() -> PgPool {
@@ -102,7 +108,8 @@ workers = {{ start = 1, min = 1, max = 2 }}
 "#,
         replica = replica_url()
     );
-    Policy::from_toml("test-policy.toml", &text).unwrap_or_else(|e| panic!("test policy invalid: {e}\n{text}"))
+    Policy::from_toml("test-policy.toml", &text)
+        .unwrap_or_else(|e| panic!("test policy invalid: {e}\n{text}"))
 }
 
 /// Poll `f` until it returns Some, or panic after `limit` naming `what`.
@@ -129,7 +136,11 @@ pub async fn traffic_control(body: serde_json::Value) -> serde_json::Value {
         .send()
         .await
         .expect("pacer-traffic is not reachable: run scripts/testbed up");
-    assert!(resp.status().is_success(), "POST /control {body}: {}", resp.status());
+    assert!(
+        resp.status().is_success(),
+        "POST /control {body}: {}",
+        resp.status()
+    );
     resp.json().await.unwrap()
 }
 
@@ -152,7 +163,19 @@ pub struct ResumeReplay;
 impl Drop for ResumeReplay {
     fn drop(&mut self) {
         let _ = std::process::Command::new("psql")
-            .args(["-X", "-h", "127.0.0.1", "-p", "5433", "-U", "postgres", "-d", "postgres", "-Atc", "SELECT pg_wal_replay_resume()"])
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "5433",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atc",
+                "SELECT pg_wal_replay_resume()",
+            ])
             .output();
     }
 }
@@ -162,7 +185,16 @@ pub struct ResetTraffic;
 impl Drop for ResetTraffic {
     fn drop(&mut self) {
         let _ = std::process::Command::new("curl")
-            .args(["-fsS", "-m", "5", "-H", "content-type: application/json", "-d", r#"{"added_latency_ms":0}"#, &format!("{TRAFFIC}/control")])
+            .args([
+                "-fsS",
+                "-m",
+                "5",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"added_latency_ms":0}"#,
+                &format!("{TRAFFIC}/control"),
+            ])
             .output();
     }
 }
