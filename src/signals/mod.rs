@@ -109,9 +109,14 @@ pub struct Context {
 }
 
 /// The `application_name` pacer's workers carry; `blocked_by_pacer` looks
-/// for exactly this name.
+/// for exactly this name. Postgres keeps at most 63 bytes of it, so the
+/// name is cut the same way to still match for long job names.
 pub fn worker_application_name(job: &str) -> String {
-    format!("pacer:{job}")
+    let mut s = format!("pacer:{job}");
+    while s.len() > 63 {
+        s.pop();
+    }
+    s
 }
 
 /// Build the sampler for a policy's `[[signal]]`s, in policy order. Fails
@@ -248,4 +253,14 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn worker_application_name_is_cut_like_postgres_does() {
+        assert_eq!(super::worker_application_name("demo"), "pacer:demo");
+        let long = "j".repeat(100);
+        assert_eq!(super::worker_application_name(&long).len(), 63);
+    }
 }
