@@ -120,8 +120,16 @@ async fn busy_workers(pool: &PgPool, job: &str) -> i64 {
     .unwrap()
 }
 
-/// Workers idle for a sustained 2 s (longer than any sleep between batches).
+/// After a pause decision, in-flight batches finish and commit (bounded by
+/// `statement_timeout`); then the workers stay idle: sustained for 2 s,
+/// longer than any sleep between batches.
 async fn assert_idle(pool: &PgPool, job: &str) {
+    common::eventually(
+        Duration::from_secs(15),
+        "in-flight batches finished",
+        || async { (busy_workers(pool, job).await == 0).then_some(()) },
+    )
+    .await;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         assert_eq!(
@@ -131,6 +139,24 @@ async fn assert_idle(pool: &PgPool, job: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A relative baseline must be measured on calm traffic: wait until no
+/// latency was injected during the baseline window plus the p95's rate
+/// window (a previous test or benchmark may just have done so).
+async fn wait_calm_traffic() {
+    let prom = pacer::signals::prometheus::Prometheus::new(&toml::from_str("").unwrap()).unwrap();
+    common::eventually(
+        Duration::from_secs(120),
+        "no injected latency in the last 45 s",
+        || async {
+            prom.instant("max(max_over_time(traffic_added_latency_seconds[45s]))")
+                .await
+                .ok()
+                .filter(|v| *v == 0.0)
+        },
+    )
+    .await;
 }
 
 /// A fresh table with 300k pending rows in the test database and a policy
@@ -242,6 +268,7 @@ async fn run_pauses_on_replica_lag_and_resumes_when_replay_catches_up() {
 async fn run_pauses_when_checkout_p95_crosses_its_relative_stop_and_resumes_after() {
     let _l = common::lock();
     let pool = common::primary("pacer-test").await;
+    wait_calm_traffic().await;
     let (name, policy) = job(
         &pool,
         "runp95",
@@ -289,8 +316,9 @@ async fn run_pauses_when_prometheus_is_down_past_missing_grace_and_resumes_when_
     run.wait_line(0, &["running"], Duration::from_secs(60))
         .await;
     let _restart = common::RestartPrometheus;
-    common::testbed(&["down", "prometheus"]);
+    // Readings go missing from the moment Prometheus starts shutting down.
     let t = Instant::now();
+    common::testbed(&["down", "prometheus"]);
     let i = run
         .wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(30))
         .await;
