@@ -693,15 +693,16 @@ async fn baselines_prometheus_median_postgres_samples_fixed_and_refusal() {
         (n == 40).then_some(())
     })
     .await;
-    // Prometheus's own target is always up: its history is the full window
-    // once Prometheus has run that long; the rate is the known scrape cadence.
+    // `count(up)` has a full window of history once Prometheus has run that
+    // long, and its value is the number of targets, which the test asks
+    // Prometheus for separately.
     let policy = common::policy(
         "base",
         "public.base_t",
         r#"
 [[signal]]
-name = "scrapes"
-prometheus = 'sum(rate(prometheus_target_interval_length_seconds_count{interval="1s"}[10s]))'
+name = "targets"
+prometheus = 'count(up)'
 slow_above = "baseline * 2"
 
 [[signal]]
@@ -729,8 +730,6 @@ baseline = 3.5
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     assert_eq!(b["dead"], 40.0);
     assert_eq!(b["fixed"], 3.5);
-    // Every target is scraped once a second: the scrape rate is the number
-    // of targets, which the test asks Prometheus for separately.
     let targets: serde_json::Value = reqwest::get(format!(
         "{}/api/v1/targets?state=active",
         common::PROMETHEUS
@@ -742,9 +741,9 @@ baseline = 3.5
     .unwrap();
     let n = targets["data"]["activeTargets"].as_array().unwrap().len() as f64;
     assert!(
-        (b["scrapes"] - n).abs() < 0.3,
-        "scrapes baseline {} for {n} targets",
-        b["scrapes"]
+        b["targets"] == n,
+        "targets baseline {} for {n} targets",
+        b["targets"]
     );
 
     let refuse = common::policy(
