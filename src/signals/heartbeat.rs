@@ -200,6 +200,8 @@ async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Resul
     // catalog's unique indexes.
     let ddl = [
         "SELECT pg_advisory_xact_lock(hashtext('pacer heartbeat ddl'))".to_string(),
+        // "already exists, skipping" notices are noise in pacer's log.
+        "SET LOCAL client_min_messages = warning".to_string(),
         format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
         format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
