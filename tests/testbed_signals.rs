@@ -716,7 +716,7 @@ postgres = "lock_waiters"
 slow_above = "baseline * 2"
 baseline = 3.5
 "#,
-        "[controller]\ntick = \"200ms\"\n\n[baseline]\nwindow = \"20s\"\nmin_samples = 5\n",
+        "[controller]\ntick = \"200ms\"\n\n[baseline]\nwindow = \"20s\"\nmin_samples = 5\non_insufficient = \"wait\"\n",
     );
     let t = Instant::now();
     let b = capture_baselines(
@@ -727,7 +727,7 @@ baseline = 3.5
     )
     .await
     .unwrap();
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert_eq!(b["dead"], 40.0);
     assert_eq!(b["fixed"], 3.5);
     let targets: serde_json::Value = reqwest::get(format!(
