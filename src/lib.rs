@@ -15,3 +15,4 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod traffic;
