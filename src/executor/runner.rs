@@ -63,7 +63,10 @@ pub async fn run(
         )
     })?;
     let app = runner_app_name(&job);
-    let mut ctl = crate::store::connect(&url, &app).await?;
+    // The control connection (pacer's own tables, one small write a tick)
+    // is named apart from the workers, so `pacer:<job>` in pg_stat_activity
+    // means exactly the backends writing the target table.
+    let mut ctl = crate::store::connect(&url, &format!("{app}:control")).await?;
     let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;

@@ -112,11 +112,7 @@ pub struct Context {
 /// for exactly this name. Postgres keeps at most 63 bytes of it, so the
 /// name is cut the same way to still match for long job names.
 pub fn worker_application_name(job: &str) -> String {
-    let mut s = format!("pacer:{job}");
-    while s.len() > 63 {
-        s.pop();
-    }
-    s
+    crate::store::runner_app_name(job)
 }
 
 /// Build the sampler for a policy's `[[signal]]`s, in policy order. Fails
