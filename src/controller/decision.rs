@@ -279,9 +279,17 @@ pub fn fmt_dur(d: Duration) -> String {
     }
 }
 
+/// Three significant digits, without exponents in the range people read
+/// (latencies in seconds are often below 0.01).
 fn num(v: f64) -> String {
-    if v == 0.0 || (v.abs() >= 0.01 && v.abs() < 1e6) {
-        let s = format!("{v:.3}");
+    let a = v.abs();
+    if v == 0.0 || (1e-4..1e9).contains(&a) {
+        let decimals = if a >= 1.0 {
+            3
+        } else {
+            (2 - a.log10().floor() as i32).clamp(3, 6) as usize
+        };
+        let s = format!("{v:.decimals$}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         format!("{v:.3e}")

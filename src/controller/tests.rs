@@ -152,3 +152,19 @@ fn stale_reading_counts_as_missing() {
     assert_eq!(d.action, Action::Hold);
     assert!(matches!(d.causes[0], Cause::Missing { .. }), "{d:?}");
 }
+
+#[test]
+fn small_values_read_without_exponents() {
+    let c = Cause::Signal {
+        signal: "p95".into(),
+        value: 0.012,
+        level: "slow",
+        threshold: 0.011433,
+        expr: Some("baseline * 1.5".into()),
+        baseline: Some(0.007622),
+    };
+    assert_eq!(
+        c.to_string(),
+        "p95 0.012 > slow 0.0114 (baseline 0.00762 * 1.5)"
+    );
+}
