@@ -8,6 +8,8 @@
 pub mod control;
 pub mod decisions;
 pub mod jobs;
+pub mod history;
+pub mod samples;
 
 use std::time::Duration;
 
