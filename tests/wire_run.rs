@@ -52,15 +52,30 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
     .await;
     assert!(started, "the job did not start");
 
-    // /metrics: Prometheus text with the job's numbers.
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // /metrics: Prometheus text with the job's numbers (progress lands
+    // there once per controller tick).
+    let get_metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let rows_done = |m: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with("pacer_rows_done"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let moved = wait_until(Duration::from_secs(10), || async {
+        rows_done(&get_metrics().await) > 0.0
+    })
+    .await;
+    let metrics = get_metrics().await;
+    assert!(moved, "pacer_rows_done stays 0:\n{metrics}");
     for name in [
         "pacer_rows_done",
         "pacer_rows_pending",
@@ -71,12 +86,6 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
-    let rows_done_line = metrics
-        .lines()
-        .find(|l| l.starts_with("pacer_rows_done"))
-        .unwrap();
-    let rows_done: f64 = rows_done_line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(rows_done > 0.0, "{rows_done_line}");
 
     // POST /pause: the job pauses and writes nothing more.
     let r = http
@@ -90,12 +99,20 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
         cli_status(&policy).await["state"] == "paused"
     })
     .await;
-    assert!(paused, "the job did not pause: {}", cli_status(&policy).await);
+    assert!(
+        paused,
+        "the job did not pause: {}",
+        cli_status(&policy).await
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     let progress = "SELECT count(*) FROM pacer.progress WHERE job = 't'";
     let frozen = count(&pool, progress).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(count(&pool, progress).await, frozen, "progress rows added while paused");
+    assert_eq!(
+        count(&pool, progress).await,
+        frozen,
+        "progress rows added while paused"
+    );
 
     // GET /status is `pacer status --json` (fields that do not move while paused).
     let api: serde_json::Value = http
@@ -122,7 +139,10 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
         "started_at",
         "finished_at",
     ] {
-        assert_eq!(api[k], cli[k], "/status and `pacer status --json` differ on {k}");
+        assert_eq!(
+            api[k], cli[k],
+            "/status and `pacer status --json` differ on {k}"
+        );
     }
     let mut api_keys: Vec<_> = api.as_object().unwrap().keys().collect();
     let mut cli_keys: Vec<_> = cli.as_object().unwrap().keys().collect();
@@ -131,7 +151,10 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
     assert_eq!(api_keys, cli_keys);
     assert_eq!(api["paused_by"]["reason"], "api pause test");
     assert!(
-        api["paused_by"]["by"].as_str().unwrap().starts_with("http:"),
+        api["paused_by"]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("http:"),
         "{api}"
     );
 
@@ -154,8 +177,8 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
 
     // pacer report: well-formed SVG with the knob series, a runbook with the
     // SQL and the pause with its cause.
-    let out_dir = std::env::var_os("PACER_REPORT_OUT")
-        .map_or_else(|| dir.path().join("report"), Into::into);
+    let out_dir =
+        std::env::var_os("PACER_REPORT_OUT").map_or_else(|| dir.path().join("report"), Into::into);
     let out = output({
         let mut c = pacer(&["report"], &policy);
         c.arg("--out").arg(&out_dir);
@@ -184,7 +207,10 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
         );
     }
     assert!(md.contains("UPDATE t SET counter = counter + 1"), "{md}");
-    assert!(md.contains("api pause test"), "the pause cause is missing:\n{md}");
+    assert!(
+        md.contains("api pause test"),
+        "the pause cause is missing:\n{md}"
+    );
     let samples = count(&pool, "SELECT count(*) FROM pacer.samples WHERE job = 't'").await;
     assert!(samples > 5, "{samples} samples");
 
@@ -208,20 +234,33 @@ async fn http_listen_problems_stop_run_before_the_first_write(pool: PgPool) {
 
     // Taken: exit 3.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let extra = format!(
-        "[http]\nlisten = \"{}\"\n",
-        taken.local_addr().unwrap()
+    let extra = format!("[http]\nlisten = \"{}\"\n", taken.local_addr().unwrap());
+    let (_d1, p1) = policy(
+        &url,
+        &Spec {
+            extra: &extra,
+            ..Spec::default()
+        },
     );
-    let (_d1, p1) = policy(&url, &Spec { extra: &extra, ..Spec::default() });
     let out = output(pacer(&["run"], &p1)).await;
     assert_eq!(out.code, Some(3), "{}", out.all());
     assert!(out.stderr.contains("[http] listen"), "{}", out.stderr);
-    assert_eq!(count(&pool, no_schema).await, 0, "pacer wrote before failing");
+    assert_eq!(
+        count(&pool, no_schema).await,
+        0,
+        "pacer wrote before failing"
+    );
     assert_eq!(counters(&pool, "t").await, (1000, 0, 0));
 
     // Non-loopback without a token: exit 2.
     let extra = format!("[http]\nlisten = \"0.0.0.0:{}\"\n", free_port());
-    let (_d2, p2) = policy(&url, &Spec { extra: &extra, ..Spec::default() });
+    let (_d2, p2) = policy(
+        &url,
+        &Spec {
+            extra: &extra,
+            ..Spec::default()
+        },
+    );
     let out = output({
         let mut c = pacer(&["run"], &p2);
         c.env_remove("PACER_CONTROL_TOKEN");
@@ -234,7 +273,11 @@ async fn http_listen_problems_stop_run_before_the_first_write(pool: PgPool) {
         "{}",
         out.stderr
     );
-    assert_eq!(count(&pool, no_schema).await, 0, "pacer wrote before failing");
+    assert_eq!(
+        count(&pool, no_schema).await,
+        0,
+        "pacer wrote before failing"
+    );
     drop(taken);
 }
 
@@ -283,7 +326,8 @@ async fn cleanup_only_for_finished_verified_jobs(pool: PgPool) {
     let out = output(cleanup(&["--force"])).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(
-        out.stdout.contains(&format!("{progress_rows} row(s) from progress"))
+        out.stdout
+            .contains(&format!("{progress_rows} row(s) from progress"))
             && out.stdout.contains("1 row(s) from control"),
         "{}",
         out.stdout

@@ -48,7 +48,10 @@ async fn cleanup(policy: &Policy, args: &CleanupArgs) -> anyhow::Result<u8> {
     let mut conn = crate::store::connect(&url, "pacer-cli").await?;
     let store = Store::for_policy(policy);
     if !store.exists(&mut conn).await? {
-        println!("nothing to clean up: pacer has no tables in schema {:?}", store.schema());
+        println!(
+            "nothing to clean up: pacer has no tables in schema {:?}",
+            store.schema()
+        );
         return Ok(exit::OK);
     }
     let alive: bool = sqlx::query_scalar(
@@ -104,12 +107,17 @@ async fn cleanup(policy: &Policy, args: &CleanupArgs) -> anyhow::Result<u8> {
         .await?;
         plan.push((table, col, n));
     }
-    println!("pacer cleanup of job {job:?} in schema {:?} will remove:", store.schema());
+    println!(
+        "pacer cleanup of job {job:?} in schema {:?} will remove:",
+        store.schema()
+    );
     for (table, _, n) in &plan {
         println!("  {n} row(s) from {table}");
     }
     if !args.history {
-        println!("  (keeping the job row, decision history and samples: `--history` removes them too)");
+        println!(
+            "  (keeping the job row, decision history and samples: `--history` removes them too)"
+        );
     }
     let mut tx = conn.begin().await?;
     for (table, col, _) in &plan {

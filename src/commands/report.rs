@@ -86,6 +86,10 @@ async fn report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
         verification,
         rollback: None,
     };
-    crate::report::render(&history, &info, &args.out)
-        .map_err(|e| Fail::failed(format!("cannot write the report to {}: {e:#}", args.out.display())))
+    crate::report::render(&history, &info, &args.out).map_err(|e| {
+        Fail::failed(format!(
+            "cannot write the report to {}: {e:#}",
+            args.out.display()
+        ))
+    })
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tracing::Instrument as _;
 use sqlx::postgres::PgConnection;
 use tokio::sync::{Mutex, mpsc, watch};
+use tracing::Instrument as _;
 
 use super::dispatch::{Dispatch, Finish};
 use super::target::Target;
@@ -300,10 +300,10 @@ pub async fn run(
         };
         let decision = controller.step(now, &inputs);
         telemetry.decision(&decision);
-        if decision.changed() {
-            if let Err(e) = store.record_decision(&mut ctl, &job, &decision).await {
-                tracing::warn!(error = %e, "recording the decision failed");
-            }
+        if decision.changed()
+            && let Err(e) = store.record_decision(&mut ctl, &job, &decision).await
+        {
+            tracing::warn!(error = %e, "recording the decision failed");
         }
         state = decision.state;
         cmd_tx.send_replace(Command {
@@ -398,6 +398,25 @@ pub async fn run(
                 .save_position(&mut ctl, &job, "done", pass, None, &knobs)
                 .await?;
             store.finish(&mut ctl, &job, "done", "complete").await?;
+            // The timeline ends with the job's end, not its last tick.
+            let last = store
+                .record_sample(
+                    &mut ctl,
+                    &job,
+                    &crate::store::samples::NewSample {
+                        at: Utc::now(),
+                        state: "done",
+                        knobs: &knobs,
+                        rows_done: total_done,
+                        rows_per_second: 0.0,
+                        signals: &serde_json::json!({}),
+                        retries: &Default::default(),
+                    },
+                )
+                .await;
+            if let Err(e) = last {
+                tracing::warn!(error = %e, "recording the final sample failed");
+            }
             RunOutcome {
                 code: exit::OK,
                 summary: format!(

@@ -64,7 +64,10 @@ impl Store {
         .bind(job)
         .fetch_all(&mut *conn)
         .await?;
-        Ok(rows.into_iter().map(|(k, n)| (k, n.max(0) as u64)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(k, n)| (k, n.max(0) as u64))
+            .collect())
     }
 
     /// The job's samples in time order.
@@ -81,7 +84,8 @@ impl Store {
         .bind(job)
         .fetch_all(&mut *conn)
         .await?;
-        rows.into_iter()
+        let mut samples = rows
+            .into_iter()
             .map(|r| {
                 let knobs: serde_json::Value = r.try_get("knobs")?;
                 let signals: serde_json::Value = r.try_get("signals")?;
@@ -95,6 +99,32 @@ impl Store {
                     signals: serde_json::from_value(signals).unwrap_or_default(),
                 })
             })
-            .collect()
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        recent_rates(&mut samples, RATE_WINDOW);
+        Ok(samples)
+    }
+}
+
+/// Window of the rows/s a report draws: short enough that a pause shows as
+/// a drop to zero, long enough to smooth over batch boundaries.
+const RATE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::seconds(10);
+
+/// Rows/s over the trailing `window` from the samples' rows done. The
+/// runner's own rate (what the progress line showed) averages over a minute
+/// and starts from the run's start, which smears pauses away on a chart.
+fn recent_rates(samples: &mut [crate::history::Sample], window: chrono::TimeDelta) {
+    let points: Vec<(DateTime<Utc>, u64)> = samples.iter().map(|s| (s.at, s.rows_done)).collect();
+    let mut j = 0;
+    for (i, s) in samples.iter_mut().enumerate() {
+        while points[j].0 < s.at - window {
+            j += 1;
+        }
+        let (t0, r0) = points[j.min(i)];
+        let secs = (s.at - t0).as_seconds_f64();
+        s.rows_per_second = if secs > 0.0 {
+            s.rows_done.saturating_sub(r0) as f64 / secs
+        } else {
+            0.0
+        };
     }
 }
