@@ -304,8 +304,13 @@ async fn cleanup_only_for_finished_verified_jobs(pool: PgPool) {
     assert!(out.stderr.contains("refusing"), "{}", out.stderr);
     assert_eq!(count(&pool, &n("control")).await, 1);
 
-    let out = output(pacer(&["run"], &policy)).await;
+    let out = output(pacer(&["run", "--log-batches"], &policy)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr.contains(" INFO [t] batch of "),
+        "--log-batches shows each batch at INFO:\n{}",
+        out.stderr
+    );
 
     // Done, but a row is pending again: refused, nothing removed.
     sqlx::query("INSERT INTO t (id) VALUES (99999999)")

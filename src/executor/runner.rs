@@ -483,7 +483,7 @@ pub async fn run(
 /// address, weak token, unresolvable name), 3 when the address is in use.
 async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpServer> {
     let listen = &policy.http.listen;
-    let server = http::serve(
+    http::serve(
         listen,
         http::token_from_env(),
         t.metrics(),
@@ -494,9 +494,7 @@ async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpSer
         HttpError::Bind { .. } => Fail::failed(e.to_string()),
         HttpError::WeakToken { .. } => Fail::invalid(format!("[http] listen = {listen:?}: {e}")),
         _ => Fail::invalid(e.to_string()),
-    })?;
-    tracing::info!(listen = %server.local_addr(), "serving /metrics, /status, POST /pause, POST /resume");
-    Ok(server)
+    })
 }
 
 /// Before the first write: apply one batch twice in a rolled-back
