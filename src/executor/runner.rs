@@ -323,8 +323,11 @@ pub async fn run(
         } else {
             paused_since = None;
         }
-        if let PauseVerdict::Stop { .. } = telemetry.pause_check(now, paused_since, &pause_reason)
+        // Once stopping, the alarm has done its job: no WARN per tick.
+        if !max_pause_exceeded
             && !sh.stopping()
+            && let PauseVerdict::Stop { .. } =
+                telemetry.pause_check(now, paused_since, &pause_reason)
         {
             max_pause_exceeded = true;
             sh.request_stop();
