@@ -7,8 +7,8 @@
 
 pub mod control;
 pub mod decisions;
-pub mod jobs;
 pub mod history;
+pub mod jobs;
 pub mod samples;
 
 use std::time::Duration;
