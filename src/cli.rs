@@ -72,6 +72,32 @@ pub enum Command {
     Status(StatusArgs),
     /// Count rows still pending (in throttled chunks) and show sample rows.
     Verify(VerifyArgs),
+    /// Write timeline.svg and report.md from a job's stored history.
+    Report(ReportArgs),
+    /// Remove what pacer keeps for a finished, verified job.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Directory for timeline.svg and report.md (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub policy: PolicyArg,
+    /// Also remove the job row, its decision history and per-tick samples
+    /// (after this `pacer report` has nothing to draw).
+    #[arg(long)]
+    pub history: bool,
+    /// Clean up even if the job is not finished or rows are still pending.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +110,9 @@ pub struct RunArgs {
     /// Read, estimate and EXPLAIN; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Log every batch at INFO (default DEBUG).
+    #[arg(long)]
+    pub log_batches: bool,
 }
 
 #[derive(Debug, Args)]

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         Command::Resume(args) => pacer::commands::resume::run(&args),
         Command::Status(args) => pacer::commands::status::run(&args),
         Command::Verify(args) => pacer::commands::verify::run(&args),
+        Command::Report(args) => pacer::commands::report::run(&args),
+        Command::Cleanup(args) => pacer::commands::cleanup::run(&args),
     };
     ExitCode::from(code)
 }

@@ -1,7 +1,9 @@
 //! One module per CLI command: wiring only, no logic of its own.
 
 pub mod check;
+pub mod cleanup;
 pub mod pause;
+pub mod report;
 pub mod resume;
 pub mod run;
 pub mod simulate;

@@ -28,16 +28,8 @@ fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
         .map_err(anyhow::Error::from)
         .and_then(|rt| {
             rt.block_on(async {
-                let url = database_url(&policy).ok_or_else(|| {
-                    Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
-                })?;
-                let mut conn = crate::store::connect(&url, "pacer-cli").await?;
-                let store = Store::for_policy(&policy);
-                store.migrate(&mut conn).await?;
                 let by = operator();
-                store
-                    .set_paused(&mut conn, &policy.job.name, paused, &by, reason)
-                    .await?;
+                set_switch(&policy, paused, &by, reason).await?;
                 Ok::<_, anyhow::Error>(by)
             })
         });
@@ -68,4 +60,25 @@ fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
             Fail::code_of(&e)
         }
     }
+}
+
+/// Flip the pause switch as `by`; `pacer pause`/`resume` and `POST
+/// /pause`/`/resume` all go through here so they act the same.
+pub async fn set_switch(
+    policy: &Policy,
+    paused: bool,
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let url = database_url(policy).ok_or_else(|| {
+        Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
+    })?;
+    let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+    let store = Store::for_policy(policy);
+    store.migrate(&mut conn).await?;
+    store
+        .set_paused(&mut conn, &policy.job.name, paused, by, reason)
+        .await?;
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
 }

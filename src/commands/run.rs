@@ -31,6 +31,7 @@ pub fn run(args: &RunArgs) -> u8 {
         policy_path: args.policy.policy.clone(),
         accept_policy_change: args.accept_policy_change,
         dry_run: args.dry_run,
+        log_batches: args.log_batches,
     };
     rt.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

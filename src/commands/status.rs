@@ -18,10 +18,7 @@ pub fn run(args: &StatusArgs) -> u8 {
     match result {
         Ok(None) => {
             if args.json {
-                println!(
-                    "{}",
-                    json!({"job": policy.job.name, "state": null, "message": "job has not started"})
-                );
+                println!("{}", not_started(&policy));
             } else {
                 println!("job {} has not started", policy.job.name);
             }
@@ -40,6 +37,17 @@ pub fn run(args: &StatusArgs) -> u8 {
             Fail::code_of(&e)
         }
     }
+}
+
+/// The JSON `pacer status --json` prints for a job that never started.
+pub fn not_started(policy: &Policy) -> serde_json::Value {
+    json!({"job": policy.job.name, "state": null, "message": "job has not started"})
+}
+
+/// Exactly what `pacer status --json` prints, started or not: `GET /status`
+/// serves this, so the API and the CLI cannot drift apart.
+pub async fn status_json(policy: &Policy) -> anyhow::Result<serde_json::Value> {
+    Ok(status(policy).await?.unwrap_or_else(|| not_started(policy)))
 }
 
 /// The job's status as JSON; `None` when the job never started. Reads only

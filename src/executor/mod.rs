@@ -10,6 +10,7 @@
 //! See docs/EXECUTOR.md for the guarantees.
 
 pub mod batch;
+pub mod control;
 pub mod dispatch;
 pub mod failpoint;
 pub mod keys;
@@ -58,6 +59,8 @@ pub struct Shared {
     pub read_errors: AtomicU32,
     pub governor: Option<DefaultDirectRateLimiter>,
     pub outcomes: mpsc::UnboundedSender<BatchOutcome>,
+    /// Batch lines at INFO (`--log-batches`) instead of DEBUG.
+    pub log_batches: bool,
     stop: watch::Sender<bool>,
     end: Mutex<Option<End>>,
 }
@@ -91,6 +94,7 @@ impl Shared {
             read_errors: AtomicU32::new(0),
             governor,
             outcomes,
+            log_batches: false,
             stop: watch::channel(false).0,
             end: Mutex::new(None),
         }

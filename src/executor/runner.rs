@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 use tokio::sync::{Mutex, mpsc, watch};
+use tracing::Instrument as _;
 
 use super::dispatch::{Dispatch, Finish};
 use super::target::Target;
@@ -19,12 +20,17 @@ use crate::controller::{Controller, Inputs, ManualPause, State};
 use crate::policy::Policy;
 use crate::store::jobs::NewJob;
 use crate::store::{Fail, Store, database_url, redact_url, runner_app_name};
+use crate::telemetry::http::{self, HttpError, HttpServer};
+use crate::telemetry::pause_watch::PauseVerdict;
+use crate::telemetry::{JobTelemetry, TelemetryOptions};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub policy_path: PathBuf,
     pub accept_policy_change: bool,
     pub dry_run: bool,
+    /// Batch lines at INFO instead of DEBUG.
+    pub log_batches: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +77,17 @@ pub async fn run(
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;
     }
+    let mut telemetry = JobTelemetry::new(
+        policy,
+        TelemetryOptions {
+            log_batches: opts.log_batches,
+            ..TelemetryOptions::default()
+        },
+    )
+    .map_err(|e| Fail::invalid(format!("job.labels: {e}")))?;
+    // Before the first write: an operator who cannot reach /pause must
+    // learn it now, not in the middle of a backfill.
+    let server = serve_http(policy, &telemetry).await?;
     probe_update(&mut ctl, policy, &target).await?;
     let store = Store::for_policy(policy);
     store.migrate(&mut ctl).await?;
@@ -170,10 +187,12 @@ pub async fn run(
     if let Some(k) = row.knobs {
         controller = controller.with_knobs(k);
     }
+    telemetry.levels(controller.levels());
+    let metrics = telemetry.metrics();
 
     let (rows_before, next_id) = store.progress_totals(&mut ctl, &job).await?;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-    let sh = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         url.clone(),
         app.clone(),
         store.clone(),
@@ -182,7 +201,9 @@ pub async fn run(
         policy.limits.clone(),
         next_id,
         out_tx,
-    ));
+    );
+    shared.log_batches = opts.log_batches;
+    let sh = Arc::new(shared);
     let reader = crate::store::connect(&url, &app).await?;
     let dispatch = Arc::new(Mutex::new(Dispatch::new(
         target.clone(),
@@ -199,12 +220,10 @@ pub async fn run(
     });
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..policy.limits.workers.max {
-        workers.spawn(super::worker::run(
-            i,
-            sh.clone(),
-            dispatch.clone(),
-            cmd_rx.clone(),
-        ));
+        workers.spawn(
+            super::worker::run(i, sh.clone(), dispatch.clone(), cmd_rx.clone())
+                .instrument(telemetry.span().clone()),
+        );
     }
     tracing::info!(job = %job, table = %target.table_q, key = %target.key_name, knobs = ?controller.knobs(), "running");
 
@@ -212,8 +231,9 @@ pub async fn run(
     let mut tick = tokio::time::interval(policy.controller.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state;
-    let mut paused_since: Option<Instant> = None;
-    let mut max_pause_warned = Instant::now();
+    let mut paused_since: Option<DateTime<Utc>> = None;
+    let mut pause_reason = String::new();
+    let signal_names: Vec<&str> = policy.signals.iter().map(|s| s.name.as_str()).collect();
     let mut stopped_by_signal = false;
     let mut max_pause_exceeded = false;
     let mut last_switch: Option<bool> = None;
@@ -237,8 +257,15 @@ pub async fn run(
         }
         let now = Utc::now();
         let readings = sampler.sample().await;
+        telemetry.readings(&readings);
         let mut batches = Vec::new();
+        let mut retries = std::collections::BTreeMap::new();
         while let Ok(b) = out_rx.try_recv() {
+            metrics.observe_batch(&b);
+            if let Some(class) = b.error {
+                telemetry.retry(class);
+                *retries.entry(class.as_str()).or_insert(0u64) += 1;
+            }
             batches.push(b);
         }
         let switch = store.switch(&mut ctl, &job).await.unwrap_or_else(|e| {
@@ -262,6 +289,12 @@ pub async fn run(
             );
         }
         last_switch = Some(now_paused);
+        let sample_signals: serde_json::Value = signal_names
+            .iter()
+            .zip(&readings)
+            .map(|(n, r)| (n.to_string(), serde_json::json!(r.value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
         let inputs = Inputs {
             readings,
             batches,
@@ -269,41 +302,61 @@ pub async fn run(
             app_limited: sh.app_limited.swap(false, Ordering::Relaxed),
         };
         let decision = controller.step(now, &inputs);
-        if decision.changed() {
-            tracing::info!(
-                job = %job,
-                state = decision.state.as_str(),
-                knobs = %format!("batch={} sleep={} workers={}", decision.knobs.batch_size,
-                    fmt_dur(decision.knobs.sleep), decision.knobs.workers),
-                "{}",
-                decision.summary()
-            );
-            if let Err(e) = store.record_decision(&mut ctl, &job, &decision).await {
-                tracing::warn!(error = %e, "recording the decision failed");
-            }
+        telemetry.decision(&decision);
+        if decision.changed()
+            && let Err(e) = store.record_decision(&mut ctl, &job, &decision).await
+        {
+            tracing::warn!(error = %e, "recording the decision failed");
         }
         state = decision.state;
         cmd_tx.send_replace(Command {
             knobs: decision.knobs,
             paused: state == State::Paused,
         });
-        // Max pause.
         if state == State::Paused {
-            let since = *paused_since.get_or_insert_with(Instant::now);
-            if let Some(max) = policy.job.max_pause
-                && since.elapsed() > max
-            {
-                if policy.job.stop_after_max_pause && !sh.stopping() {
-                    tracing::warn!(job = %job, "paused longer than job.max_pause; stopping (job.stop_after_max_pause)");
-                    max_pause_exceeded = true;
-                    sh.request_stop();
-                } else if max_pause_warned.elapsed() > Duration::from_secs(60) {
-                    tracing::warn!(job = %job, paused_for = ?since.elapsed(), "paused longer than job.max_pause");
-                    max_pause_warned = Instant::now();
-                }
+            if paused_since.is_none() {
+                paused_since = Some(now);
+                pause_reason = decision
+                    .causes
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
             }
         } else {
             paused_since = None;
+        }
+        // Once stopping, the alarm has done its job: no WARN per tick.
+        if !max_pause_exceeded
+            && !sh.stopping()
+            && let PauseVerdict::Stop { .. } =
+                telemetry.pause_check(now, paused_since, &pause_reason)
+        {
+            max_pause_exceeded = true;
+            sh.request_stop();
+        }
+        let rows_done = rows_before as u64 + sh.rows();
+        let pending = row
+            .rows_at_start
+            .map(|n| (n.max(0) as u64).saturating_sub(rows_done));
+        let line = telemetry.progress(now, rows_done, pending, state.as_str(), decision.knobs);
+        if let Err(e) = store
+            .record_sample(
+                &mut ctl,
+                &job,
+                &crate::store::samples::NewSample {
+                    at: now,
+                    state: state.as_str(),
+                    knobs: &decision.knobs,
+                    rows_done,
+                    rows_per_second: line.rate,
+                    signals: &sample_signals,
+                    retries: &retries,
+                },
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "recording the tick's sample failed");
         }
         let (pass, cursor) = dispatch.lock().await.position();
         if let Err(e) = store
@@ -351,6 +404,25 @@ pub async fn run(
                 .save_position(&mut ctl, &job, "done", pass, None, &knobs)
                 .await?;
             store.finish(&mut ctl, &job, "done", "complete").await?;
+            // The timeline ends with the job's end, not its last tick.
+            let last = store
+                .record_sample(
+                    &mut ctl,
+                    &job,
+                    &crate::store::samples::NewSample {
+                        at: Utc::now(),
+                        state: "done",
+                        knobs: &knobs,
+                        rows_done: total_done,
+                        rows_per_second: 0.0,
+                        signals: &serde_json::json!({}),
+                        retries: &Default::default(),
+                    },
+                )
+                .await;
+            if let Err(e) = last {
+                tracing::warn!(error = %e, "recording the final sample failed");
+            }
             RunOutcome {
                 code: exit::OK,
                 summary: format!(
@@ -401,8 +473,34 @@ pub async fn run(
             }
         }
     };
+    if outcome.code == exit::OK && matches!(sh.end(), Some(End::Finished(Finish::Done))) {
+        telemetry.finish(&outcome.summary);
+    }
+    if let Err(e) = server.shutdown().await {
+        tracing::warn!(error = %e, "stopping the HTTP server");
+    }
     let _ = sqlx::Connection::close(ctl).await;
     Ok(outcome)
+}
+
+/// Serve `/metrics`, `/status` and the control API on `[http] listen`. A
+/// refused or taken address is an error naming `[http] listen`: exit 2 for
+/// a configuration the operator must change (no token for a non-loopback
+/// address, weak token, unresolvable name), 3 when the address is in use.
+async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpServer> {
+    let listen = &policy.http.listen;
+    http::serve(
+        listen,
+        http::token_from_env(),
+        t.metrics(),
+        Arc::new(super::control::StoreControl::new(policy)),
+    )
+    .await
+    .map_err(|e| match e {
+        HttpError::Bind { .. } => Fail::failed(e.to_string()),
+        HttpError::WeakToken { .. } => Fail::invalid(format!("[http] listen = {listen:?}: {e}")),
+        _ => Fail::invalid(e.to_string()),
+    })
 }
 
 /// Before the first write: apply one batch twice in a rolled-back

@@ -82,6 +82,7 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
         let (rows, deferred) = match apply(
+            idx,
             &sh,
             &mut writer,
             &batch.keys,
@@ -132,6 +133,7 @@ async fn wait_for_quota(sh: &Shared, rows: usize) {
 /// commits. Returns rows changed and keys set aside, or the message that
 /// stops the job.
 async fn apply(
+    worker: u32,
     sh: &Shared,
     w: &mut Writer,
     keys: &Keys,
@@ -151,9 +153,27 @@ async fn apply(
             let t0 = Instant::now();
             let attempt = w.attempt(sh, &part, id, pass, lock_free).await;
             let report = |rows: u64, error: Option<BatchError>| {
+                let duration = t0.elapsed();
+                let (first, last) = (
+                    part.first_text().unwrap_or_default(),
+                    part.last_text().unwrap_or_default(),
+                );
+                crate::telemetry::log_batch(
+                    &crate::telemetry::BatchLine {
+                        worker,
+                        first_key: &first,
+                        last_key: &last,
+                        batch_size: part.len() as u32,
+                        rows,
+                        duration,
+                        retries: failures,
+                        error: error.as_ref().map(BatchError::as_str),
+                    },
+                    sh.log_batches,
+                );
                 let _ = sh.outcomes.send(BatchOutcome {
                     started,
-                    duration: t0.elapsed(),
+                    duration,
                     rows,
                     error,
                 });

@@ -7,7 +7,9 @@
 
 pub mod control;
 pub mod decisions;
+pub mod history;
 pub mod jobs;
+pub mod samples;
 
 use std::time::Duration;
 

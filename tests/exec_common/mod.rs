@@ -112,8 +112,35 @@ hold_after_resume = "1s"
         mr = s.max_retries,
         extra = s.extra,
     );
+    // Every run serves HTTP: give each policy a port of its own, so tests
+    // running in parallel do not fight over the default 127.0.0.1:9187.
+    let text = if s.extra.contains("[http]") {
+        text
+    } else {
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:{}\"\n", free_port())
+    };
     std::fs::write(&path, text).unwrap();
     (dir, path)
+}
+
+/// A loopback port nobody listened on a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `[http] listen` address of a policy file written by `policy`.
+pub fn listen_of(policy: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(policy).unwrap();
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("listen"))
+        .expect("the policy has [http] listen");
+    line.split('"').nth(1).unwrap().to_string()
 }
 
 pub fn pacer(args: &[&str], policy: &PathBuf) -> Command {
