@@ -111,6 +111,9 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
     };
     let tfmt = if (t1 - t0) > chrono::Duration::hours(36) {
         "%m-%d %H:%M"
+    } else if (t1 - t0) < chrono::Duration::minutes(15) {
+        // Short runs: minute labels would repeat along the axis.
+        "%H:%M:%S"
     } else {
         "%H:%M"
     };
@@ -253,10 +256,16 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
     // Throughput, with rows done on the right-hand axis.
     let (area, r) = rest.split_vertically(RATE_H);
     rest = r;
+    // The rate between consecutive samples, from rows done: a producer's
+    // own rows/s may be a trailing average that would smear into pauses.
     let rate: Vec<(DateTime<Utc>, f64)> = h
         .samples
-        .iter()
-        .map(|x| (x.at, x.rows_per_second))
+        .windows(2)
+        .map(|w| {
+            let dt = (w[1].at - w[0].at).as_seconds_f64();
+            let rows = w[1].rows_done.saturating_sub(w[0].rows_done) as f64;
+            (w[1].at, if dt > 0.0 { rows / dt } else { 0.0 })
+        })
         .collect();
     let rate = mean_buckets(&rate);
     let rmax = rate.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.12;
@@ -557,13 +566,15 @@ fn draw_header(area: &Area<'_>, h: &History, cx: &Ctx<'_>) -> anyhow::Result<()>
     .map_err(err)?;
     let total_pause: std::time::Duration = s.pauses.iter().map(|p| s.pause_length(p)).sum();
     let line = format!(
-        "{} → {} ({})  ·  {}  ·  {} rows  ·  avg {} rows/s, peak {} rows/s  ·  {} pause{} ({})  ·  ended {}",
+        "{} → {} ({})  ·  {}  ·  {} rows  ·  avg {} rows/s, peak {} rows/s over 1 min  ·  {} pause{} ({})  ·  ended {}",
         cx.t0.with_timezone(&cx.tz).format("%Y-%m-%d %H:%M"),
-        cx.t1.with_timezone(&cx.tz).format(if cx.tfmt == "%H:%M" {
-            "%H:%M"
-        } else {
-            "%Y-%m-%d %H:%M"
-        }),
+        cx.t1
+            .with_timezone(&cx.tz)
+            .format(if cx.tfmt.starts_with("%H") {
+                "%H:%M"
+            } else {
+                "%Y-%m-%d %H:%M"
+            }),
         cx.tz.name(),
         fmt_dur(s.duration),
         group(s.rows),
