@@ -1,14 +1,10 @@
 use crate::cli::{CheckArgs, exit};
-use crate::policy::Policy;
 use crate::store::{Fail, database_url};
 
 pub fn run(args: &CheckArgs) -> u8 {
-    let p = match Policy::load(&args.policy.policy) {
+    let p = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
     println!(
         "{}: ok (job {:?}, {} signal(s), {} window(s))",
@@ -27,14 +23,10 @@ pub fn run(args: &CheckArgs) -> u8 {
         );
         return exit::OK;
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            rt.block_on(async {
-                let mut conn = crate::store::connect(&url, "pacer-cli").await?;
-                crate::preflight::preflight(&mut conn, &p, args.force).await
-            })
-        });
+    let result = super::block_on(async {
+        let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+        crate::preflight::preflight(&mut conn, &p, args.force).await
+    });
     match result {
         Ok(report) => {
             for n in &report.notes {

@@ -10,16 +10,11 @@ use crate::store::{Fail, Store, database_url, runner_app_name};
 /// and, without `--force`, for a job that is not done or still has rows
 /// pending by the same count `pacer verify` makes.
 pub fn run(args: &CleanupArgs) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(cleanup(&policy, args)));
+    let result = super::block_on(cleanup(&policy, args));
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -9,3 +9,23 @@ pub mod run;
 pub mod simulate;
 pub mod status;
 pub mod verify;
+
+use std::path::Path;
+
+use crate::cli::exit;
+use crate::policy::Policy;
+
+/// Load and validate the policy, printing every problem: the first step of
+/// every command. `Err` carries the exit code.
+pub(crate) fn load_policy(path: &Path) -> Result<Policy, u8> {
+    Policy::load(path).map_err(|e| {
+        eprintln!("{e}");
+        exit::INVALID
+    })
+}
+
+/// Run one async operation on a fresh runtime, for commands that are a
+/// single round of database work.
+pub(crate) fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    run::runtime()?.block_on(fut)
+}

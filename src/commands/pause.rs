@@ -17,22 +17,15 @@ pub fn resume(args: &ResumeArgs) -> u8 {
 
 /// Flip the job's pause switch; a running job obeys within one tick.
 fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
-    let policy = match Policy::load(path) {
+    let policy = match super::load_policy(path) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| {
-            rt.block_on(async {
-                let by = operator();
-                set_switch(&policy, paused, &by, reason).await?;
-                Ok::<_, anyhow::Error>(by)
-            })
-        });
+    let result = super::block_on(async {
+        let by = operator();
+        set_switch(&policy, paused, &by, reason).await?;
+        Ok(by)
+    });
     match result {
         Ok(by) => {
             if paused {

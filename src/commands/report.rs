@@ -6,16 +6,11 @@ use crate::store::{Fail, Store, database_url, redact_url};
 /// `pacer report`: the stored history of the policy's job, rendered like a
 /// simulation's (`report::render`), with the verification result.
 pub fn run(args: &ReportArgs) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(report(&policy, args)));
+    let result = super::block_on(report(&policy, args));
     match result {
         Ok(()) => {
             println!(

@@ -1,6 +1,5 @@
 use crate::cli::{RunArgs, exit};
 use crate::executor::{RunOptions, run as run_job};
-use crate::policy::Policy;
 use crate::store::Fail;
 
 /// Logs go to stderr, as text or JSON lines; `--log-level` wins over RUST_LOG.
@@ -13,12 +12,9 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: &RunArgs) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
     let rt = match runtime() {
         Ok(rt) => rt,

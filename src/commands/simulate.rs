@@ -12,12 +12,9 @@ use crate::policy::Policy;
 use crate::sim::{self, Model, Scenario};
 
 pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
     let inputs = || -> anyhow::Result<(Scenario, Model)> {
         let scenario = Scenario::load(&args.scenario)?;

@@ -5,16 +5,11 @@ use crate::policy::Policy;
 use crate::store::{Fail, Store, database_url, runner_app_name};
 
 pub fn run(args: &StatusArgs) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(status(&policy)));
+    let result = super::block_on(status(&policy));
     match result {
         Ok(None) => {
             if args.json {

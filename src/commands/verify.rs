@@ -13,16 +13,11 @@ use crate::store::{Fail, Store, database_url};
 const CHUNK_PAUSE: Duration = Duration::from_millis(5);
 
 pub fn run(args: &VerifyArgs) -> u8 {
-    let policy = match Policy::load(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::INVALID;
-        }
+        Err(code) => return code,
     };
-    let result = super::run::runtime()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(verify(&policy)));
+    let result = super::block_on(verify(&policy));
     match result {
         Ok(v) => {
             if args.json {
