@@ -91,9 +91,19 @@ pub async fn preflight(
     let table_rows = reltuples as f64;
     let pending_est = target.estimate_pending(conn).await? as f64;
     if table_rows > 0.0 {
-        let frac = pending_est / table_rows;
+        if pending_est > table_rows * 1.05 {
+            // Both figures are planner estimates; this only happens when the
+            // statistics predate recent writes.
+            r.warnings.push(format!(
+                "planner statistics look stale (pending ≈ {pending_est:.0} > table ≈ {table_rows:.0} rows): \
+                 run ANALYZE {} for better estimates",
+                target.table_q
+            ));
+        }
+        let frac = (pending_est / table_rows).min(1.0);
         r.notes.push(format!(
-            "pending ≈ {pending_est:.0} of ≈ {table_rows:.0} rows ({:.2} %)",
+            "pending ≈ {:.0} of ≈ {table_rows:.0} rows ({:.2} %)",
+            pending_est.min(table_rows),
             frac * 100.0
         ));
         if frac < SPARSE_FRACTION && pending_est > 0.0 {
