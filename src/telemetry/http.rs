@@ -302,16 +302,7 @@ async fn pause_handler(
     Query(q): QueryMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
-        return r;
-    }
-    match control_request(peer, &q, &body) {
-        Ok(req) => {
-            tracing::info!(target: "pacer::http", by = req.by.as_str(), reason = req.reason.as_str(), "pause requested over HTTP by {}: {}", req.by, req.reason);
-            reply(s.control.pause(req).await)
-        }
-        Err(msg) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response(),
-    }
+    switch(&s, peer, &headers, &q, &body, true).await
 }
 
 async fn resume_handler(
@@ -321,13 +312,30 @@ async fn resume_handler(
     Query(q): QueryMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
+    switch(&s, peer, &headers, &q, &body, false).await
+}
+
+/// POST /pause and /resume: authorise, parse who and why, flip the switch.
+async fn switch(
+    s: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    q: &std::collections::HashMap<String, String>,
+    body: &Bytes,
+    pause: bool,
+) -> Response {
+    if let Some(r) = unauthorized(s, headers) {
         return r;
     }
-    match control_request(peer, &q, &body) {
+    match control_request(peer, q, body) {
         Ok(req) => {
-            tracing::info!(target: "pacer::http", by = req.by.as_str(), reason = req.reason.as_str(), "resume requested over HTTP by {}: {}", req.by, req.reason);
-            reply(s.control.resume(req).await)
+            let what = if pause { "pause" } else { "resume" };
+            tracing::info!(target: "pacer::http", by = req.by.as_str(), reason = req.reason.as_str(), "{what} requested over HTTP by {}: {}", req.by, req.reason);
+            reply(if pause {
+                s.control.pause(req).await
+            } else {
+                s.control.resume(req).await
+            })
         }
         Err(msg) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": msg}))).into_response(),
     }
