@@ -2,9 +2,9 @@
 //! sentence and its structured fields for every kind of cause, job labels
 //! on every line, batch and progress lines, and no credentials anywhere.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
@@ -13,41 +13,10 @@ use pacer::controller::{Action, BatchError, Cause, Decision, Knobs, State};
 use pacer::policy::OnMissing;
 use pacer::telemetry::{self, BatchLine, ProgressLine, logging, redact};
 use serde_json::Value;
+use support::capture::Capture;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 const SECRET: &str = "hunter2-SECRET";
-
-/// Collects everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
 
 /// Run `f` with pacer's subscriber in `format` at `level`; return the lines.
 fn capture(format: LogFormat, level: &str, f: impl FnOnce()) -> Vec<String> {

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
 pub mod expo;
 
 use std::collections::BTreeMap;
