@@ -184,18 +184,23 @@ async fn replication_lag_bytes_matches_pg_stat_replication_while_paused() {
 
 // --- Prometheus -------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn checkout_p95_from_prometheus_rises_with_injected_latency_and_falls_after() {
-    let _l = common::lock();
+/// A sampler with one signal: the checkout p95 from the testbed's Prometheus.
+async fn p95_sampler(job: &str, table: &str) -> Sampler {
     let policy = common::policy(
-        "p95",
-        "public.p95_t",
+        job,
+        table,
         &format!("[[signal]]\nname = \"p95\"\nprometheus = '{P95}'\nstop_above = 100\n"),
         "",
     );
-    let s = build_sampler(&policy, &Context { pool: None })
+    build_sampler(&policy, &Context { pool: None })
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkout_p95_from_prometheus_rises_with_injected_latency_and_falls_after() {
+    let _l = common::lock();
+    let s = p95_sampler("p95", "public.p95_t").await;
     let base = common::eventually(
         Duration::from_secs(60),
         "a checkout p95 from Prometheus",
@@ -228,15 +233,7 @@ async fn checkout_p95_from_prometheus_rises_with_injected_latency_and_falls_afte
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_stopped_is_missing_with_a_reason_and_comes_back() {
     let _l = common::lock();
-    let policy = common::policy(
-        "promdown",
-        "public.p_t",
-        &format!("[[signal]]\nname = \"p95\"\nprometheus = '{P95}'\nstop_above = 100\n"),
-        "",
-    );
-    let s = build_sampler(&policy, &Context { pool: None })
-        .await
-        .unwrap();
+    let s = p95_sampler("promdown", "public.p_t").await;
     common::eventually(
         Duration::from_secs(60),
         "a value before stopping",
