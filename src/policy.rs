@@ -39,6 +39,7 @@ pub const SIM_HINTS: &[&str] = &[
     "latency",
     "replication_lag_seconds",
     "replication_lag_bytes",
+    "logical_slot_lag_bytes",
     "lock_waiters",
     "blocked_by_pacer",
     "wal_bytes_per_second",

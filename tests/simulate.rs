@@ -36,18 +36,25 @@ fn setup(policy: &Policy, scenario: &str, seed: u64) -> Setup {
 /// Replays `rates`/`batches` through a fresh plant: the true values the
 /// oracle's choices produce, computed independently of the oracle.
 fn replay(s: &Setup, rates: &[f64], batches: &[f64]) -> Vec<sim::Truth> {
-    let mut plant = Plant {
-        lag_bytes: s.quiet[s.trace.start_index - 1].lag_bytes,
-    };
+    let mut plant = plant_before_start(s);
     (0..rates.len())
         .map(|k| {
             let i = s.trace.start_index + k;
             let c = &s.trace.ticks[i];
             let u = s.model.utilisation(c.live, rates[k], batches[k]);
-            let bt = s.model.batch_time(batches[k], u, c.live);
+            let bt = s.model.batch_time(batches[k], u, c);
             plant.advance(&s.model, c, rates[k], batches[k], bt, s.dt())
         })
         .collect()
+}
+
+/// The replica backlogs as the no-backfill day left them at the start.
+fn plant_before_start(s: &Setup) -> Plant {
+    let before = &s.quiet[s.trace.start_index - 1];
+    Plant {
+        lag_bytes: before.lag_bytes,
+        slot_lag_bytes: before.slot_lag_bytes,
+    }
 }
 
 #[test]
@@ -101,12 +108,12 @@ fn oracle_rate_stays_below_every_slow_level_and_is_tight() {
 }
 
 /// A fixed rate (same batch all day, within the knobs' reach, paused in
-/// pause windows): rows done and seconds above stop caused by the backfill.
+/// pause windows), computed independently of the simulator's own runs:
+/// (rows done, rows done while every signal was at or below slow).
+/// Failed batches are not done, as in the bound.
 fn fixed_rate_day(s: &Setup, rate: f64) -> (f64, f64) {
-    let mut plant = Plant {
-        lag_bytes: s.quiet[s.trace.start_index - 1].lag_bytes,
-    };
-    let (mut rows, mut harm) = (0.0, 0.0);
+    let mut plant = plant_before_start(s);
+    let (mut rows, mut clean) = (0.0, 0.0);
     for i in s.trace.start_index..s.trace.ticks.len() {
         let reach = s.reach(i);
         let c = &s.trace.ticks[i];
@@ -114,44 +121,54 @@ fn fixed_rate_day(s: &Setup, rate: f64) -> (f64, f64) {
         let r = if reach.paused {
             0.0
         } else {
-            let (cap, _) = s.model.knob_rate(c.live, b, reach.sleep, reach.workers);
+            let (cap, _) = s.model.knob_rate(c, b, reach.sleep, reach.workers);
             rate.min(cap)
         };
         let u = s.model.utilisation(c.live, r, b);
-        let bt = s.model.batch_time(b, u, c.live);
+        let bt = s.model.batch_time(b, u, c);
         let t = plant.advance(&s.model, c, r, b, bt, s.dt());
-        rows += r * s.dt();
-        let q = &s.quiet[i];
-        if s.kinds.iter().enumerate().any(|(j, k)| {
-            s.levels[j]
-                .stop
-                .is_some_and(|stop| k.value(&t) > stop && k.value(q) <= stop)
-        }) {
-            harm += s.dt();
+        let (timeout, deadlock) = s.model.batch_error_odds(b, c.live, reach.workers);
+        let done = r * (1.0 - timeout - deadlock) * s.dt();
+        rows += done;
+        if s.kinds
+            .iter()
+            .enumerate()
+            .all(|(j, k)| s.safe_level(j).is_none_or(|slow| k.value(&t) <= slow))
+        {
+            clean += done;
         }
     }
-    (rows, harm)
+    (rows, clean)
 }
 
+/// The bound is an upper bound on every scenario: no fixed rate in a sweep
+/// does more rows while production stays at or below slow than the
+/// instant bound, though fast enough rates beat it in total rows (by
+/// crowding production). The sweep covers latency- and lag-bound days.
 #[test]
-fn no_fixed_rate_does_more_rows_than_the_bound_without_crossing_stop() {
-    for scenario in ["business-day", "replica-storm"] {
+fn no_fixed_rate_does_more_clean_rows_than_the_bound() {
+    for scenario in ["business-day", "replica-storm", "steady", "flash-crowds"] {
         let s = setup(&demo(), scenario, 2);
-        let bound = s.oracle().rows;
+        let o = s.oracle();
+        assert!(
+            o.rows <= o.instant_rows,
+            "{scenario}: the delayed bound is above the instant one"
+        );
         let mut beat_bound = 0;
         for step in 0..=60 {
             let rate = 250.0 * step as f64;
-            let (rows, harm) = fixed_rate_day(&s, rate);
-            if rows > bound {
+            let (rows, clean) = fixed_rate_day(&s, rate);
+            assert!(
+                clean <= o.instant_rows * (1.0 + 1e-6),
+                "{scenario}: fixed {rate} rows/s did {clean:.0} clean rows > bound {:.0}",
+                o.instant_rows
+            );
+            if rows > o.instant_rows {
                 beat_bound += 1;
-                assert!(
-                    harm > 0.0,
-                    "{scenario}: fixed {rate} rows/s did {rows:.0} > bound {bound:.0} harmlessly"
-                );
             }
         }
-        // The sweep reaches rates that beat the bound (and pay for it), so
-        // the assertion above was exercised.
+        // The sweep reaches rates that beat the bound in total rows, so it
+        // spans the interesting range.
         assert!(
             beat_bound > 0,
             "{scenario}: no fixed rate in the sweep beat the bound"
@@ -159,8 +176,11 @@ fn no_fixed_rate_does_more_rows_than_the_bound_without_crossing_stop() {
     }
 }
 
+/// The simulator as rough as production: not what the controller was tuned
+/// on. These are the current controller's figures with a margin (a guard
+/// against regressions, not the goal: see bench/robustness).
 #[test]
-fn demo_policy_meets_the_tuning_target_on_business_day() {
+fn demo_policy_pauses_for_the_sale_and_keeps_its_stop_numbers_on_business_day() {
     let (policy, model, scenario) = (
         demo(),
         Model::builtin(),
@@ -169,9 +189,13 @@ fn demo_policy_meets_the_tuning_target_on_business_day() {
     for seed in 1..=5 {
         let o = sim::simulate(&policy, &model, &scenario, seed, None).unwrap();
         assert!(
-            o.efficiency >= 0.85,
+            o.efficiency >= 0.65,
             "seed {seed}: efficiency {}",
             o.efficiency
+        );
+        assert!(
+            o.clean_efficiency <= o.efficiency,
+            "seed {seed}: clean rows are a part of all rows"
         );
         assert!(
             o.seconds_above_stop <= 0.01 * o.simulated_seconds,
@@ -182,8 +206,8 @@ fn demo_policy_meets_the_tuning_target_on_business_day() {
             o.pauses >= 1,
             "seed {seed}: the sale spike did not pause the job"
         );
-        let c = &o.fixed_baselines.conservative;
-        let a = &o.fixed_baselines.aggressive;
+        let fixed = o.fixed_baselines.as_ref().expect("simulate runs the fixed loops");
+        let (c, a) = (&fixed.conservative, &fixed.aggressive);
         assert!(
             c.efficiency < o.efficiency - 0.2,
             "seed {seed}: conservative {}",
@@ -242,6 +266,78 @@ fn seconds_above_stop_counts_only_harm_the_backfill_caused() {
     assert_eq!(
         r.seconds_above_stop, 0.0,
         "lag 0.1 s with no backfill is above 0.05 all day"
+    );
+}
+
+/// A signal already above stop without the backfill is harm too once the
+/// backfill makes it clearly worse; a loop that stays out of it is not.
+#[test]
+fn making_an_already_bad_signal_worse_is_harm() {
+    let text = std::fs::read_to_string("policies/demo.toml")
+        .unwrap()
+        .replace("stop_above = \"baseline * 1.5\"", "stop_above = \"baseline * 1.3\"");
+    let p = Policy::from_toml("low-stop.toml", &text).unwrap();
+    let s = setup(&p, "business-day", 1);
+    let lat = s
+        .kinds
+        .iter()
+        .position(|k| *k == sim::SimKind::Latency)
+        .unwrap();
+    let stop = s.levels[lat].stop.unwrap();
+    let sale = s.quiet[s.trace.start_index..]
+        .iter()
+        .filter(|t| t.latency > stop)
+        .count() as f64
+        * s.dt();
+    assert!(sale > 600.0, "the sale takes the quiet day above stop");
+    let (_, aggressive) = sim::fixed_knobs(&p);
+    let r = s.run(&Strategy::Fixed(aggressive), false).unwrap();
+    assert!(
+        r.seconds_worsened_above_stop >= 0.9 * sale,
+        "{} s worsened of {sale} s above stop anyway",
+        r.seconds_worsened_above_stop
+    );
+    assert_eq!(r.seconds_above_stop, s.simulated_seconds());
+
+    // The same loop, paused through the sale, is not charged for it.
+    let text = format!(
+        "{text}\n[[window]]\nname = \"sale\"\nfrom = \"14:40\"\nuntil = \"15:20\"\npause = true\n"
+    );
+    let p = Policy::from_toml("low-stop-paused.toml", &text).unwrap();
+    let s = setup(&p, "business-day", 1);
+    let r = s.run(&Strategy::Fixed(aggressive), false).unwrap();
+    assert_eq!(r.seconds_worsened_above_stop, 0.0);
+}
+
+/// Lock timeouts and deadlocks happen as batch errors, are reported to the
+/// controller like a real run's, and cost the rows of the failed batches.
+#[test]
+fn lock_timeouts_reach_the_controller_as_batch_errors() {
+    let text = sim::DEFAULT_MODEL.replace(
+        "timeout_per_row_load = 4.0e-6",
+        "timeout_per_row_load = 1.0e-4",
+    );
+    assert_ne!(text, sim::DEFAULT_MODEL);
+    let model = Model::from_toml("lock-prone.toml", &text).unwrap();
+    let s = Setup::new(
+        &demo(),
+        &model,
+        &Scenario::load("steady").unwrap(),
+        1,
+        Some(std::time::Duration::from_secs(1800)),
+    )
+    .unwrap();
+    let r = s.run(&Strategy::Pacer, false).unwrap();
+    assert!(r.batch_errors > 10, "{} failed batches", r.batch_errors);
+    assert!(
+        r.log.iter().any(|d| d.causes.iter().any(|c| matches!(
+            c,
+            pacer::controller::Cause::BatchError {
+                error: pacer::controller::BatchError::LockTimeout,
+                ..
+            }
+        ))),
+        "no decision names a lock timeout"
     );
 }
 
@@ -398,8 +494,14 @@ fn cli_json_has_the_promised_fields_from_any_directory() {
         "simulated_seconds",
         "rows_done",
         "safe_rows_bound",
+        "instant_rows_bound",
+        "bound_delay_seconds",
         "efficiency",
+        "clean_efficiency",
         "seconds_above_stop",
+        "seconds_worsened_above_stop",
+        "percent_above_stop",
+        "batch_errors",
         "pauses",
         "decisions",
         "fixed_baselines",
@@ -410,7 +512,13 @@ fn cli_json_has_the_promised_fields_from_any_directory() {
     let eff = v["rows_done"].as_f64().unwrap() / v["safe_rows_bound"].as_f64().unwrap();
     assert!((v["efficiency"].as_f64().unwrap() - eff).abs() < 1e-9);
     for strat in ["conservative", "aggressive"] {
-        for key in ["rows_done", "efficiency", "seconds_above_stop", "pauses"] {
+        for key in [
+            "rows_done",
+            "efficiency",
+            "clean_efficiency",
+            "seconds_above_stop",
+            "pauses",
+        ] {
             assert!(
                 v["fixed_baselines"][strat].get(key).is_some(),
                 "{strat}.{key}"
@@ -451,6 +559,8 @@ fn cli_text_logs_decisions_then_a_table() {
     for row in [
         "rows",
         "efficiency",
+        "clean efficiency",
+        "% of the day above stop",
         "seconds above stop",
         "pauses",
         "max checkout_p95",
@@ -584,5 +694,8 @@ fn lock_bound_policy_shrinks_batches_and_beats_the_fixed_loop() {
         eff > 3.0 * conservative,
         "pacer {eff} vs conservative {conservative}"
     );
-    assert_eq!(o["seconds_above_stop"].as_f64().unwrap(), 0.0);
+    // On the rough simulator a few seconds above stop slip through (batch
+    // noise, Poisson counts); the target is at most 1 % of the day.
+    let pct = o["percent_above_stop"].as_f64().unwrap();
+    assert!(pct <= 1.0, "{pct} % of the day above stop");
 }

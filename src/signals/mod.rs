@@ -11,6 +11,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod postgres;
 pub mod prometheus;
+pub mod promql;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,13 @@
 //! The best any controller could have done: at every tick, the highest
 //! backfill rate that keeps every signal's true value at or below its slow
 //! level (stop level for signals without one), within what the policy's
-//! limits and windows allow. Its integral is `safe_rows_bound`.
+//! limits and windows allow. Its integral is the instant bound.
+//!
+//! No controller can reach that: it learns of new room only once its
+//! signals show it, one measurement delay later. `safe_rows_bound` gives
+//! the oracle the same delay: at each tick the lower of the safe rate now
+//! and the safe rate one delay ago (room that appears counts only once it
+//! could have been measured; room that vanishes is never credited).
 
 use super::model::{Plant, Truth};
 use super::setup::Setup;
@@ -15,7 +21,14 @@ pub struct Oracle {
     pub truths: Vec<Truth>,
     /// Whether the rate was limited by the knobs' reach rather than a signal.
     pub knob_bound: Vec<bool>,
+    /// Share of each tick's batches that fail (lock timeouts, deadlocks).
+    pub failing: Vec<f64>,
+    /// Rows of the instant bound (no measurement delay).
+    pub instant_rows: f64,
+    /// Rows of the bound with the policy's measurement delay.
     pub rows: f64,
+    /// That delay, seconds.
+    pub delay: f64,
 }
 
 /// The most the knobs can deliver at a tick: limits and active window caps.
@@ -27,6 +40,10 @@ pub struct Reach {
     pub sleep: f64,
     pub rate_cap: f64,
 }
+
+/// Batch sizes the oracle tries (log-spaced, min to max) when a signal
+/// depends on the batch size.
+const BATCH_STEPS: u32 = 16;
 
 impl Setup {
     pub fn reach(&self, i: usize) -> Reach {
@@ -57,7 +74,7 @@ impl Setup {
         if u >= m.latency.u_max {
             return false;
         }
-        let bt = m.batch_time(batch, u, c.live);
+        let bt = m.batch_time(batch, u, c);
         if rate > r.workers * batch / (bt + r.sleep) * (1.0 + 1e-9) || rate > r.rate_cap {
             return false;
         }
@@ -74,7 +91,7 @@ impl Setup {
         let m = &self.model;
         let c = &self.trace.ticks[i];
         let hi =
-            (r.workers * batch / (m.batch_time(batch, c.live, c.live) + r.sleep)).min(r.rate_cap);
+            (r.workers * batch / (m.batch_time(batch, c.live, c) + r.sleep)).min(r.rate_cap);
         if self.feasible(plant, i, r, hi, batch) {
             return (hi, true);
         }
@@ -82,7 +99,9 @@ impl Setup {
             return (0.0, false);
         }
         let (mut lo, mut hi) = (0.0, hi);
-        for _ in 0..40 {
+        // 24 halvings: a millionth of the range, far below what any
+        // strategy's rate is judged to.
+        for _ in 0..24 {
             let mid = 0.5 * (lo + hi);
             if self.feasible(plant, i, r, mid, batch) {
                 lo = mid;
@@ -94,7 +113,7 @@ impl Setup {
         // the knobs (their reach shrinks as utilisation grows).
         let u = m.utilisation(c.live, hi, batch);
         let knob_bound =
-            hi > r.workers * batch / (m.batch_time(batch, u, c.live) + r.sleep) || hi > r.rate_cap;
+            hi > r.workers * batch / (m.batch_time(batch, u, c) + r.sleep) || hi > r.rate_cap;
         (lo, knob_bound)
     }
 
@@ -102,11 +121,11 @@ impl Setup {
     pub fn oracle(&self) -> Oracle {
         let dt = self.dt();
         let sensitive = self.kinds.iter().any(|k| k.batch_sensitive());
-        let mut plant = Plant {
-            lag_bytes: self.quiet[self.trace.start_index.saturating_sub(1)].lag_bytes,
-        };
-        if self.trace.start_index == 0 {
-            plant.lag_bytes = 0.0;
+        let mut plant = Plant::default();
+        if self.trace.start_index > 0 {
+            let before = &self.quiet[self.trace.start_index - 1];
+            plant.lag_bytes = before.lag_bytes;
+            plant.slot_lag_bytes = before.slot_lag_bytes;
         }
         let mut o = Oracle::default();
         for i in self.trace.start_index..self.trace.ticks.len() {
@@ -114,10 +133,11 @@ impl Setup {
             let mut best = (0.0, reach.batch_max, false);
             if !reach.paused {
                 let candidates: Vec<f64> = if sensitive && reach.batch_max > reach.batch_min {
-                    (0..=24)
+                    (0..=BATCH_STEPS)
                         .map(|k| {
                             (reach.batch_min
-                                * (reach.batch_max / reach.batch_min).powf(k as f64 / 24.0))
+                                * (reach.batch_max / reach.batch_min)
+                                    .powf(k as f64 / BATCH_STEPS as f64))
                             .round()
                         })
                         .collect()
@@ -134,14 +154,24 @@ impl Setup {
             let (rate, batch, kb) = best;
             let c = &self.trace.ticks[i];
             let u = self.model.utilisation(c.live, rate, batch);
-            let bt = self.model.batch_time(batch, u, c.live);
+            let bt = self.model.batch_time(batch, u, c);
             let t = plant.advance(&self.model, c, rate, batch, bt, dt);
+            let (timeout, deadlock) =
+                self.model
+                    .batch_error_odds(batch, c.live, reach.workers.max(1.0));
+            let failing = (timeout + deadlock).min(1.0);
             o.rates.push(rate);
             o.batches.push(batch);
             o.truths.push(t);
             o.knob_bound.push(kb);
-            o.rows += rate * dt;
+            o.failing.push(failing);
+            o.instant_rows += rate * (1.0 - failing) * dt;
         }
+        o.delay = self.measurement_delay();
+        let lag = (o.delay / dt).round() as usize;
+        o.rows = (0..o.rates.len())
+            .map(|i| o.rates[i].min(o.rates[i.saturating_sub(lag)]) * (1.0 - o.failing[i]) * dt)
+            .sum();
         o
     }
 }

@@ -1,9 +1,21 @@
 //! How pacer sees the simulated database: each policy signal maps to a
 //! simulated counterpart, read through a pipeline that imitates its real
-//! source (a Prometheus rate window and scrape, a heartbeat, a sample).
+//! source, with that source's delay and noise:
+//!
+//! - a Prometheus latency quantile is computed as `histogram_quantile` does,
+//!   from the requests the simulated day served, counted into histogram
+//!   buckets over the query's own range window and read as of the last
+//!   scrape: its noise comes from the request counts (so it is correlated
+//!   across overlapping windows), its resolution from the buckets, its delay
+//!   from the window and the scrape interval;
+//! - an error rate the same way, from error and request counts;
+//! - the heartbeat lag is late by up to one heartbeat;
+//! - byte figures are averaged samples with a little noise;
+//! - lock counts are Poisson draws around their true mean.
 
 use std::collections::VecDeque;
 
+use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 use super::model::{Model, Truth};
@@ -17,6 +29,7 @@ pub enum SimKind {
     ErrorRate,
     LagSeconds,
     LagBytes,
+    SlotLagBytes,
     LockWaiters,
     BlockedByPacer,
     WalBytesPerSecond,
@@ -38,6 +51,7 @@ impl SimKind {
             "error_rate" => SimKind::ErrorRate,
             "replication_lag_seconds" => SimKind::LagSeconds,
             "replication_lag_bytes" => SimKind::LagBytes,
+            "logical_slot_lag_bytes" => SimKind::SlotLagBytes,
             "lock_waiters" => SimKind::LockWaiters,
             "blocked_by_pacer" => SimKind::BlockedByPacer,
             "wal_bytes_per_second" => SimKind::WalBytesPerSecond,
@@ -56,6 +70,7 @@ impl SimKind {
             SimKind::ErrorRate => t.error_rate,
             SimKind::LagSeconds => t.lag_seconds,
             SimKind::LagBytes => t.lag_bytes,
+            SimKind::SlotLagBytes => t.slot_lag_bytes,
             SimKind::LockWaiters => t.lock_waiters,
             SimKind::BlockedByPacer => t.blocked_by_pacer,
             SimKind::WalBytesPerSecond => t.wal_bytes_per_second,
@@ -68,78 +83,303 @@ impl SimKind {
     pub fn batch_sensitive(self) -> bool {
         matches!(self, SimKind::LockWaiters | SimKind::BlockedByPacer)
     }
+
+    /// Whether the real source is a Prometheus query (range window, scrapes).
+    pub fn is_prometheus(self) -> bool {
+        matches!(self, SimKind::Latency | SimKind::ErrorRate)
+    }
+}
+
+/// How a meter turns true values into what a reading says.
+#[derive(Debug, Clone)]
+enum Pipeline {
+    /// Request counts per tick, per latency bucket (+Inf last), and errors.
+    Requests {
+        ring: VecDeque<Vec<f64>>,
+        sums: Vec<f64>,
+        /// Upper bounds of the finite buckets.
+        bounds: Vec<f64>,
+    },
+    /// A plain moving average (byte figures, WAL rate).
+    Average { ring: VecDeque<f64>, sum: f64 },
+    /// The value now, drawn or shifted by the source's own error.
+    Instant,
 }
 
 /// One signal's measurement pipeline.
 #[derive(Debug, Clone)]
 pub struct Meter {
     kind: SimKind,
-    /// Prometheus-style sources: the rate window of true values.
-    window: VecDeque<f64>,
+    pipeline: Pipeline,
+    /// Ticks the source looks back over.
     window_len: usize,
-    window_sum: f64,
     /// Ticks between scrapes, and ticks since the last one.
     scrape_every: usize,
     since_scrape: usize,
     published: Option<f64>,
 }
 
+/// The quantile a latency signal reads (p95).
+const QUANTILE: f64 = 0.95;
+
 impl Meter {
-    pub fn new(kind: SimKind, m: &Model, dt: f64) -> Meter {
-        let prom = matches!(kind, SimKind::Latency | SimKind::ErrorRate);
-        let window_len = if prom {
-            (m.measurement.prometheus_window / dt).round().max(1.0) as usize
-        } else if kind == SimKind::WalBytesPerSecond {
-            // pg_stat_wal differences over the sampling interval.
-            (10.0 / dt).round().max(1.0) as usize
-        } else {
-            1
+    /// A meter for `kind` ticking every `dt` seconds. `window` is the
+    /// source's look-back in seconds (a Prometheus query's range; `None`
+    /// takes the model's default), `phase` in 0..1 places the first scrape.
+    pub fn new(kind: SimKind, m: &Model, dt: f64, window: Option<f64>, phase: f64) -> Meter {
+        let ms = &m.measurement;
+        let ticks = |secs: f64| (secs / dt).round().max(1.0) as usize;
+        let (pipeline, window_len, scrape_every) = match kind {
+            SimKind::Latency | SimKind::ErrorRate => {
+                let l = &m.latency;
+                let bounds: Vec<f64> = (0..l.bucket_count)
+                    .map(|i| l.bucket_start * l.bucket_factor.powi(i as i32))
+                    .collect();
+                let n = bounds.len() + 3;
+                (
+                    Pipeline::Requests {
+                        ring: VecDeque::new(),
+                        sums: vec![0.0; n],
+                        bounds,
+                    },
+                    ticks(window.unwrap_or(ms.prometheus_window)),
+                    ticks(ms.scrape_interval),
+                )
+            }
+            SimKind::LagBytes | SimKind::SlotLagBytes | SimKind::WalBytesPerSecond => (
+                Pipeline::Average {
+                    ring: VecDeque::new(),
+                    sum: 0.0,
+                },
+                // pg_stat_wal differences over a 10 s sampling interval.
+                if kind == SimKind::WalBytesPerSecond {
+                    ticks(10.0)
+                } else {
+                    1
+                },
+                1,
+            ),
+            SimKind::LagSeconds
+            | SimKind::LockWaiters
+            | SimKind::BlockedByPacer
+            | SimKind::Http => (Pipeline::Instant, 1, 1),
         };
+        // The first scrape lands somewhere in the first interval.
+        let offset = ((phase.clamp(0.0, 1.0) * scrape_every as f64) as usize).min(scrape_every - 1);
         Meter {
             kind,
-            window: VecDeque::with_capacity(window_len + 1),
+            pipeline,
             window_len,
-            window_sum: 0.0,
-            scrape_every: if prom {
-                (m.measurement.scrape_interval / dt).round().max(1.0) as usize
-            } else {
-                1
-            },
-            since_scrape: usize::MAX / 2,
+            scrape_every,
+            since_scrape: scrape_every - 1 - offset,
             published: None,
         }
     }
 
     /// Feed this tick's truth; returns what a reading now would say
-    /// (`None` until the first scrape).
-    pub fn observe(&mut self, t: &Truth, m: &Model, rng: &mut ChaCha8Rng) -> Option<f64> {
+    /// (`None` until the first scrape, or when the window saw no request).
+    pub fn observe(
+        &mut self,
+        t: &Truth,
+        m: &Model,
+        dt: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> Option<f64> {
         let v = self.kind.value(t);
-        self.window.push_back(v);
-        self.window_sum += v;
-        if self.window.len() > self.window_len {
-            self.window_sum -= self.window.pop_front().unwrap_or_default();
+        let window_len = self.window_len;
+        match &mut self.pipeline {
+            Pipeline::Requests { ring, sums, bounds } => {
+                let counts = requests(self.kind, t, m, dt, bounds, rng);
+                for (s, c) in sums.iter_mut().zip(&counts) {
+                    *s += c;
+                }
+                ring.push_back(counts);
+                if ring.len() > window_len
+                    && let Some(old) = ring.pop_front()
+                {
+                    for (s, c) in sums.iter_mut().zip(&old) {
+                        *s -= c;
+                    }
+                }
+            }
+            Pipeline::Average { ring, sum } => {
+                ring.push_back(v);
+                *sum += v;
+                if ring.len() > window_len {
+                    *sum -= ring.pop_front().unwrap_or_default();
+                }
+            }
+            Pipeline::Instant => {}
         }
-        let avg = self.window_sum / self.window.len() as f64;
-        let ms = &m.measurement;
         self.since_scrape += 1;
         if self.since_scrape >= self.scrape_every {
             self.since_scrape = 0;
-            self.published = Some(match self.kind {
-                SimKind::Latency | SimKind::ErrorRate => {
-                    (avg * (1.0 + ms.prometheus_noise * normal(rng))).max(0.0)
+            let ms = &m.measurement;
+            self.published = match &self.pipeline {
+                Pipeline::Requests { sums, bounds, .. } => match self.kind {
+                    SimKind::ErrorRate => {
+                        let total = sums[sums.len() - 2];
+                        (total > 0.0).then(|| sums[sums.len() - 1] / total)
+                    }
+                    _ => histogram_quantile(QUANTILE, bounds, sums),
+                },
+                Pipeline::Average { ring, sum } => {
+                    let avg = sum / ring.len().max(1) as f64;
+                    Some((avg * (1.0 + ms.sample_noise * normal(rng))).max(0.0))
                 }
-                SimKind::LagSeconds => {
+                Pipeline::Instant => Some(match self.kind {
                     // Heartbeat reading: late by up to one heartbeat interval.
-                    let u: f64 = rand::RngExt::random(rng);
-                    v + u * ms.heartbeat_interval
-                }
-                SimKind::LagBytes | SimKind::WalBytesPerSecond => {
-                    (avg * (1.0 + ms.sample_noise * normal(rng))).max(0.0)
-                }
-                SimKind::LockWaiters | SimKind::BlockedByPacer => poisson(rng, v),
-                SimKind::Http => v,
-            });
+                    SimKind::LagSeconds => v + rng.random::<f64>() * ms.heartbeat_interval,
+                    SimKind::LockWaiters | SimKind::BlockedByPacer => poisson(rng, v),
+                    _ => v,
+                }),
+            };
         }
         self.published
+    }
+}
+
+/// One tick of live requests: counts per latency bucket (the finite
+/// buckets, then +Inf), then the total, then the errors. Latencies are
+/// lognormal with the model's spread around a median that puts the true p95
+/// at `t.latency`; arrivals are Poisson.
+fn requests(
+    kind: SimKind,
+    t: &Truth,
+    m: &Model,
+    dt: f64,
+    bounds: &[f64],
+    rng: &mut ChaCha8Rng,
+) -> Vec<f64> {
+    let n = bounds.len();
+    let mut out = vec![0.0; n + 3];
+    let mean = t.live * m.latency.requests_per_load * dt;
+    if kind == SimKind::ErrorRate {
+        let total = poisson(rng, mean);
+        out[n + 1] = total;
+        out[n + 2] = poisson(rng, total * t.error_rate.clamp(0.0, 1.0));
+        return out;
+    }
+    let sigma = m.latency.spread;
+    let ln_median = t.latency.max(1e-9).ln() - 1.644_853_6 * sigma;
+    let mut prev_cdf = 0.0;
+    let mut total = 0.0;
+    for (i, b) in bounds.iter().enumerate() {
+        let cdf = std_normal_cdf((b.ln() - ln_median) / sigma);
+        let lambda = mean * (cdf - prev_cdf);
+        prev_cdf = cdf;
+        if lambda > 1e-9 {
+            let c = poisson(rng, lambda);
+            out[i] = c;
+            total += c;
+        }
+    }
+    let tail = mean * (1.0 - prev_cdf);
+    if tail > 1e-9 {
+        out[n] = poisson(rng, tail);
+        total += out[n];
+    }
+    out[n + 1] = total;
+    out
+}
+
+/// Prometheus's `histogram_quantile`: find the bucket holding rank q × total
+/// and interpolate linearly inside it (from 0 for the first bucket); a rank
+/// in +Inf reads as the highest finite bound. `counts` are per bucket (not
+/// cumulative), finite buckets first, then +Inf, then the total.
+pub fn histogram_quantile(q: f64, bounds: &[f64], counts: &[f64]) -> Option<f64> {
+    let n = bounds.len();
+    let total: f64 = counts[..=n].iter().sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut cum = 0.0;
+    for (i, upper) in bounds.iter().enumerate() {
+        let c = counts[i];
+        if cum + c >= rank && c > 0.0 {
+            let lower = if i == 0 { 0.0 } else { bounds[i - 1] };
+            return Some(lower + (upper - lower) * (rank - cum) / c);
+        }
+        cum += c;
+    }
+    bounds.last().copied()
+}
+
+/// Φ(x), the standard normal CDF (Abramowitz & Stegun 7.1.26 for erf,
+/// absolute error below 1.5e-7: far below what request counts resolve).
+fn std_normal_cdf(x: f64) -> f64 {
+    let z = x / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-z * z).exp();
+    let erf = if z >= 0.0 { erf } else { -erf };
+    0.5 * (1.0 + erf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_cdf_matches_known_values() {
+        for (x, p) in [(0.0, 0.5), (1.644_853_6, 0.95), (-1.959_964, 0.025), (3.0, 0.998_650_1)] {
+            assert!((std_normal_cdf(x) - p).abs() < 2e-7, "Φ({x})");
+        }
+    }
+
+    #[test]
+    fn quantile_interpolates_inside_the_bucket_like_prometheus() {
+        let bounds = [0.1, 0.2, 0.4];
+        // 100 requests: 50 ≤ 0.1, 40 in (0.1, 0.2], 10 in (0.2, 0.4], none above.
+        let counts = [50.0, 40.0, 10.0, 0.0, 100.0];
+        // rank 95 lies halfway through the third bucket.
+        let q = histogram_quantile(0.95, &bounds, &counts).unwrap();
+        assert!((q - 0.3).abs() < 1e-12, "{q}");
+        assert_eq!(histogram_quantile(0.95, &bounds, &[0.0; 5]), None);
+        // All in +Inf: the highest finite bound, as Prometheus answers.
+        assert_eq!(
+            histogram_quantile(0.5, &bounds, &[0.0, 0.0, 0.0, 5.0, 5.0]),
+            Some(0.4)
+        );
+    }
+
+    #[test]
+    fn a_busy_histogram_reads_the_true_p95_within_its_bucket_resolution() {
+        let m = Model::builtin();
+        let t = Truth {
+            live: 1.0,
+            latency: 0.1,
+            ..Truth::default()
+        };
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(7);
+        let mut meter = Meter::new(SimKind::Latency, &m, 1.0, Some(30.0), 0.0);
+        let mut last = None;
+        for _ in 0..60 {
+            last = meter.observe(&t, &m, 1.0, &mut rng);
+        }
+        let v = last.expect("a reading after 60 s");
+        // Linear interpolation inside a ×1.25 bucket is biased by a few %.
+        assert!((v / 0.1 - 1.0).abs() < 0.06, "{v}");
+    }
+
+    #[test]
+    fn a_reading_repeats_between_scrapes() {
+        let m = Model::builtin();
+        let t = Truth {
+            live: 0.3,
+            latency: 0.1,
+            ..Truth::default()
+        };
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+        let every = m.measurement.scrape_interval as usize;
+        let mut meter = Meter::new(SimKind::Latency, &m, 1.0, Some(60.0), 0.0);
+        let seen: Vec<f64> = (0..every * 6)
+            .filter_map(|_| meter.observe(&t, &m, 1.0, &mut rng))
+            .collect();
+        let changes = seen.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(changes <= 6 && changes >= 4, "{changes} changes in {seen:?}");
     }
 }

@@ -47,11 +47,29 @@ pub struct Outcome {
     pub timezone: String,
     pub simulated_seconds: f64,
     pub rows_done: u64,
+    /// The most rows a controller that knew the true safe rate, one
+    /// measurement delay late, could have done without pushing any signal
+    /// above its slow level.
     pub safe_rows_bound: u64,
+    /// The same without the delay (what an all-knowing oracle could do).
+    pub instant_rows_bound: u64,
+    /// The measurement delay given to the bound, seconds.
+    pub bound_delay_seconds: f64,
     /// rows_done / safe_rows_bound.
     pub efficiency: f64,
+    /// Rows done while every signal was at or below slow, over the bound:
+    /// efficiency that was not earned by crowding production.
+    pub clean_efficiency: f64,
+    /// Seconds the backfill caused harm: a signal above stop that would not
+    /// have been without it, or one already above stop made ≥ 5 % worse.
     pub seconds_above_stop: f64,
+    /// Of those, the seconds made worse while already above stop.
+    pub seconds_worsened_above_stop: f64,
+    /// seconds_above_stop as a percentage of the simulated time.
+    pub percent_above_stop: f64,
     pub seconds_above_slow: f64,
+    /// Failed batches (lock timeouts, deadlocks), retried later.
+    pub batch_errors: u64,
     pub pauses: u64,
     /// Decisions that changed something (each is a log line).
     pub decisions: u64,
@@ -61,7 +79,9 @@ pub struct Outcome {
     /// Baselines measured before start (fixed `baseline` keys are not listed).
     pub baselines: BTreeMap<String, f64>,
     pub levels: Vec<LevelInfo>,
-    pub fixed_baselines: FixedBaselines,
+    /// The fixed strategies on the same day (absent from `simulate_pacer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_baselines: Option<FixedBaselines>,
     #[serde(skip)]
     pub log: Vec<Decision>,
     #[serde(skip)]
@@ -101,13 +121,37 @@ pub fn fixed_knobs(policy: &Policy) -> (Knobs, Knobs) {
     )
 }
 
-/// Simulate `policy` on `scenario` with the noise of `seed`.
+/// Simulate `policy` on `scenario` with the noise of `seed`: pacer and the
+/// two fixed strategies.
 pub fn simulate(
     policy: &Policy,
     model: &Model,
     scenario: &Scenario,
     seed: u64,
     duration: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    simulate_with(policy, model, scenario, seed, duration, true)
+}
+
+/// As `simulate`, pacer alone (benchmarks compare with fixed loops of
+/// their own).
+pub fn simulate_pacer(
+    policy: &Policy,
+    model: &Model,
+    scenario: &Scenario,
+    seed: u64,
+    duration: Option<Duration>,
+) -> anyhow::Result<Outcome> {
+    simulate_with(policy, model, scenario, seed, duration, false)
+}
+
+fn simulate_with(
+    policy: &Policy,
+    model: &Model,
+    scenario: &Scenario,
+    seed: u64,
+    duration: Option<Duration>,
+    with_fixed: bool,
 ) -> anyhow::Result<Outcome> {
     let setup = Setup::new(policy, model, scenario, seed, duration)?;
     let oracle = setup.oracle();
@@ -121,24 +165,42 @@ pub fn simulate(
         }
     };
     let mut pacer = setup.run(&Strategy::Pacer, true)?;
-    let (cons, aggr) = fixed_knobs(policy);
-    let mut conservative = setup.run(&Strategy::Fixed(cons), false)?;
-    let mut aggressive = setup.run(&Strategy::Fixed(aggr), false)?;
-    for s in [&mut pacer, &mut conservative, &mut aggressive] {
-        s.efficiency = eff(s.rows_done);
-    }
+    pacer.efficiency = eff(pacer.rows_done);
+    pacer.clean_efficiency = eff(pacer.clean_rows);
+    let fixed_baselines = if with_fixed {
+        let (cons, aggr) = fixed_knobs(policy);
+        let mut conservative = setup.run(&Strategy::Fixed(cons), false)?;
+        let mut aggressive = setup.run(&Strategy::Fixed(aggr), false)?;
+        for s in [&mut conservative, &mut aggressive] {
+            s.efficiency = eff(s.rows_done);
+            s.clean_efficiency = eff(s.clean_rows);
+        }
+        Some(FixedBaselines {
+            conservative,
+            aggressive,
+        })
+    } else {
+        None
+    };
+    let simulated_seconds = setup.simulated_seconds();
     Ok(Outcome {
         job: policy.job.name.clone(),
         scenario: scenario.name.clone(),
         seed,
         start: setup.start,
         timezone: policy.job.timezone.clone(),
-        simulated_seconds: setup.simulated_seconds(),
+        simulated_seconds,
         rows_done: pacer.rows_done,
         safe_rows_bound: bound as u64,
+        instant_rows_bound: oracle.instant_rows.round() as u64,
+        bound_delay_seconds: oracle.delay,
         efficiency: pacer.efficiency,
+        clean_efficiency: pacer.clean_efficiency,
         seconds_above_stop: pacer.seconds_above_stop,
+        seconds_worsened_above_stop: pacer.seconds_worsened_above_stop,
+        percent_above_stop: 100.0 * pacer.seconds_above_stop / simulated_seconds.max(1.0),
         seconds_above_slow: pacer.seconds_above_slow,
+        batch_errors: pacer.batch_errors,
         pauses: pacer.pauses,
         decisions: pacer.decisions,
         actions: pacer.actions.clone(),
@@ -157,10 +219,7 @@ pub fn simulate(
             .collect(),
         log: std::mem::take(&mut pacer.log),
         history: pacer.history.take().unwrap_or_default(),
-        fixed_baselines: FixedBaselines {
-            conservative,
-            aggressive,
-        },
+        fixed_baselines,
     })
 }
 

@@ -21,6 +21,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../sim/scenarios/replica-storm.toml"),
     ),
     ("steady", include_str!("../../sim/scenarios/steady.toml")),
+    (
+        "flash-crowds",
+        include_str!("../../sim/scenarios/flash-crowds.toml"),
+    ),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,7 @@ impl Scenario {
                 .health_down
                 .iter()
                 .any(|(a, b)| secs >= *a && secs < *b),
+            drift: 1.0,
         }
     }
 }
@@ -182,12 +187,20 @@ impl Trace {
         let a = (-dt / m.jitter.tau).exp();
         let kick = (1.0 - a * a).sqrt() * m.jitter.sd;
         let mut x = m.jitter.sd * normal(&mut rng);
+        // The same AR(1) on the logarithm of the cost per row, from its own
+        // stream so the load of a seed does not depend on the drift model.
+        let mut drift_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x6472_6966_7400);
+        let da = (-dt / m.backfill.drift_tau).exp();
+        let dkick = (1.0 - da * da).sqrt() * m.backfill.drift_sd;
+        let mut d = m.backfill.drift_sd * normal(&mut drift_rng);
         let ticks = (0..n)
             .map(|i| {
                 let secs = start_secs + (i as f64 - pre as f64) * dt;
                 let mut c = s.at(secs);
                 x = a * x + kick * normal(&mut rng);
                 c.live = (c.live + x).clamp(0.0, 0.99);
+                d = da * d + dkick * normal(&mut drift_rng);
+                c.drift = d.exp();
                 c
             })
             .collect();

@@ -81,7 +81,15 @@ impl Setup {
         if duration < dt {
             anyhow::bail!("simulated duration must be at least one tick ({dt}s)");
         }
-        let preroll = policy.baseline.window.as_secs_f64() + WARMUP_SECS;
+        // Warm up at least long enough to fill the longest query window.
+        let longest = policy
+            .signals
+            .iter()
+            .filter_map(|s| s.prometheus.as_deref())
+            .filter_map(|q| crate::signals::promql::lookback(q).ok().flatten())
+            .map(|d| d.as_secs_f64() + model.measurement.scrape_interval)
+            .fold(WARMUP_SECS, f64::max);
+        let preroll = policy.baseline.window.as_secs_f64() + longest;
         let trace = Trace::new(scenario, model, seed, dt, preroll, duration);
         let mut plant = Plant::default();
         let quiet: Vec<Truth> = trace
@@ -137,11 +145,47 @@ impl Setup {
         ChaCha8Rng::seed_from_u64(self.seed ^ 0x6d65_6173_7572_6500)
     }
 
+    /// Each signal's measurement pipeline: a Prometheus signal looks back
+    /// over its own query's range, and its scrapes fall at a phase drawn
+    /// from the seed (the same for every strategy run of the seed).
     pub fn meters(&self) -> Vec<Meter> {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x7068_6173_6500);
         self.kinds
             .iter()
-            .map(|k| Meter::new(*k, &self.model, self.dt()))
+            .zip(&self.policy.signals)
+            .map(|(k, sig)| {
+                let phase: f64 = rand::RngExt::random(&mut rng);
+                Meter::new(*k, &self.model, self.dt(), self.window_of(sig), phase)
+            })
             .collect()
+    }
+
+    /// The look-back of a signal's query in seconds, when it has one.
+    pub fn window_of(&self, sig: &crate::policy::Signal) -> Option<f64> {
+        let q = sig.prometheus.as_deref()?;
+        crate::signals::promql::lookback(q)
+            .ok()
+            .flatten()
+            .map(|d| d.as_secs_f64())
+    }
+
+    /// How long a change of rate takes to show fully in the slowest of the
+    /// policy's signals: a Prometheus signal's look-back plus one scrape
+    /// interval, a heartbeat, a 10 s WAL-rate sample; at least one tick.
+    pub fn measurement_delay(&self) -> f64 {
+        let ms = &self.model.measurement;
+        self.kinds
+            .iter()
+            .zip(&self.policy.signals)
+            .map(|(k, sig)| match k {
+                SimKind::Latency | SimKind::ErrorRate => {
+                    self.window_of(sig).unwrap_or(ms.prometheus_window) + ms.scrape_interval
+                }
+                SimKind::LagSeconds => ms.heartbeat_interval,
+                SimKind::WalBytesPerSecond => 10.0,
+                _ => 0.0,
+            })
+            .fold(self.dt(), f64::max)
     }
 
     /// As a real run does: the median of each signal over `baseline.window`
@@ -155,7 +199,7 @@ impl Setup {
         let mut seen: Vec<Vec<f64>> = vec![Vec::new(); meters.len()];
         for i in 0..self.trace.start_index {
             for (j, m) in meters.iter_mut().enumerate() {
-                if let Some(v) = m.observe(&self.quiet[i], &self.model, &mut rng)
+                if let Some(v) = m.observe(&self.quiet[i], &self.model, self.dt(), &mut rng)
                     && i >= from
                 {
                     seen[j].push(v);

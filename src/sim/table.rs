@@ -7,12 +7,15 @@ use super::run::RunStats;
 
 /// pacer vs the fixed strategies, one column each.
 pub fn summary_table(o: &Outcome) -> String {
-    let f = &o.fixed_baselines;
     let pacer = RunStats {
         rows_done: o.rows_done,
         efficiency: o.efficiency,
         seconds_above_stop: o.seconds_above_stop,
+        seconds_worsened_above_stop: o.seconds_worsened_above_stop,
         seconds_above_slow: o.seconds_above_slow,
+        clean_rows: 0,
+        clean_efficiency: o.clean_efficiency,
+        batch_errors: o.batch_errors,
         pauses: o.pauses,
         decisions: o.decisions,
         max_signals: o.max_signals.clone(),
@@ -21,15 +24,15 @@ pub fn summary_table(o: &Outcome) -> String {
         log: Vec::new(),
         history: None,
     };
-    let cols = [
-        ("pacer", &pacer),
-        ("conservative", &f.conservative),
-        ("aggressive", &f.aggressive),
-    ];
+    let mut cols = vec![("pacer", &pacer)];
+    if let Some(f) = &o.fixed_baselines {
+        cols.push(("conservative", &f.conservative));
+        cols.push(("aggressive", &f.aggressive));
+    }
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n{} on {} (seed {}), {} simulated from {}; safe rows bound {}",
+        "\n{} on {} (seed {}), {} simulated from {}; safe rows bound {} (measured {:.0}s late; {} without delay)",
         o.job,
         o.scenario,
         o.seed,
@@ -42,7 +45,9 @@ pub fn summary_table(o: &Outcome) -> String {
                 .to_string(),
             Err(_) => o.start.format("%Y-%m-%d %H:%M UTC").to_string(),
         },
-        o.safe_rows_bound
+        o.safe_rows_bound,
+        o.bound_delay_seconds,
+        o.instant_rows_bound
     );
     let _ = write!(s, "{:<28}", "");
     for (name, _) in &cols {
@@ -58,13 +63,18 @@ pub fn summary_table(o: &Outcome) -> String {
     };
     row("rows", &|r| r.rows_done.to_string());
     row("efficiency", &|r| format!("{:.3}", r.efficiency));
+    row("clean efficiency", &|r| format!("{:.3}", r.clean_efficiency));
     row("seconds above stop", &|r| {
         format!("{:.0}", r.seconds_above_stop)
+    });
+    row("% of the day above stop", &|r| {
+        format!("{:.2}", 100.0 * r.seconds_above_stop / o.simulated_seconds.max(1.0))
     });
     row("seconds above slow", &|r| {
         format!("{:.0}", r.seconds_above_slow)
     });
     row("pauses", &|r| r.pauses.to_string());
+    row("failed batches", &|r| r.batch_errors.to_string());
     for l in &o.levels {
         let name = l.signal.clone();
         let lv = match (l.slow, l.stop) {
