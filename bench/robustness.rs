@@ -126,7 +126,12 @@ fn main() -> anyhow::Result<()> {
         "tuning" => (1, 10, TUNING_SCENARIOS.to_vec()),
         other => anyhow::bail!("--set {other:?}: expected report or tuning"),
     };
-    let seeds: Vec<u64> = (first_seed..first_seed + args.seeds.unwrap_or(default_seeds)).collect();
+    let n = args.seeds.unwrap_or(default_seeds);
+    let most = if args.set == "report" { 30 } else { 10 };
+    if n == 0 || n > most {
+        anyhow::bail!("--seeds {n}: the {} set has 1 to {most} seeds", args.set);
+    }
+    let seeds: Vec<u64> = (first_seed..first_seed + n).collect();
 
     let mut policies = BTreeMap::new();
     for entry in std::fs::read_dir(&args.policies)? {

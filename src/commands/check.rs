@@ -17,6 +17,17 @@ pub fn run(args: &CheckArgs) -> u8 {
         println!("offline: SQL not checked against the database (--offline)");
         return exit::OK;
     }
+    // Whether the latency histograms can resolve the levels (Prometheus).
+    if let Ok((warnings, notes)) =
+        super::block_on(async { Ok(crate::signals::resolution::check(&p).await) })
+    {
+        for n in &notes {
+            println!("  note: {n}");
+        }
+        for w in &warnings {
+            println!("  warning: {w}");
+        }
+    }
     let Some(url) = database_url(&p) else {
         println!(
             "offline: no database.url in the policy and no DATABASE_URL; SQL not checked against the database"

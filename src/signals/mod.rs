@@ -12,6 +12,7 @@ pub mod http;
 pub mod postgres;
 pub mod prometheus;
 pub mod promql;
+pub mod resolution;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -95,6 +95,30 @@ impl Prometheus {
         }
     }
 
+    /// The finite `le` bounds of the histogram buckets behind `selector`
+    /// (a `..._bucket{...}` series selector), ascending.
+    pub async fn bucket_bounds(&self, selector: &str) -> Result<Vec<f64>, String> {
+        let query = format!("count by (le) ({selector})");
+        let res = self
+            .client
+            .query(&query)
+            .timeout(self.eval_timeout.as_millis() as i64)
+            .get()
+            .await
+            .map_err(|e| format!("prometheus {}: {}", self.url, chain(&e)))?;
+        let Data::Vector(v) = res.data() else {
+            return Err("bucket query did not return a vector".into());
+        };
+        let mut bounds: Vec<f64> = v
+            .iter()
+            .filter_map(|s| s.metric().get("le")?.parse::<f64>().ok())
+            .filter(|b| b.is_finite())
+            .collect();
+        bounds.sort_by(|a, b| a.total_cmp(b));
+        bounds.dedup();
+        Ok(bounds)
+    }
+
     /// Finite values of a range query over `[start, end]` (unix seconds).
     /// More than one series is an error for the same reason as above.
     pub async fn range(
