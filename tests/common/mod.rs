@@ -133,17 +133,27 @@ pub async fn session(app: &str) -> sqlx::PgConnection {
         .unwrap()
 }
 
+/// A pool on the replica's copy of the test database. On a fresh testbed
+/// `primary` has only just created that database, and the replica may not
+/// have replayed the CREATE DATABASE yet: retry for a few seconds.
 pub async fn replica() -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(opts(&replica_server(), TEST_DB, "pacer-test"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
+    let start = Instant::now();
+    loop {
+        match PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts(&replica_server(), TEST_DB, "pacer-test"))
+            .await
+        {
+            Ok(pool) => return pool,
+            Err(_) if start.elapsed() < Duration::from_secs(15) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!(
                 "the testbed replica ({}) is not reachable: run scripts/testbed up: {e}",
                 replica_server()
-            )
-        })
+            ),
+        }
+    }
 }
 
 pub fn replica_url() -> String {
