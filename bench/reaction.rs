@@ -41,20 +41,37 @@ struct Args {
     #[arg(long, default_value_t = 2.0)]
     confirm: f64,
     /// Database (on the testbed primary) for the benchmark table.
-    #[arg(
-        long,
-        default_value = "postgres://postgres@127.0.0.1:5432/pacer_reaction"
-    )]
+    #[arg(long, default_value_t = testbed_pg("PACER_TESTBED_PRIMARY_PORT", 15432))]
     database_url: String,
-    #[arg(
-        long,
-        default_value = "postgres://postgres@127.0.0.1:5433/pacer_reaction"
-    )]
+    #[arg(long, default_value_t = testbed_pg("PACER_TESTBED_REPLICA_PORT", 15433))]
     replica_url: String,
-    #[arg(long, default_value = "http://127.0.0.1:9300")]
+    #[arg(long, default_value_t = testbed_http("PACER_TESTBED_TRAFFIC_PORT", 19300))]
     traffic: String,
-    #[arg(long, default_value = "http://127.0.0.1:9090")]
+    #[arg(long, default_value_t = testbed_http("PACER_TESTBED_PROMETHEUS_PORT", 19090))]
     prometheus: String,
+    /// pacer's `[http] listen` (the testbed's Prometheus scrapes it).
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", testbed_port("PACER_TESTBED_PACER_PORT", 19187)))]
+    http_listen: String,
+}
+
+/// A port of the testbed: the variable of scripts/testbed-ports.sh, else its
+/// default. The testbed runs on ports of its own, never on the user's servers.
+fn testbed_port(var: &str, default: u16) -> u16 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn testbed_pg(var: &str, default: u16) -> String {
+    format!(
+        "postgres://postgres@127.0.0.1:{}/pacer_reaction",
+        testbed_port(var, default)
+    )
+}
+
+fn testbed_http(var: &str, default: u16) -> String {
+    format!("http://127.0.0.1:{}", testbed_port(var, default))
 }
 
 const P95: &str = r#"histogram_quantile(0.95, sum by (le) (rate(traffic_request_duration_seconds_bucket{route="checkout"}[10s])))"#;
@@ -75,6 +92,9 @@ replicas = ["{replica}"]
 
 [prometheus]
 url = "{prom}"
+
+[http]
+listen = "{listen}"
 
 [limits]
 batch_size = {{ start = 200, min = 50, max = 500 }}
@@ -110,6 +130,7 @@ stop_for = "1s"
         db = a.database_url,
         replica = a.replica_url,
         prom = a.prometheus,
+        listen = a.http_listen,
     )
 }
 
@@ -256,7 +277,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .connect(&format!(
+            "{}/postgres",
+            a.database_url
+                .rsplit_once('/')
+                .map_or(a.database_url.as_str(), |(server, _)| server)
+        ))
         .await?;
     let db = a
         .database_url
@@ -312,21 +338,21 @@ async fn main() -> anyhow::Result<()> {
         .stdout(log.try_clone()?)
         .stderr(Stdio::from(log))
         .spawn()?;
-    struct Guard(u32);
+    /// Stops pacer and undoes both faults, even when the benchmark fails.
+    struct Guard {
+        pid: u32,
+        replica_url: String,
+        traffic: String,
+    }
     impl Drop for Guard {
         fn drop(&mut self) {
             let _ = Command::new("kill")
-                .args(["-TERM", &self.0.to_string()])
+                .args(["-TERM", &self.pid.to_string()])
                 .status();
             let _ = Command::new("psql")
                 .args([
                     "-X",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    "5433",
-                    "-U",
-                    "postgres",
+                    &self.replica_url,
                     "-Atc",
                     "SELECT pg_wal_replay_resume()",
                 ])
@@ -340,12 +366,16 @@ async fn main() -> anyhow::Result<()> {
                     "content-type: application/json",
                     "-d",
                     r#"{"added_latency_ms":0}"#,
-                    "http://127.0.0.1:9300/control",
+                    &format!("{}/control", self.traffic),
                 ])
                 .output();
         }
     }
-    let _guard = Guard(child.id());
+    let _guard = Guard {
+        pid: child.id(),
+        replica_url: a.replica_url.clone(),
+        traffic: a.traffic.clone(),
+    };
     if !wait_busy(&pool, &app, Duration::from_secs(180)).await {
         let _ = child.kill();
         let tail: Vec<String> = BufReader::new(std::fs::File::open(&log_path)?)

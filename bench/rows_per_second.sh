@@ -9,11 +9,14 @@
 #
 #   bench/rows_per_second.sh [--database-url URL] [--rows N] [--batch N]
 #
+# It creates and drops a database (pacer_bench) on the server, so the default
+# is the testbed's own primary (scripts/testbed up primary), not a server
+# from DATABASE_URL that may be the user's own.
 # Needs a release build: cargo build --release (or PACER=path/to/pacer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-url="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+url="postgres://postgres@127.0.0.1:${PACER_TESTBED_PRIMARY_PORT:-15432}/postgres"
 rows=1000000
 batch=1000
 while [[ $# -gt 0 ]]; do

@@ -23,7 +23,8 @@ fn prom_cfg(url: &str, timeout: Duration) -> PrometheusConfig {
 }
 
 async fn read_prom(query: &str) -> pacer::signals::Reading {
-    let prom = Prometheus::new(&prom_cfg(common::PROMETHEUS, Duration::from_secs(5))).unwrap();
+    let prom =
+        Prometheus::new(&prom_cfg(&common::prometheus_url(), Duration::from_secs(5))).unwrap();
     PromSource::new("t".into(), query.into(), prom).read().await
 }
 
@@ -288,7 +289,8 @@ stop_above = 5
     );
     policy.database.replicas.clear();
     let pool =
-        sqlx::PgPool::connect_lazy(&format!("{}/{}", common::PRIMARY, common::TEST_DB)).unwrap();
+        sqlx::PgPool::connect_lazy(&format!("{}/{}", common::primary_server(), common::TEST_DB))
+            .unwrap();
     let err = build_sampler(&policy, &Context { pool: Some(pool) })
         .await
         .err()

@@ -142,7 +142,7 @@ async fn assert_idle(pool: &PgPool, job: &str) {
 /// latency was injected during the baseline window plus the p95's rate
 /// window (a previous test or benchmark may just have done so).
 async fn wait_calm_traffic() {
-    let prom = pacer::signals::prometheus::Prometheus::new(&toml::from_str("").unwrap()).unwrap();
+    let prom = common::prometheus();
     common::eventually(
         Duration::from_secs(120),
         "no injected latency in the last 45 s",
@@ -184,6 +184,12 @@ update = "UPDATE {table} SET status = CASE WHEN paid_at IS NULL THEN 'open' ELSE
 url = "{primary}/{db}"
 replicas = ["{replica}"]
 
+[prometheus]
+url = "{prometheus}"
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
 [limits]
 batch_size = {{ start = 100, min = 20, max = 200 }}
 sleep = {{ start = "100ms", min = "50ms", max = "500ms" }}
@@ -201,9 +207,11 @@ cooldown = "2s"
 
 {signals}
 "#,
-        primary = common::PRIMARY,
+        primary = common::primary_server(),
         db = common::TEST_DB,
         replica = common::replica_url(),
+        prometheus = common::prometheus_url(),
+        http_port = common::free_port(),
     );
     (job, policy)
 }
@@ -277,8 +285,7 @@ async fn run_pauses_when_checkout_p95_crosses_its_relative_stop_and_resumes_afte
     run.wait_line(0, &["running"], Duration::from_secs(120))
         .await;
     let base: f64 = {
-        let prom =
-            pacer::signals::prometheus::Prometheus::new(&toml::from_str("").unwrap()).unwrap();
+        let prom = common::prometheus();
         prom.instant(P95).await.unwrap()
     };
     let _reset = common::ResetTraffic;

@@ -246,7 +246,7 @@ async fn prometheus_stopped_is_missing_with_a_reason_and_comes_back() {
     assert!(r.value.is_none(), "{r:?}");
     let why = r.missing.unwrap();
     assert!(
-        why.contains("prometheus") && why.contains("127.0.0.1:9090"),
+        why.contains("prometheus") && why.contains(&common::prometheus_addr()),
         "{why}"
     );
     common::testbed(&["up", "prometheus"]);
@@ -631,7 +631,7 @@ async fn logical_slot_lag_bytes_measures_an_unconsumed_slot() {
     impl Drop for DropSlot {
         fn drop(&mut self) {
             let _ = std::process::Command::new("psql")
-                .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-d", common::TEST_DB, "-Atc",
+                .args(["-X", "-h", "127.0.0.1", "-p", &common::primary_port().to_string(), "-U", "postgres", "-d", common::TEST_DB, "-Atc",
                     "SELECT pg_drop_replication_slot('pacer_test_slot') FROM pg_replication_slots WHERE slot_name = 'pacer_test_slot'"])
                 .output();
         }
@@ -729,7 +729,7 @@ baseline = 3.5
     assert_eq!(b["fixed"], 3.5);
     let targets: serde_json::Value = reqwest::get(format!(
         "{}/api/v1/targets?state=active",
-        common::PROMETHEUS
+        common::prometheus_url()
     ))
     .await
     .unwrap()

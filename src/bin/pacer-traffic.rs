@@ -20,11 +20,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 #[derive(Parser, Debug)]
 #[command(about = "Open-loop checkout traffic on the demo orders table, with fault injection")]
 struct Args {
-    /// Database with the demo `orders` table.
+    /// Database with the demo `orders` table (default: the testbed's own
+    /// primary, scripts/testbed).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/pacer_demo"
+        default_value = "postgres://postgres@127.0.0.1:15432/pacer_demo"
     )]
     database_url: String,
     /// Demo table (schema-qualified).
@@ -36,8 +37,8 @@ struct Args {
     /// Share of requests that are checkouts (read + write); the rest browse.
     #[arg(long, default_value_t = 0.3)]
     checkout_share: f64,
-    /// Address of /metrics and /control.
-    #[arg(long, default_value = "127.0.0.1:9300")]
+    /// Address of /metrics and /control (the testbed's traffic port).
+    #[arg(long, default_value = "127.0.0.1:19300")]
     listen: SocketAddr,
     /// Append every request's exact latency here (CSV).
     #[arg(long)]

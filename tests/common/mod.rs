@@ -1,5 +1,8 @@
 //! Shared helpers for the tests that run against the real testbed
 //! (`scripts/testbed up`; `scripts/test` starts it before `cargo test`).
+//! The testbed runs on ports of its own (scripts/testbed-ports.sh: the
+//! same variables, the same defaults), never on a server the machine
+//! already runs.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -9,10 +12,66 @@ use pacer::policy::Policy;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub const PRIMARY: &str = "postgres://postgres@127.0.0.1:5432";
-pub const REPLICA: &str = "postgres://postgres@127.0.0.1:5433";
-pub const PROMETHEUS: &str = "http://127.0.0.1:9090";
-pub const TRAFFIC: &str = "http://127.0.0.1:9300";
+/// A testbed port: `var` from the environment, else its default.
+fn port(var: &str, default: u16) -> u16 {
+    match std::env::var(var) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a port")),
+        Err(_) => default,
+    }
+}
+
+pub fn primary_port() -> u16 {
+    port("PACER_TESTBED_PRIMARY_PORT", 15432)
+}
+
+pub fn replica_port() -> u16 {
+    port("PACER_TESTBED_REPLICA_PORT", 15433)
+}
+
+/// The testbed primary, without a database: `postgres://postgres@127.0.0.1:15432`.
+pub fn primary_server() -> String {
+    format!("postgres://postgres@127.0.0.1:{}", primary_port())
+}
+
+/// The testbed replica, without a database.
+pub fn replica_server() -> String {
+    format!("postgres://postgres@127.0.0.1:{}", replica_port())
+}
+
+/// The testbed's Prometheus, `host:port`.
+pub fn prometheus_addr() -> String {
+    format!("127.0.0.1:{}", port("PACER_TESTBED_PROMETHEUS_PORT", 19090))
+}
+
+pub fn prometheus_url() -> String {
+    format!("http://{}", prometheus_addr())
+}
+
+/// A Prometheus client on the testbed's Prometheus.
+pub fn prometheus() -> pacer::signals::prometheus::Prometheus {
+    let mut c: pacer::policy::PrometheusConfig = toml::from_str("").unwrap();
+    c.url = prometheus_url();
+    pacer::signals::prometheus::Prometheus::new(&c).unwrap()
+}
+
+/// pacer-traffic's `/metrics` and `/control`.
+pub fn traffic_url() -> String {
+    format!(
+        "http://127.0.0.1:{}",
+        port("PACER_TESTBED_TRAFFIC_PORT", 19300)
+    )
+}
+
+/// A loopback port nothing listens on right now (for `[http] listen`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 /// Database the signal tests create their tables in.
 pub const TEST_DB: &str = "pacer_signals_test";
 
@@ -38,9 +97,14 @@ fn opts(base: &str, db: &str, app: &str) -> PgConnectOptions {
 pub async fn primary(app: &str) -> PgPool {
     let admin = PgPoolOptions::new()
         .max_connections(1)
-        .connect_with(opts(PRIMARY, "postgres", "pacer-test-admin"))
+        .connect_with(opts(&primary_server(), "postgres", "pacer-test-admin"))
         .await
-        .expect("the testbed primary (127.0.0.1:5432) is not reachable: run scripts/testbed up");
+        .unwrap_or_else(|e| {
+            panic!(
+                "the testbed primary ({}) is not reachable: run scripts/testbed up: {e}",
+                primary_server()
+            )
+        });
     let exists: bool =
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(TEST_DB)
@@ -56,7 +120,7 @@ pub async fn primary(app: &str) -> PgPool {
     admin.close().await;
     PgPoolOptions::new()
         .max_connections(8)
-        .connect_with(opts(PRIMARY, TEST_DB, app))
+        .connect_with(opts(&primary_server(), TEST_DB, app))
         .await
         .unwrap()
 }
@@ -64,25 +128,42 @@ pub async fn primary(app: &str) -> PgPool {
 /// A single connection (its own backend pid) on the primary.
 pub async fn session(app: &str) -> sqlx::PgConnection {
     use sqlx::Connection;
-    sqlx::PgConnection::connect_with(&opts(PRIMARY, TEST_DB, app))
+    sqlx::PgConnection::connect_with(&opts(&primary_server(), TEST_DB, app))
         .await
         .unwrap()
 }
 
+/// A pool on the replica's copy of the test database. On a fresh testbed
+/// `primary` has only just created that database, and the replica may not
+/// have replayed the CREATE DATABASE yet: retry for a few seconds.
 pub async fn replica() -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(opts(REPLICA, TEST_DB, "pacer-test"))
-        .await
-        .expect("the testbed replica (127.0.0.1:5433) is not reachable: run scripts/testbed up")
+    let start = Instant::now();
+    loop {
+        match PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts(&replica_server(), TEST_DB, "pacer-test"))
+            .await
+        {
+            Ok(pool) => return pool,
+            Err(_) if start.elapsed() < Duration::from_secs(15) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!(
+                "the testbed replica ({}) is not reachable: run scripts/testbed up: {e}",
+                replica_server()
+            ),
+        }
+    }
 }
 
 pub fn replica_url() -> String {
-    format!("{REPLICA}/{TEST_DB}")
+    format!("{}/{TEST_DB}", replica_server())
 }
 
 /// A policy for `table` in the test database with the given signals
-/// (TOML `[[signal]]` blocks) and extra top-level sections.
+/// (TOML `[[signal]]` blocks) and extra top-level sections, on the
+/// testbed's servers (its Prometheus too: never the default
+/// 127.0.0.1:9090, which may be the user's own).
 pub fn policy(job: &str, table: &str, signals: &str, extra: &str) -> Policy {
     let text = format!(
         r#"
@@ -94,8 +175,11 @@ pending = "status IS NULL"
 update = "UPDATE {table} SET status = 'x' WHERE id = ANY($1)"
 
 [database]
-url = "{PRIMARY}/{TEST_DB}"
+url = "{primary}/{TEST_DB}"
 replicas = ["{replica}"]
+
+[prometheus]
+url = "{prometheus}"
 
 [limits]
 batch_size = {{ start = 100, min = 10, max = 1000 }}
@@ -106,7 +190,9 @@ workers = {{ start = 1, min = 1, max = 2 }}
 
 {signals}
 "#,
-        replica = replica_url()
+        primary = primary_server(),
+        replica = replica_url(),
+        prometheus = prometheus_url(),
     );
     Policy::from_toml("test-policy.toml", &text)
         .unwrap_or_else(|e| panic!("test policy invalid: {e}\n{text}"))
@@ -131,7 +217,7 @@ where
 /// Set the traffic generator's fault knobs.
 pub async fn traffic_control(body: serde_json::Value) -> serde_json::Value {
     let resp = reqwest::Client::new()
-        .post(format!("{TRAFFIC}/control"))
+        .post(format!("{}/control", traffic_url()))
         .json(&body)
         .send()
         .await
@@ -168,7 +254,7 @@ impl Drop for ResumeReplay {
                 "-h",
                 "127.0.0.1",
                 "-p",
-                "5433",
+                &replica_port().to_string(),
                 "-U",
                 "postgres",
                 "-d",
@@ -193,7 +279,7 @@ impl Drop for ResetTraffic {
                 "content-type: application/json",
                 "-d",
                 r#"{"added_latency_ms":0}"#,
-                &format!("{TRAFFIC}/control"),
+                &format!("{}/control", traffic_url()),
             ])
             .output();
     }

@@ -1,0 +1,16 @@
+# Addresses of the pacer testbed, sourced by scripts/testbed, scripts/test,
+# scripts/demo-live and bench/reaction. The testbed runs everything on ports
+# of its own, away from the usual 5432/9090/9187, so a PostgreSQL or
+# Prometheus the machine already runs is never touched. Set a variable to
+# move one part; tests/common/mod.rs and bench/reaction.rs read the same
+# variables with the same defaults, and testbed/prometheus.yml and
+# policies/demo-live.toml hold the defaults (scripts/testbed and
+# scripts/demo-live rewrite them when a port is moved).
+# shellcheck shell=bash
+: "${PACER_TESTBED_PRIMARY_PORT:=15432}"    # the testbed's own PostgreSQL primary
+: "${PACER_TESTBED_REPLICA_PORT:=15433}"    # its streaming replica
+: "${PACER_TESTBED_PROMETHEUS_PORT:=19090}" # its Prometheus
+: "${PACER_TESTBED_TRAFFIC_PORT:=19300}"    # pacer-traffic (/metrics, /control)
+: "${PACER_TESTBED_PACER_PORT:=19187}"      # pacer's /metrics in the demo and benchmark
+export PACER_TESTBED_PRIMARY_PORT PACER_TESTBED_REPLICA_PORT PACER_TESTBED_PROMETHEUS_PORT \
+  PACER_TESTBED_TRAFFIC_PORT PACER_TESTBED_PACER_PORT
