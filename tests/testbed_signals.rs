@@ -771,3 +771,41 @@ stop_above = "baseline * 2"
         "{err}"
     );
 }
+
+/// `pacer check`'s resolution warning against the testbed's real
+/// histogram: the generator's buckets are ×1.5 apart, so a +20 % stop on a
+/// baseline of 4.6 ms (bucket 3.8–5.7 ms) cannot be told from the baseline,
+/// while ×2.5 can. The warning names the signal, the level and the bucket.
+#[tokio::test]
+async fn check_warns_when_a_level_shares_the_baselines_histogram_bucket() {
+    let _l = common::lock();
+    let sig = |slow: &str, stop: &str| {
+        format!(
+            "[[signal]]\nname = \"checkout_p95\"\nprometheus = '{P95}'\nbaseline = 0.0046\nslow_above = \"{slow}\"\nstop_above = \"{stop}\"\n"
+        )
+    };
+    let narrow = common::policy(
+        "bucket-check",
+        "public.t",
+        &sig("baseline * 1.1", "baseline * 1.2"),
+        "",
+    );
+    let (warnings, notes) = pacer::signals::resolution::check(&narrow).await;
+    assert!(notes.is_empty(), "{notes:?}");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[1].contains("checkout_p95")
+            && warnings[1].contains("stop 0.0055")
+            && warnings[1].contains("0.0037968")
+            && warnings[1].contains("0.0056953"),
+        "{warnings:?}"
+    );
+    let wide = common::policy(
+        "bucket-check",
+        "public.t",
+        &sig("baseline * 1.5", "baseline * 2.5"),
+        "",
+    );
+    let (warnings, notes) = pacer::signals::resolution::check(&wide).await;
+    assert!(warnings.is_empty() && notes.is_empty(), "{warnings:?} {notes:?}");
+}
