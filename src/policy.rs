@@ -197,6 +197,16 @@ pub struct ControllerConfig {
     /// How long a signal may be missing before `on_missing` applies.
     #[serde(default = "d_15s", with = "humantime_serde")]
     pub missing_grace: Duration,
+    /// Growth of the effective rate per measurement delay while every
+    /// signal is calm: at most ×(1 + growth) each time the slowest signal
+    /// could have shown the last change (additive near the last cut).
+    #[serde(default = "default_growth")]
+    pub growth: f64,
+    /// Time constant of the per-signal estimate (an exponentially weighted
+    /// average of new samples) that slow and growth decisions use; a
+    /// Prometheus signal smooths over at least half its query's range.
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub smoothing: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -218,6 +228,11 @@ pub struct PrometheusConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default = "d_2s", with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often Prometheus scrapes the series pacer queries: part of each
+    /// Prometheus signal's measurement delay (with the query's range).
+    /// Unset: 15 s (Prometheus's default `scrape_interval`).
+    #[serde(default, with = "humantime_serde")]
+    pub scrape_interval: Option<Duration>,
 }
 
 impl Default for PrometheusConfig {
@@ -761,6 +776,12 @@ impl Policy {
         if c.tick < Duration::from_millis(100) {
             err("controller.tick", "must be at least 100ms".into());
         }
+        if !(c.growth > 0.0 && c.growth <= 1.0) {
+            err(
+                "controller.growth",
+                format!("{} must be greater than 0 and at most 1", c.growth),
+            );
+        }
         if !(c.beta > 0.0 && c.beta < 1.0) {
             err(
                 "controller.beta",
@@ -1115,6 +1136,9 @@ fn default_batch_step() -> u32 {
 }
 fn default_beta() -> f64 {
     0.5
+}
+fn default_growth() -> f64 {
+    0.25
 }
 fn default_prometheus_url() -> String {
     "http://127.0.0.1:9090".into()

@@ -115,6 +115,7 @@ fn busy_metrics() -> Arc<Metrics> {
             Cause::Signal {
                 signal: "replica_lag".into(),
                 value: 12.0,
+                estimate: None,
                 level: "stop",
                 threshold: 10.0,
                 expr: None,

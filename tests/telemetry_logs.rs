@@ -69,6 +69,7 @@ fn decisions() -> Vec<(&'static str, Decision)> {
                 vec![Cause::Signal {
                     signal: "checkout_p95".into(),
                     value: 0.41,
+                    estimate: None,
                     level: "slow",
                     threshold: 0.396,
                     expr: Some("baseline * 1.2".into()),

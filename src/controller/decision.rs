@@ -98,7 +98,12 @@ pub enum Action {
 pub enum Cause {
     Signal {
         signal: String,
+        /// The raw reading.
         value: f64,
+        /// The smoothed estimate the decision judged (slow and growth
+        /// decisions use it; a stop is judged on raw readings too).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        estimate: Option<f64>,
         /// `slow` or `stop`.
         level: &'static str,
         threshold: f64,
@@ -143,12 +148,23 @@ impl std::fmt::Display for Cause {
             Cause::Signal {
                 signal,
                 value,
+                estimate,
                 level,
                 threshold,
                 expr,
                 baseline,
             } => {
-                write!(f, "{signal} {} > {level} {}", num(*value), num(*threshold))?;
+                match estimate {
+                    // The estimate is what crossed; the raw reading beside it.
+                    Some(e) if num(*e) != num(*value) => write!(
+                        f,
+                        "{signal} {} (estimate; raw {}) > {level} {}",
+                        num(*e),
+                        num(*value),
+                        num(*threshold)
+                    )?,
+                    _ => write!(f, "{signal} {} > {level} {}", num(*value), num(*threshold))?,
+                }
                 if let (Some(b), Some(e)) = (baseline, expr)
                     && e.starts_with("baseline")
                 {

@@ -23,6 +23,7 @@
 //! 6. everything is clamped to the policy limits and the active windows' caps.
 
 mod decision;
+mod estimate;
 mod knobs;
 
 pub use decision::{Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, State};
@@ -34,7 +35,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::policy::{ControllerConfig, Limits, OnMissing, Policy, Schedule};
+use estimate::{Estimator, Smoothing};
+
+use crate::policy::{ControllerConfig, Limits, OnMissing, Policy, Schedule, Signal};
 
 /// Controller time: wall-clock instants handed in by the caller.
 pub type Time = DateTime<Utc>;
@@ -54,6 +57,49 @@ pub struct SignalLevels {
     /// Lock contention grows with how long each transaction holds its rows,
     /// so a cut for this signal shrinks the batch rather than only the rate.
     pub lock_bound: bool,
+    /// How long a change of rate takes to show fully in this signal: the
+    /// source's own delay (a PromQL range plus the scrape interval, a
+    /// counting window, a tick) plus the estimate's smoothing.
+    pub delay: Duration,
+    /// How the estimate is formed.
+    pub smoothing: Smoothing,
+}
+
+/// Default scrape interval of Prometheus, when the policy does not say.
+const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
+
+/// Counting window of Poisson-like count signals.
+const COUNT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Additive growth per measurement delay once the rate is above half the
+/// rate of the last cut, as a share of that rate (CUBIC's idea: approach
+/// the last known trouble spot slowly).
+const NEAR_CUT_STEP: f64 = 0.1;
+
+/// A signal's measurement delay and smoothing, from its source.
+fn delay_of(s: &Signal, cfg: &ControllerConfig, scrape: Duration) -> (Duration, Smoothing) {
+    let tick = cfg.tick;
+    if let Some(q) = s.prometheus.as_deref() {
+        // A query without a range (a recording rule, a gauge): its data is
+        // at least a scrape old, and its own window is unknown.
+        let range = crate::signals::promql::lookback(q)
+            .ok()
+            .flatten()
+            .unwrap_or(scrape);
+        let tau = cfg.smoothing.max(range / 2);
+        return (range + scrape + tau, Smoothing::Ewma(tau));
+    }
+    if s.is_http() {
+        return (tick, Smoothing::Ewma(Duration::ZERO));
+    }
+    match s.postgres.as_deref() {
+        Some("lock_waiters" | "blocked_by_pacer") => {
+            let w = COUNT_WINDOW.max(tick * 3);
+            (w / 2 + tick, Smoothing::Window(w))
+        }
+        Some("ddl_waiting") => (tick, Smoothing::Ewma(Duration::ZERO)),
+        _ => (tick + cfg.smoothing, Smoothing::Ewma(cfg.smoothing)),
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -63,10 +109,10 @@ pub enum ControllerError {
 }
 
 /// Per-signal memory between ticks.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Track {
-    /// First tick of the current uninterrupted spell above `stop`.
-    above_stop_since: Option<Time>,
+    /// The estimate and the stop rule's bookkeeping.
+    est: Estimator,
     /// First tick of the current uninterrupted spell without a value.
     missing_since: Option<Time>,
 }
@@ -129,6 +175,15 @@ pub struct Controller {
     /// Smoothed seconds per row, learned from batch outcomes.
     secs_per_row: Option<f64>,
     last_tick: Option<Time>,
+    /// The slowest signal's delay: growth is bounded per this span.
+    growth_delay: Duration,
+    /// How long the current recovery epoch lasts at least: the delay of
+    /// the signals that caused the cut (their readings before then still
+    /// show the old rate).
+    epoch_delay: Duration,
+    /// Effective rate (rows/s) when trouble last appeared (a cut or a
+    /// pause): growth turns additive above half of it.
+    rate_at_cut: Option<f64>,
 }
 
 impl Controller {
@@ -140,7 +195,9 @@ impl Controller {
         baselines: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Controller, ControllerError> {
         let mut signals = Vec::new();
+        let scrape = policy.prometheus.scrape_interval.unwrap_or(DEFAULT_SCRAPE);
         for s in &policy.signals {
+            let (delay, smoothing) = delay_of(s, &policy.controller, scrape);
             let baseline = baselines.get(&s.name).copied().or(s.baseline);
             let resolve =
                 |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
@@ -173,8 +230,16 @@ impl Controller {
                     s.sim_kind(),
                     Some("lock_waiters" | "blocked_by_pacer" | "ddl_waiting")
                 ),
+                delay,
+                smoothing,
             });
         }
+        let growth_delay = signals
+            .iter()
+            .map(|s| s.delay)
+            .max()
+            .unwrap_or_default()
+            .max(policy.controller.tick);
         let windows = policy
             .windows
             .iter()
@@ -201,7 +266,13 @@ impl Controller {
         Ok(Controller {
             cfg: policy.controller.clone(),
             limits: l.clone(),
-            track: vec![Track::default(); signals.len()],
+            track: signals
+                .iter()
+                .map(|s| Track {
+                    est: Estimator::new(s.smoothing),
+                    missing_since: None,
+                })
+                .collect(),
             signals,
             windows,
             knobs,
@@ -217,7 +288,34 @@ impl Controller {
             batch_ceiling: None,
             secs_per_row: None,
             last_tick: None,
+            growth_delay,
+            epoch_delay: Duration::ZERO,
+            rate_at_cut: None,
         })
+    }
+
+    /// The rate (rows/s) the knobs in force aim at.
+    pub fn target_rate(&self) -> f64 {
+        self.rate_of(&self.knobs)
+    }
+
+    /// The current estimate of each signal, in policy order.
+    pub fn estimates(&self) -> Vec<Option<f64>> {
+        self.track.iter().map(|t| t.est.estimate()).collect()
+    }
+
+    /// Effective rate of `k` with the learned time per row.
+    fn rate_of(&self, k: &Knobs) -> f64 {
+        k.rate(self.spr() * k.batch_size as f64)
+    }
+
+    /// Learned seconds per row, or a guess that puts the start batch at
+    /// half the batch-time target.
+    fn spr(&self) -> f64 {
+        self.secs_per_row.unwrap_or(
+            self.cfg.target_batch_time.as_secs_f64() / 2.0
+                / self.limits.batch_size.start.max(1) as f64,
+        )
     }
 
     /// Start from knobs stored by an earlier run (resume keeps its knobs).
@@ -261,6 +359,8 @@ impl Controller {
         // Classify every signal.
         let mut classes = Vec::with_capacity(self.signals.len());
         let mut worst_slow_factor: Option<f64> = None;
+        // Some estimate is above its stop level (not yet sustained).
+        let mut deeper = false;
         for (i, sig) in self.signals.iter().enumerate() {
             let reading = inputs.readings.get(i);
             let fresh = reading.and_then(|r| {
@@ -270,7 +370,7 @@ impl Controller {
             let track = &mut self.track[i];
             let class = match fresh {
                 None => {
-                    track.above_stop_since = None;
+                    track.est.missing();
                     let since = *track.missing_since.get_or_insert(now);
                     let gone = (now - since).to_std().unwrap_or_default();
                     let reason = reading
@@ -303,41 +403,44 @@ impl Controller {
                 }
                 Some(v) => {
                     track.missing_since = None;
+                    track.est.observe(now, v);
+                    let e = track.est.estimate().unwrap_or(v);
                     let signal_cause =
                         |level: &'static str, threshold: f64, expr: &Option<String>| {
                             Cause::Signal {
                                 signal: sig.name.clone(),
                                 value: v,
+                                estimate: Some(e),
                                 level,
                                 threshold,
                                 expr: expr.clone(),
                                 baseline: sig.baseline,
                             }
                         };
+                    let stopped = sig
+                        .stop
+                        .is_some_and(|stop| track.est.stop(now, v, stop, sig.stop_for));
                     match (sig.stop, sig.slow) {
-                        (Some(stop), _) if v > stop => {
-                            let since = *track.above_stop_since.get_or_insert(now);
-                            let held = (now - since).to_std().unwrap_or_default();
-                            if held >= sig.stop_for {
-                                causes.push(signal_cause("stop", stop, &sig.stop_expr));
-                                Class::Stop
-                            } else {
-                                causes.push(signal_cause("stop", stop, &sig.stop_expr));
-                                worst_slow_factor = Some(self.cfg.beta);
-                                Class::Slow
-                            }
+                        (Some(stop), _) if stopped => {
+                            causes.push(signal_cause("stop", stop, &sig.stop_expr));
+                            Class::Stop
                         }
-                        (_, Some(slow)) if v > slow => {
-                            track.above_stop_since = None;
+                        // Above stop but not (yet) for stop_for: the
+                        // deepest cut, judged on the estimate so one noisy
+                        // reading does not halve the rate.
+                        (Some(stop), _) if e > stop => {
+                            causes.push(signal_cause("stop", stop, &sig.stop_expr));
+                            worst_slow_factor = Some(self.cfg.beta);
+                            deeper = true;
+                            Class::Slow
+                        }
+                        (_, Some(slow)) if e > slow => {
                             causes.push(signal_cause("slow", slow, &sig.slow_expr));
-                            let f = slow_factor(self.cfg.beta, v, slow, sig.stop);
+                            let f = slow_factor(self.cfg.beta, e, slow, sig.stop);
                             worst_slow_factor = Some(worst_slow_factor.map_or(f, |w| w.min(f)));
                             Class::Slow
                         }
-                        _ => {
-                            track.above_stop_since = None;
-                            Class::Calm
-                        }
+                        _ => Class::Calm,
                     }
                 }
             };
@@ -428,7 +531,15 @@ impl Controller {
             }
             causes.extend(batch_causes.iter().cloned());
             if let Some(f) = factor {
-                if self.may_decrease(now) {
+                // Which signals ask for the cut: their delay is the epoch's.
+                let cause_delay = classes
+                    .iter()
+                    .zip(&self.signals)
+                    .filter(|(c, _)| **c == Class::Slow)
+                    .map(|(_, s)| s.delay)
+                    .max()
+                    .unwrap_or(self.cfg.tick);
+                if self.may_decrease(now, deeper) {
                     let lock_trouble = classes
                         .iter()
                         .zip(&self.signals)
@@ -443,8 +554,10 @@ impl Controller {
                     if self.knobs.workers != before.workers {
                         self.workers_changed_at = Some(now);
                     }
+                    self.rate_at_cut = Some(self.rate_of(&before));
                     self.last_decrease = Some(now);
                     self.epoch_open = true;
+                    self.epoch_delay = cause_delay;
                     (Action::Decrease, State::Slowing)
                 } else {
                     (Action::Hold, State::Slowing)
@@ -552,15 +665,26 @@ impl Controller {
         spr * self.knobs.batch_size as f64
     }
 
-    /// A decrease is allowed once the cooldown has passed and a batch started
-    /// after the previous decrease has completed (the recovery epoch), so one
-    /// bad spell, seen late through a measurement window, cuts only once.
-    fn may_decrease(&self, now: Time) -> bool {
+    /// A decrease is allowed once the recovery epoch of the previous one is
+    /// over: the cooldown has passed, a batch started after the cut has
+    /// completed, and the cut could have shown in the signals that asked
+    /// for it (their delay). One bad spell, seen late through a measurement
+    /// window, cuts only once. A signal whose estimate went on past its
+    /// stop level (`deeper`) is trouble the last cut did not explain: it
+    /// may cut again after the cooldown.
+    fn may_decrease(&self, now: Time, deeper: bool) -> bool {
         match self.last_decrease {
             None => true,
             Some(d) => {
                 let since = (now - d).to_std().unwrap_or_default();
-                since >= self.cfg.cooldown && (!self.epoch_open || since >= self.cfg.cooldown * 3)
+                if since < self.cfg.cooldown {
+                    return false;
+                }
+                if deeper {
+                    return true;
+                }
+                let epoch = self.epoch_delay.max(self.cfg.cooldown);
+                since >= epoch && (!self.epoch_open || since >= epoch.saturating_mul(3))
             }
         }
     }
@@ -630,7 +754,48 @@ impl Controller {
                 .min(l.sleep.max);
             self.workers_changed_at = Some(now);
         }
-        self.knobs = k;
+        self.knobs = self.limit_growth(now, self.knobs, k);
+    }
+
+    /// The most the effective rate may rise in one tick: ×(1 + growth) per
+    /// measurement delay of the slowest signal (so no change is judged
+    /// before it could have shown), and, once the rate is above half the
+    /// rate of the last cut, additive (+10 % of that rate per delay).
+    pub fn growth_bound(&self, now: Time, rate: f64) -> f64 {
+        let dt = self
+            .last_tick
+            .map(|t| (now - t).to_std().unwrap_or_default())
+            .unwrap_or(self.cfg.tick)
+            .max(self.cfg.tick)
+            .as_secs_f64();
+        let d = self.growth_delay.as_secs_f64().max(dt);
+        let mult = rate * (1.0 + self.cfg.growth).powf(dt / d);
+        match self.rate_at_cut {
+            Some(cut) if rate > cut / 2.0 => mult.min(rate + NEAR_CUT_STEP * cut * dt / d),
+            _ => mult,
+        }
+    }
+
+    /// `proposed` knobs, with sleep raised so the effective rate rises by no
+    /// more than the growth bound over `before`; `before` itself when even
+    /// the longest sleep cannot hold it there.
+    fn limit_growth(&self, now: Time, before: Knobs, proposed: Knobs) -> Knobs {
+        let r0 = self.rate_of(&before);
+        let r1 = self.rate_of(&proposed);
+        let bound = self.growth_bound(now, r0);
+        if r1 <= bound || !r0.is_finite() {
+            return proposed;
+        }
+        let bt = self.spr() * proposed.batch_size as f64;
+        let sleep = proposed.workers as f64 * proposed.batch_size as f64 / bound - bt;
+        let max = self.limits.sleep.max.as_secs_f64();
+        if !(sleep.is_finite() && sleep >= 0.0 && sleep <= max) {
+            return before;
+        }
+        Knobs {
+            sleep: Duration::from_secs_f64(sleep).max(proposed.sleep),
+            ..proposed
+        }
     }
 
     fn pause(&mut self, now: Time, key: Vec<String>) -> (Action, State) {
@@ -656,7 +821,25 @@ impl Controller {
                 let base = if manual_or_window {
                     self.knobs
                 } else {
-                    self.last_calm_knobs
+                    // Resume at min(last calm rate, β × rate at the pause):
+                    // the calm knobs may be the ones that were about to
+                    // cause the trouble.
+                    let at_pause = self.rate_of(&self.knobs);
+                    self.rate_at_cut = Some(at_pause);
+                    let calm = self.rate_of(&self.last_calm_knobs);
+                    let target = calm.min(self.cfg.beta * at_pause);
+                    if calm > 0.0 && target < calm {
+                        let (caps, _) = self.caps_at(now);
+                        self.last_calm_knobs.decrease(
+                            target / calm,
+                            false,
+                            self.spr() * self.last_calm_knobs.batch_size as f64,
+                            &self.limits,
+                            &caps,
+                        )
+                    } else {
+                        self.last_calm_knobs
+                    }
                 };
                 self.mode = Mode::Paused {
                     since: now,
@@ -694,8 +877,11 @@ impl Controller {
         self.hold_until =
             Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
         self.resumed_from = key;
-        self.last_decrease = None;
-        self.epoch_open = false;
+        // A resume opens a recovery epoch: readings still describe the
+        // paused spell until the slowest signal could show the new rate.
+        self.last_decrease = Some(now);
+        self.epoch_open = true;
+        self.epoch_delay = self.growth_delay;
     }
 }
 

@@ -158,6 +158,7 @@ fn small_values_read_without_exponents() {
     let c = Cause::Signal {
         signal: "p95".into(),
         value: 0.012,
+        estimate: None,
         level: "slow",
         threshold: 0.011433,
         expr: Some("baseline * 1.5".into()),

@@ -98,6 +98,14 @@ impl Setup {
             .map(|c| plant.advance(model, c, 0.0, 1.0, 0.0, dt))
             .collect();
 
+        // The simulated Prometheus answers what the real one's targets API
+        // would: its scrape interval, unless the policy says otherwise.
+        let mut policy = policy.clone();
+        if policy.prometheus.scrape_interval.is_none() {
+            policy.prometheus.scrape_interval =
+                Some(Duration::from_secs_f64(model.measurement.scrape_interval));
+        }
+        let policy = &policy;
         let mut setup = Setup {
             policy: policy.clone(),
             model: model.clone(),

@@ -98,6 +98,7 @@ fn cause_from_json(v: &Value) -> Option<Cause> {
         "signal" => Cause::Signal {
             signal: s("signal")?,
             value: f("value")?,
+            estimate: f("estimate"),
             level: if s("level").as_deref() == Some("stop") {
                 "stop"
             } else {
