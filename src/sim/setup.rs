@@ -81,6 +81,12 @@ impl Setup {
         if duration < dt {
             anyhow::bail!("simulated duration must be at least one tick ({dt}s)");
         }
+        if policy.baseline.window.as_secs_f64() > MAX_DAYS * 86_400.0 {
+            anyhow::bail!(
+                "baseline.window {} is longer than the {MAX_DAYS} days the simulator replays",
+                humantime::format_duration(policy.baseline.window)
+            );
+        }
         let preroll = policy.baseline.window.as_secs_f64() + WARMUP_SECS;
         let trace = Trace::new(scenario, model, seed, dt, preroll, duration);
         let mut plant = Plant::default();
