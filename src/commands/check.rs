@@ -1,5 +1,5 @@
 use crate::cli::{CheckArgs, exit};
-use crate::store::{Fail, database_url};
+use crate::store::database_url;
 
 pub fn run(args: &CheckArgs) -> u8 {
     let p = match super::load_policy(&args.policy.policy) {
@@ -46,9 +46,6 @@ pub fn run(args: &CheckArgs) -> u8 {
                 exit::PENDING
             }
         }
-        Err(e) => {
-            eprintln!("preflight: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("preflight: ", &e),
     }
 }

@@ -31,10 +31,7 @@ pub fn run(args: &VerifyArgs) -> u8 {
                 exit::PENDING
             }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 

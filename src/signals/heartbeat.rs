@@ -118,10 +118,9 @@ impl Heartbeat {
 
         let mut reps = Vec::new();
         for url in replicas {
-            let label = redact(url);
-            let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
-                anyhow::anyhow!("database.replicas {label}: {}", chain(&e))
-            })?;
+            let label = crate::telemetry::redact::url(url);
+            let opts: PgConnectOptions = crate::store::parse_url(url)
+                .map_err(|e| anyhow::anyhow!("database.replicas {label}: {e:#}"))?;
             let opts = opts.application_name(&format!("{}:lag", worker_application_name(job)));
             reps.push(Replica {
                 label,
@@ -290,19 +289,6 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,14 +327,5 @@ mod tests {
     #[test]
     fn nothing_written_is_unknown_not_zero() {
         assert_eq!(BeatLog::default().lag(Some(3), Instant::now()), None);
-    }
-
-    #[test]
-    fn redact_hides_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5433/db"),
-            "postgres://u:***@h:5433/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }
