@@ -376,3 +376,79 @@ async fn verify_reports_pending_rows_and_max_pause_stops_with_code_4(pool: PgPoo
     assert_eq!(j["paused_by"]["reason"], "before the start");
     assert_eq!(j["rows_pending"], 1500);
 }
+
+/// A fragment ending in a `-- comment` is spliced into pacer's SQL without
+/// swallowing the rest of the statement: check, run and verify all work.
+#[sqlx::test(migrations = false)]
+async fn sql_fragments_may_end_in_a_line_comment(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 1500).await;
+    let spec = Spec {
+        pending: "counter = 0 -- not counted yet",
+        update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0 -- one pass",
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&url, &spec);
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let out = output(pacer(&["run"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 1500, 0));
+    let out = output(pacer(&["verify"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+/// `check` asks whether the read path *can* walk an index, not which plan
+/// the planner prefers today: on a tiny or empty table a seq scan is the
+/// cheaper plan and no problem, an empty table is 0 rows pending, and only
+/// a read no index can serve in key order is flagged.
+#[sqlx::test(migrations = false)]
+async fn check_asks_whether_reads_can_use_an_index(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 40).await;
+    let good = "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0";
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            update: good,
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "tiny table: {}", out.all());
+    assert!(out.stdout.contains("Index Scan"), "{}", out.stdout);
+
+    sqlx::raw_sql("DELETE FROM t; ANALYZE t")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "empty table: {}", out.all());
+    assert!(out.stdout.contains("0 rows pending"), "{}", out.stdout);
+
+    // A unique index in another collation cannot give the column's order.
+    sqlx::raw_sql(
+        "CREATE TABLE c (id text COLLATE \"und-x-icu\" NOT NULL, counter int NOT NULL DEFAULT 0);
+         CREATE UNIQUE INDEX ON c (id COLLATE \"C\");
+         INSERT INTO c (id) SELECT g::text FROM generate_series(1, 200) g; ANALYZE c;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            table: "c",
+            update: "UPDATE c SET counter = 1 WHERE id = ANY($1) AND counter = 0",
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("problem: job.key: keyset reads would scan the whole table"),
+        "{}",
+        out.stdout
+    );
+}
