@@ -370,6 +370,10 @@ fn file_values_have_strict_types() {
         let e = Policy::from_toml("t.toml", &text.replacen(from, to, 1)).unwrap_err();
         assert!(e.to_string().contains(expect), "{to}: {e}");
     }
+    // A TOML date where a date string belongs reads as that string.
+    let bf = "\n[[window]]\nname = \"bf\"\ndates = [2026-11-27]\npause = true\n";
+    let p = Policy::from_toml("t.toml", &(demo_text() + bf)).unwrap();
+    assert_eq!(p.windows[0].dates, ["2026-11-27"]);
     // Overrides are text by nature: they take the type of their key.
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "p.toml", &demo_text());
