@@ -342,7 +342,7 @@ fn exercise(p: &Policy, seed: u64) {
             .enumerate()
             .map(|(i, _)| {
                 let v = values[(seed as usize + i + tick as usize) % values.len()];
-                if (seed + tick) % 5 == 0 {
+                if (seed + tick).is_multiple_of(5) {
                     Reading::missing("fuzz", now)
                 } else {
                     Reading::value(v, now)
