@@ -191,6 +191,25 @@ impl Heartbeat {
 }
 
 async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<()> {
+    // `CREATE ... IF NOT EXISTS` checks privileges before existence: a
+    // least-privilege role that owns its schema but may not create schemas
+    // in the database would fail on a schema that is already there.
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("heartbeat: looking up {table}: {}", chain(&e)))?;
+    if exists {
+        return Ok(());
+    }
+    let schema_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("heartbeat: looking up schema {schema:?}: {}", chain(&e))
+            })?;
     let mut tx = pool
         .begin()
         .await
@@ -201,7 +220,11 @@ async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Resul
         "SELECT pg_advisory_xact_lock(hashtext('pacer heartbeat ddl'))".to_string(),
         // "already exists, skipping" notices are noise in pacer's log.
         "SET LOCAL client_min_messages = warning".to_string(),
-        format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
+        if schema_exists {
+            "SELECT 1".to_string()
+        } else {
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema))
+        },
         format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
                job text PRIMARY KEY, \
