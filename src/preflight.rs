@@ -1,11 +1,14 @@
 //! `pacer check` against the database: everything that can be known
-//! before the first write. The statements prepare, the key is walkable,
+//! before the first write. The role has the grants it needs (`grants`),
+//! the statements prepare, the key is walkable,
 //! reads walk an index, the pending filter is not hopelessly sparse on a
 //! large table, and the update is idempotent (one batch applied twice
 //! inside a transaction that is rolled back).
 
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor};
+
+mod grants;
 
 use crate::executor::target::{Target, db_message};
 use crate::policy::Policy;
@@ -85,6 +88,9 @@ pub async fn preflight(
     force: bool,
 ) -> anyhow::Result<Report> {
     let mut r = Report::default();
+    if !grants::check(conn, policy, &mut r).await? {
+        return Ok(r);
+    }
     let target = Target::resolve(conn, policy).await?;
     r.notes.push(format!(
         "key {} ({}) is unique and indexed; statements prepare",
