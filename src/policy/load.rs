@@ -87,7 +87,7 @@ pub(super) fn load(
             &overrides,
         )
     })?;
-    let mut policy = parse(&file, &text, &overrides).map_err(|p| fail(p, &overrides))?;
+    let mut policy = parse(&text, &overrides).map_err(|p| fail(p, &overrides))?;
     if policy.database.url.is_none() {
         policy.database.url = database_url;
     }
@@ -99,13 +99,13 @@ pub(super) fn load(
 
 /// A policy from text with no overrides (tests and embedded examples).
 pub(super) fn from_text(name: &str, text: &str) -> Result<Policy, PolicyError> {
-    let policy = parse(name, text, &[]).map_err(|p| PolicyError::new(name, p).masked(&[]))?;
+    let policy = parse(text, &[]).map_err(|p| PolicyError::new(name, p).masked(&[]))?;
     policy.validate(name).map_err(|e| e.masked(&[]))?;
     Ok(policy)
 }
 
 /// TOML → tree → overrides grafted on → typed policy, or the problems.
-fn parse(_file: &str, text: &str, overrides: &[Override]) -> Result<Policy, Vec<(String, String)>> {
+fn parse(text: &str, overrides: &[Override]) -> Result<Policy, Vec<(String, String)>> {
     let table: toml::Table = toml::from_str(text).map_err(|e| vec![toml_problem(text, &e)])?;
     let mut tree = Node::table(table);
     let problems: Vec<(String, String)> = overrides
