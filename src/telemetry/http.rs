@@ -240,7 +240,7 @@ fn reply(result: anyhow::Result<Value>) -> Response {
         }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": redact::error(&e)})),
+            axum::Json(json!({"error": crate::text::message_line(&redact::error(&e))})),
         )
             .into_response(),
     }
