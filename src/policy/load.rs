@@ -125,7 +125,12 @@ fn toml_problem(text: &str, e: &toml::de::Error) -> (String, String) {
     let msg = e.message().trim().replace('\n', "; ");
     let at = match e.span() {
         Some(span) => {
-            let upto = &text[..span.start.min(text.len())];
+            let start = span.start.min(text.len());
+            let start = (0..=start)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            let upto = &text[..start];
             let line = upto.matches('\n').count() + 1;
             let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!(" at line {line}, column {col}")
