@@ -560,7 +560,8 @@ impl Controller {
             None => true,
             Some(d) => {
                 let since = (now - d).to_std().unwrap_or_default();
-                since >= self.cfg.cooldown && (!self.epoch_open || since >= self.cfg.cooldown * 3)
+                since >= self.cfg.cooldown
+                    && (!self.epoch_open || since >= self.cfg.cooldown.saturating_mul(3))
             }
         }
     }
@@ -585,7 +586,7 @@ impl Controller {
             .calm_since
             .map(|s| (now - s).to_std().unwrap_or_default())
             .unwrap_or_default();
-        if calm_for >= c.worker_after * 4 {
+        if calm_for >= c.worker_after.saturating_mul(4) {
             self.batch_ceiling = None;
         }
         let batch_max = l
@@ -625,7 +626,8 @@ impl Controller {
             k.workers += 1;
             let cycle = (k.workers as f64) * (k.batch_size as f64) / (old_rate * 1.2);
             let sleep = (cycle - bt_new).max(0.0);
-            k.sleep = Duration::from_secs_f64(sleep)
+            k.sleep = Duration::try_from_secs_f64(sleep)
+                .unwrap_or(l.sleep.max)
                 .max(sleep_min)
                 .min(l.sleep.max);
             self.workers_changed_at = Some(now);
@@ -691,12 +693,20 @@ impl Controller {
         }
         self.knobs = k;
         self.last_calm_knobs = k;
-        self.hold_until =
-            Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
+        self.hold_until = Some(later(now, self.cfg.hold_after_resume));
         self.resumed_from = key;
         self.last_decrease = None;
         self.epoch_open = false;
     }
+}
+
+/// `now + d`, saturating at the end of time: a policy built in code may
+/// hold durations no file would pass validation with.
+fn later(now: Time, d: Duration) -> Time {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// How deep a cut a slow reading earns: barely above `slow` cuts a little,
