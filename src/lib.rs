@@ -15,4 +15,5 @@ pub mod signals;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod traffic;

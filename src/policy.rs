@@ -15,9 +15,26 @@ use chrono::{Datelike, NaiveDate, NaiveTime, TimeZone, Timelike, Utc, Weekday};
 use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::text::show;
+
+mod error;
+mod load;
+mod tree;
+
+pub use error::PolicyError;
+
 /// Prefix of environment variables that override scalar policy keys,
 /// e.g. `PACER_POLICY__LIMITS__BATCH_SIZE__MAX=2000`.
 pub const ENV_PREFIX: &str = "PACER_POLICY";
+
+/// Longest duration any policy key accepts. Longer is a typo, and it keeps
+/// every sum and multiple of durations (deadlines, `worker_after * 4`) far
+/// from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Longest `lock_timeout` / `statement_timeout` Postgres accepts: its
+/// settings are `int` milliseconds.
+pub const MAX_PG_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
 /// Postgres built-in signals pacer knows how to read (`postgres = "<name>"`).
 pub const POSTGRES_BUILTINS: &[&str] = &[
@@ -396,19 +413,29 @@ impl Level {
         }
         let lower = t.to_ascii_lowercase();
         let rest = lower.strip_prefix("baseline").ok_or_else(|| {
-            format!("{text:?} is neither a number nor \"baseline * FACTOR\" / \"baseline + DELTA\"")
+            format!(
+                "{} is neither a number nor \"baseline * FACTOR\" / \"baseline + DELTA\"",
+                show(text)
+            )
         })?;
         let rest = rest.trim();
         let (op, num) = rest.split_at(rest.find(['*', '+']).ok_or_else(|| {
-            format!("{text:?}: expected \"baseline * FACTOR\" or \"baseline + DELTA\"")
+            format!(
+                "{}: expected \"baseline * FACTOR\" or \"baseline + DELTA\"",
+                show(text)
+            )
         })?);
         let v: f64 = num[1..]
             .trim()
             .parse()
-            .map_err(|_| format!("{text:?}: {:?} is not a number", num[1..].trim()))?;
+            .map_err(|_| format!("{}: {} is not a number", show(text), show(num[1..].trim())))?;
         let v = finite(v)?;
         if !op.is_empty() {
-            return Err(format!("{text:?}: unexpected {op:?} after baseline"));
+            return Err(format!(
+                "{}: unexpected {} after baseline",
+                show(text),
+                show(op)
+            ));
         }
         Ok(if num.starts_with('*') {
             Level::Times(v)
@@ -541,105 +568,26 @@ impl Schedule {
     }
 }
 
-/// Errors found in a policy, each naming the key and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PolicyError {
-    pub file: String,
-    pub problems: Vec<(String, String)>,
-}
-
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (key, what)) in self.problems.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            if key.is_empty() {
-                write!(f, "{}: {what}", self.file)?;
-            } else {
-                write!(f, "{}: {key}: {what}", self.file)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PolicyError {}
-
 impl Policy {
     /// Read, merge environment overrides, deserialize and validate.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        Self::load_with_env(path, std::env::vars())
+        load::load(path, load::process_env())
     }
 
-    /// As `load`, with the environment passed in so tests need not mutate
-    /// the process environment.
+    /// As `load`, with the environment passed in as (name, value) pairs:
+    /// `PACER_POLICY__*` overrides and `DATABASE_URL` are taken from it,
+    /// everything else is ignored. Tests and fuzzers need not touch the
+    /// process environment.
     pub fn load_with_env(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Policy, PolicyError> {
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
-            .collect();
-        // Name the overrides (never their values: they may hold secrets) so
-        // an error caused by one is not blamed on the file.
-        let file = if env.is_empty() {
-            path.display().to_string()
-        } else {
-            let names: Vec<&str> = env.keys().map(String::as_str).collect();
-            format!("{} (with {})", path.display(), names.join(", "))
-        };
-        let one = |key: &str, what: String| PolicyError {
-            file: file.clone(),
-            problems: vec![(key.to_string(), what)],
-        };
-        let text =
-            std::fs::read_to_string(path).map_err(|e| one("", format!("cannot read: {e}")))?;
-        // Parse with toml first: its errors carry line and column, which the
-        // config crate's do not.
-        toml::from_str::<toml::Table>(&text)
-            .map_err(|e| one("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
-        let cfg = config::Config::builder()
-            .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .source(Some(env)),
-            )
-            .build()
-            .map_err(|e| one("", e.to_string()))?;
-        let mut policy: Policy = serde_path_to_error::deserialize(cfg).map_err(|e| {
-            let (key, msg) = split_serde_error(e.path().to_string(), e.inner());
-            one(&key, msg)
-        })?;
-        if policy.database.url.is_none() {
-            policy.database.url = std::env::var("DATABASE_URL").ok();
-        }
-        policy.validate(&file)?;
-        Ok(policy)
+        load::load(path, env)
     }
 
     /// Parse from a string (tests and embedded examples); no env overrides.
     pub fn from_toml(name: &str, text: &str) -> Result<Policy, PolicyError> {
-        let one = |key: String, what: String| PolicyError {
-            file: name.to_string(),
-            problems: vec![(key, what)],
-        };
-        let de = toml::Deserializer::parse(text).map_err(|e| {
-            one(
-                String::new(),
-                format!("not valid TOML: {}", e.to_string().trim_end()),
-            )
-        })?;
-        let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
-            let (key, msg) = split_serde_error(e.path().to_string(), e.inner());
-            one(key, msg)
-        })?;
-        policy.validate(name)?;
-        Ok(policy)
+        load::from_text(name, text)
     }
 
     /// Every check that needs no database, all problems at once.
@@ -668,8 +616,8 @@ impl Policy {
             err(
                 "job.name",
                 format!(
-                    "{:?} may only contain letters, digits, '-', '_' and '.'",
-                    j.name
+                    "{} may only contain letters, digits, '-', '_' and '.'",
+                    show(&j.name)
                 ),
             );
         }
@@ -692,8 +640,8 @@ impl Policy {
             err(
                 "job.timezone",
                 format!(
-                    "{:?} is not an IANA time zone (e.g. \"Europe/Berlin\")",
-                    j.timezone
+                    "{} is not an IANA time zone (e.g. \"Europe/Berlin\")",
+                    show(&j.timezone)
                 ),
             );
         }
@@ -816,7 +764,10 @@ impl Policy {
             let label = if sig.name.is_empty() {
                 format!("signal[{i}]")
             } else {
-                format!("signal[{i}] ({})", sig.name)
+                format!(
+                    "signal[{i}] ({})",
+                    crate::text::elide(&sig.name, crate::text::MAX_VALUE)
+                )
             };
             let kk = |f: &str| {
                 if f.is_empty() {
@@ -830,7 +781,7 @@ impl Policy {
             } else if !names.insert(sig.name.clone()) {
                 err(
                     &k("name"),
-                    format!("{:?} is used by another signal", sig.name),
+                    format!("{} is used by another signal", show(&sig.name)),
                 );
             }
             match sig.source() {
@@ -840,13 +791,13 @@ impl Policy {
                 ),
                 Some(Source::Postgres(b)) if !POSTGRES_BUILTINS.contains(&b) => err(
                     &kk("postgres"),
-                    format!("unknown built-in {b:?}; known: {}", POSTGRES_BUILTINS.join(", ")),
+                    format!("unknown built-in {}; known: {}", show(b), POSTGRES_BUILTINS.join(", ")),
                 ),
                 Some(Source::Prometheus(q)) if q.trim().is_empty() => {
                     err(&kk("prometheus"), "query must not be empty".into())
                 }
                 Some(Source::Http(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                    err(&kk("http"), format!("{u:?} must start with http:// or https://"))
+                    err(&kk("http"), format!("{} must start with http:// or https://", show(u)))
                 }
                 _ => {}
             }
@@ -857,7 +808,8 @@ impl Policy {
                 err(
                     &kk("sim"),
                     format!(
-                        "unknown simulated counterpart {h:?}; known: {}",
+                        "unknown simulated counterpart {}; known: {}",
+                        show(h),
                         SIM_HINTS.join(", ")
                     ),
                 );
@@ -915,7 +867,10 @@ impl Policy {
             let label = if w.name.is_empty() {
                 format!("window[{i}]")
             } else {
-                format!("window[{i}] ({})", w.name)
+                format!(
+                    "window[{i}] ({})",
+                    crate::text::elide(&w.name, crate::text::MAX_VALUE)
+                )
             };
             let kk = |f: &str| format!("{label}.{f}");
             if w.name.trim().is_empty() {
@@ -923,7 +878,7 @@ impl Policy {
             } else if !wnames.insert(w.name.clone()) {
                 err(
                     &kk("name"),
-                    format!("{:?} is used by another window", w.name),
+                    format!("{} is used by another window", show(&w.name)),
                 );
             }
             if let Err(e) = w.schedule(&self.job.timezone) {
@@ -971,14 +926,78 @@ impl Policy {
             }
         }
 
+        for (key, d) in self.durations() {
+            if d > MAX_DURATION {
+                err(
+                    &key,
+                    format!(
+                        "is longer than the supported {} days",
+                        MAX_DURATION.as_secs() / 86_400
+                    ),
+                );
+            }
+        }
+        for (key, d) in [
+            ("limits.lock_timeout", l.lock_timeout),
+            ("limits.statement_timeout", l.statement_timeout),
+        ] {
+            if !d.is_zero() && d < Duration::from_millis(1) {
+                err(
+                    key,
+                    "is under 1ms: Postgres counts whole milliseconds, and 0 disables the timeout"
+                        .into(),
+                );
+            } else if d > MAX_PG_TIMEOUT && d <= MAX_DURATION {
+                err(
+                    key,
+                    format!(
+                        "is longer than Postgres accepts ({}, INT_MAX milliseconds)",
+                        humantime::format_duration(MAX_PG_TIMEOUT)
+                    ),
+                );
+            }
+        }
+
         if p.is_empty() {
             Ok(())
         } else {
-            Err(PolicyError {
-                file: file.to_string(),
-                problems: p,
-            })
+            Err(PolicyError::new(file, p))
         }
+    }
+
+    /// Every duration of the policy with its key, for the checks that
+    /// apply to all of them.
+    fn durations(&self) -> Vec<(String, Duration)> {
+        let (j, l, c) = (&self.job, &self.limits, &self.controller);
+        let mut out: Vec<(String, Duration)> = [
+            ("limits.sleep.start", l.sleep.start),
+            ("limits.sleep.min", l.sleep.min),
+            ("limits.sleep.max", l.sleep.max),
+            ("limits.lock_timeout", l.lock_timeout),
+            ("limits.statement_timeout", l.statement_timeout),
+            ("controller.tick", c.tick),
+            ("controller.sleep_step", c.sleep_step),
+            ("controller.worker_after", c.worker_after),
+            ("controller.cooldown", c.cooldown),
+            ("controller.target_batch_time", c.target_batch_time),
+            ("controller.resume_after", c.resume_after),
+            ("controller.hold_after_resume", c.hold_after_resume),
+            ("controller.missing_grace", c.missing_grace),
+            ("prometheus.timeout", self.prometheus.timeout),
+            ("baseline.window", self.baseline.window),
+        ]
+        .into_iter()
+        .map(|(k, d)| (k.to_string(), d))
+        .collect();
+        out.extend(j.max_pause.map(|d| ("job.max_pause".to_string(), d)));
+        for (i, s) in self.signals.iter().enumerate() {
+            out.push((format!("signal[{i}].stop_for"), s.stop_for));
+            out.push((format!("signal[{i}].timeout"), s.timeout));
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            out.extend(w.min_sleep.map(|d| (format!("window[{i}].min_sleep"), d)));
+        }
+        out
     }
 
     /// Stable fingerprint of what the job does to rows; a resumed run with a
@@ -1018,30 +1037,41 @@ impl Window {
     /// Compile the schedule; errors name the offending field.
     pub fn schedule(&self, job_tz: &str) -> Result<Schedule, (&'static str, String)> {
         let tz_name = self.timezone.as_deref().unwrap_or(job_tz);
-        let tz: Tz = tz_name
-            .parse()
-            .map_err(|_| ("timezone", format!("{tz_name:?} is not an IANA time zone")))?;
+        let tz: Tz = tz_name.parse().map_err(|_| {
+            (
+                "timezone",
+                format!("{} is not an IANA time zone", show(tz_name)),
+            )
+        })?;
         let days = self
             .days
             .iter()
             .map(|d| {
-                d.parse::<Weekday>()
-                    .map_err(|_| ("days", format!("{d:?} is not a day (mon, tue, ... sun)")))
+                d.parse::<Weekday>().map_err(|_| {
+                    (
+                        "days",
+                        format!("{} is not a day (mon, tue, ... sun)", show(d)),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let dates = self
             .dates
             .iter()
             .map(|d| {
-                NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                    .map_err(|_| ("dates", format!("{d:?} is not a date like 2026-11-27")))
+                NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
+                    (
+                        "dates",
+                        format!("{} is not a date like 2026-11-27", show(d)),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let time = |field: &'static str, v: &Option<String>| -> Result<Option<NaiveTime>, _> {
             v.as_deref()
                 .map(|t| {
                     NaiveTime::parse_from_str(t, "%H:%M")
-                        .map_err(|_| (field, format!("{t:?} is not a time like 09:30")))
+                        .map_err(|_| (field, format!("{} is not a time like 09:30", show(t))))
                 })
                 .transpose()
         };
@@ -1081,35 +1111,6 @@ fn range_check<T: PartialOrd + Copy>(
                 show(r.max)
             ),
         );
-    }
-}
-
-/// Turn a deserialization error into (key, message). serde's messages are
-/// good but say "field" where a policy author thinks "key", and the config
-/// crate repeats the key at the end; unknown keys get a hint that typos are
-/// fatal on purpose.
-fn split_serde_error(path: String, e: &dyn fmt::Display) -> (String, String) {
-    let mut key = if path == "." { String::new() } else { path };
-    let mut msg = e.to_string();
-    if let Some(i) = msg.find(" for key `") {
-        msg.truncate(i);
-    }
-    if let Some(rest) = msg.strip_prefix("missing configuration field \"") {
-        key = rest.trim_end_matches('"').to_string();
-        msg = "missing key (required)".into();
-    }
-    (key, describe_serde_error(&msg))
-}
-
-fn describe_serde_error(e: &dyn fmt::Display) -> String {
-    let msg = e.to_string();
-    let msg = msg
-        .replace("unknown field", "unknown key")
-        .replace("missing field", "missing key");
-    if msg.starts_with("unknown key") {
-        format!("{msg} (unknown keys are errors so a typo cannot silently disable a limit)")
-    } else {
-        msg
     }
 }
 

@@ -1,11 +1,14 @@
 //! `pacer check` against the database: everything that can be known
-//! before the first write. The statements prepare, the key is walkable,
+//! before the first write. The role has the grants it needs (`grants`),
+//! the statements prepare, the key is walkable,
 //! reads walk an index, the pending filter is not hopelessly sparse on a
 //! large table, and the update is idempotent (one batch applied twice
 //! inside a transaction that is rolled back).
 
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor};
+
+mod grants;
 
 use crate::executor::target::{Target, db_message};
 use crate::policy::Policy;
@@ -46,12 +49,37 @@ pub fn plan_summary(plan: &serde_json::Value) -> String {
     out.join(" > ")
 }
 
-fn has_seq_scan(plan: &serde_json::Value) -> bool {
+/// Whether a keyset read plan reads the whole table: a Seq Scan, or a Sort
+/// (the read orders by the key, so a Sort means no index delivers the key
+/// order and every chunk reads and sorts everything).
+fn reads_whole_table(plan: &serde_json::Value) -> bool {
     fn walk(n: &serde_json::Value) -> bool {
-        n["Node Type"].as_str() == Some("Seq Scan")
+        matches!(n["Node Type"].as_str(), Some("Seq Scan" | "Sort"))
             || n["Plans"].as_array().is_some_and(|c| c.iter().any(walk))
     }
     walk(&plan["Plan"])
+}
+
+/// The plan of the first keyset read, as it would be with sequential scans
+/// forbidden. On a tiny, empty or unanalyzed table the planner rightly
+/// prefers a seq scan, which says nothing about the table at full size; the
+/// question is whether the read *can* walk an index, and a seq scan that
+/// remains when forbidden means it cannot. `SET LOCAL` in a transaction
+/// that is rolled back leaves the session as it was.
+async fn read_plan(
+    conn: &mut PgConnection,
+    target: &Target,
+    chunk: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT set_config('enable_seqscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    let plan = target
+        .explain(&mut tx, &target.first_read_literal(chunk))
+        .await;
+    tx.rollback().await?;
+    plan
 }
 
 pub async fn preflight(
@@ -60,6 +88,9 @@ pub async fn preflight(
     force: bool,
 ) -> anyhow::Result<Report> {
     let mut r = Report::default();
+    if !grants::check(conn, policy, &mut r).await? {
+        return Ok(r);
+    }
     let target = Target::resolve(conn, policy).await?;
     r.notes.push(format!(
         "key {} ({}) is unique and indexed; statements prepare",
@@ -68,13 +99,11 @@ pub async fn preflight(
     ));
 
     // Reads walk an index on the key.
-    let plan = target
-        .explain(conn, &target.first_read_literal(policy.limits.read_chunk))
-        .await?;
+    let plan = read_plan(conn, &target, policy.limits.read_chunk).await?;
     let summary = plan_summary(&plan);
-    if has_seq_scan(&plan) {
+    if reads_whole_table(&plan) {
         r.problems.push(format!(
-            "job.key: keyset reads would scan the table instead of walking an index on {} (plan: {summary})",
+            "job.key: keyset reads would scan the whole table instead of walking an index on {} in order (plan: {summary})",
             target.key_name
         ));
     } else {
@@ -82,15 +111,30 @@ pub async fn preflight(
     }
 
     // Sparse pending filter.
-    let reltuples: f32 = sqlx::query_scalar(
-        "SELECT greatest(reltuples, 0)::real FROM pg_class WHERE oid = $1::regclass",
-    )
-    .bind(&target.table_q)
+    let reltuples: f32 =
+        sqlx::query_scalar("SELECT reltuples::real FROM pg_class WHERE oid = $1::regclass")
+            .bind(&target.table_q)
+            .fetch_one(&mut *conn)
+            .await?;
+    let table_rows = reltuples as f64;
+    let empty: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT NOT EXISTS (SELECT 1 FROM {})",
+        target.table_q
+    )))
     .fetch_one(&mut *conn)
     .await?;
-    let table_rows = reltuples as f64;
     let pending_est = target.estimate_pending(conn).await? as f64;
-    if table_rows > 0.0 {
+    if empty {
+        r.notes.push(format!(
+            "{} is empty: 0 rows pending, a run would finish at once",
+            target.table_q
+        ));
+    } else if table_rows <= 0.0 {
+        r.warnings.push(format!(
+            "{t} has no planner statistics yet (never analyzed): pending rows are not estimated; run ANALYZE {t}",
+            t = target.table_q
+        ));
+    } else {
         if pending_est > table_rows * 1.05 {
             // Both figures are planner estimates; this only happens when the
             // statistics predate recent writes.
@@ -225,7 +269,10 @@ async fn idempotency(
         r.problems.push(format!(
             "job.update is not idempotent: applied twice to the same {} keys, the second application changed {} rows \
              (the first changed {}). Add the pending condition to its WHERE (e.g. `AND {}`), so a retried batch changes nothing",
-            p.keys, p.second, p.first, policy.job.pending
+            p.keys,
+            p.second,
+            p.first,
+            crate::text::elide(&policy.job.pending, 80)
         ));
     } else {
         r.notes.push(format!(

@@ -209,3 +209,32 @@ async fn rows_inserted_behind_the_cursor_are_swept(pool: PgPool) {
         .unwrap();
     assert!(pass >= 1, "a sweep pass must have run");
 }
+
+/// `pacer pause --reason` with a newline and an escape: stored, shown by
+/// `pacer status` and logged as escapes, so it cannot forge a line.
+#[sqlx::test(migrations = false)]
+async fn a_pause_reason_cannot_forge_lines(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 10).await;
+    let (_d, p) = policy(&url, &Spec::default());
+    // A finished job, so `status` has a job row to show the switch with.
+    assert_eq!(output(pacer(&["run"], &p)).await.code, Some(0));
+    let forged = "sale\nINFO [t] resuming: forged\u{1b}[2J";
+    let mut c = pacer(&["pause", "--reason", forged], &p);
+    c.env("USER", "eve\nINFO");
+    let out = output(c).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(!out.all().contains('\u{1b}'), "{}", out.all());
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    let (by, reason): (String, String) =
+        sqlx::query_as("SELECT changed_by, reason FROM pacer.control WHERE job = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(reason, "sale\\nINFO [t] resuming: forged\\u{1b}[2J");
+    assert!(by.starts_with("eve\\nINFO"), "{by}");
+    let v = status(&p).await;
+    assert_eq!(v["paused_by"]["reason"], reason.as_str(), "{v}");
+    let text = output(pacer(&["status"], &p)).await;
+    assert!(!text.stdout.contains("\nINFO"), "{}", text.stdout);
+}

@@ -376,3 +376,192 @@ async fn verify_reports_pending_rows_and_max_pause_stops_with_code_4(pool: PgPoo
     assert_eq!(j["paused_by"]["reason"], "before the start");
     assert_eq!(j["rows_pending"], 1500);
 }
+
+/// A fragment ending in a `-- comment` is spliced into pacer's SQL without
+/// swallowing the rest of the statement: check, run and verify all work.
+#[sqlx::test(migrations = false)]
+async fn sql_fragments_may_end_in_a_line_comment(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 1500).await;
+    let spec = Spec {
+        pending: "counter = 0 -- not counted yet",
+        update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0 -- one pass",
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&url, &spec);
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let out = output(pacer(&["run"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 1500, 0));
+    let out = output(pacer(&["verify"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+}
+
+/// `check` asks whether the read path *can* walk an index, not which plan
+/// the planner prefers today: on a tiny or empty table a seq scan is the
+/// cheaper plan and no problem, an empty table is 0 rows pending, and only
+/// a read no index can serve in key order is flagged.
+#[sqlx::test(migrations = false)]
+async fn check_asks_whether_reads_can_use_an_index(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 40).await;
+    let good = "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0";
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            update: good,
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "tiny table: {}", out.all());
+    assert!(out.stdout.contains("Index Scan"), "{}", out.stdout);
+
+    sqlx::raw_sql("DELETE FROM t; ANALYZE t")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "empty table: {}", out.all());
+    assert!(out.stdout.contains("0 rows pending"), "{}", out.stdout);
+
+    // A unique index in another collation cannot give the column's order.
+    sqlx::raw_sql(
+        "CREATE TABLE c (id text COLLATE \"und-x-icu\" NOT NULL, counter int NOT NULL DEFAULT 0);
+         CREATE UNIQUE INDEX ON c (id COLLATE \"C\");
+         INSERT INTO c (id) SELECT g::text FROM generate_series(1, 200) g; ANALYZE c;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            table: "c",
+            update: "UPDATE c SET counter = 1 WHERE id = ANY($1) AND counter = 0",
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stdout
+            .contains("problem: job.key: keyset reads would scan the whole table"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// The least-privilege role of docs/OPERATIONS.md ("A role for pacer") is
+/// enough to check and run a backfill, and `check` names each grant that
+/// goes missing and what stops working without it.
+#[sqlx::test(migrations = false)]
+async fn a_least_privilege_role_runs_a_backfill(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 2000).await;
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // Roles are cluster-wide: one per test database, short and lowercase.
+    let role = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        db.hash(&mut h);
+        format!("pacer_lp_{:016x}", h.finish())
+    };
+    let sql = |s: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(s))
+                .execute(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // Exactly the documented role, nothing more.
+    sql(format!(
+        "DROP ROLE IF EXISTS {role};
+         CREATE ROLE {role} LOGIN PASSWORD 'pacer-lp';
+         GRANT CONNECT ON DATABASE \"{db}\" TO {role};
+         GRANT USAGE ON SCHEMA public TO {role};
+         GRANT SELECT, UPDATE ON public.t TO {role};
+         CREATE SCHEMA pacer AUTHORIZATION {role};
+         GRANT pg_monitor TO {role};"
+    ))
+    .await;
+    let as_role = url.replacen("postgres@", &format!("{role}:pacer-lp@"), 1);
+    assert_ne!(as_role, url, "the test URL names user postgres: {url}");
+    let good = Spec {
+        update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0",
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&as_role, &good);
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    // The run also writes the replication heartbeat into pacer's schema.
+    let lag = Spec {
+        extra: "[[signal]]\nname = \"lag\"\npostgres = \"replication_lag_seconds\"\nstop_above = 100\non_missing = \"ignore\"\n",
+        ..good
+    };
+    let (_d3, p3) = policy(&as_role, &lag);
+    // The primary stands in for a replica: it has the heartbeat row too.
+    let text = std::fs::read_to_string(&p3).unwrap().replacen(
+        &format!("url = \"{as_role}\""),
+        &format!("url = \"{as_role}\"\nreplicas = [\"{as_role}\"]"),
+        1,
+    );
+    std::fs::write(&p3, text).unwrap();
+    let out = output(pacer(&["run"], &p3)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 2000, 0));
+    let beats: i64 = sqlx::query_scalar("SELECT count(*) FROM pacer.heartbeat")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(beats, 1);
+
+    // Without pg_monitor, lock signals would read 0: a warning, and a
+    // problem when the policy relies on one.
+    sql(format!("REVOKE pg_monitor FROM {role}")).await;
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("warning: role") && out.stdout.contains("lacks pg_monitor"),
+        "{}",
+        out.stdout
+    );
+    let locks = Spec {
+        extra: "[[signal]]\nname = \"waits\"\npostgres = \"lock_waiters\"\nstop_above = 5\n",
+        ..good
+    };
+    let (_d2, p2) = policy(&as_role, &locks);
+    let out = output(pacer(&["check"], &p2)).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stdout.contains("problem: signal waits: role")
+            && out
+                .stdout
+                .contains("read 0 whatever happens (GRANT pg_monitor TO"),
+        "{}",
+        out.stdout
+    );
+
+    // Without UPDATE every batch would fail: named before anything runs.
+    sql(format!("REVOKE UPDATE ON public.t FROM {role}")).await;
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stdout.contains("lacks UPDATE on t") && out.stdout.contains("GRANT UPDATE ON t TO"),
+        "{}",
+        out.stdout
+    );
+
+    sql(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';
+         DROP OWNED BY {role}; DROP ROLE {role};"
+    ))
+    .await;
+}

@@ -558,3 +558,68 @@ fn policy_labels_must_be_label_names() {
     let e = Metrics::new("demo", &reserved).err().unwrap().to_string();
     assert!(e.contains("\"job\"") && e.contains("[job] labels"), "{e}");
 }
+
+/// A reason or requester with newlines and escapes reaches neither the log
+/// nor the job as such: a forged `INFO … resuming` line cannot appear, the
+/// terminal cannot be repainted, and overlong values are refused.
+#[tokio::test]
+async fn control_strings_cannot_forge_log_lines() {
+    use pacer::cli::LogFormat;
+    use support::capture::Capture;
+    let cap = Capture::default();
+    let sub = pacer::telemetry::logging::subscriber(
+        LogFormat::Text,
+        tracing_subscriber::EnvFilter::new("info"),
+        cap.clone(),
+        false,
+    );
+    let _guard = tracing::subscriber::set_default(sub);
+    let job = Job::new();
+    let srv = start(None, job.clone()).await;
+    let c = reqwest::Client::new();
+    let base = format!("http://{}", srv.local_addr());
+    // Tests in other threads hit the same log callsite with no subscriber;
+    // once it is surely registered, make tracing's cached interest count
+    // this test's subscriber too.
+    let warm_up = c.post(format!("{base}/resume?reason=warm-up")).send();
+    assert_eq!(warm_up.await.unwrap().status(), 200);
+    tracing::callsite::rebuild_interest_cache();
+    let forged = "sale\n2026-11-24T08:00:00.000Z  INFO [demo] resuming: forged\u{1b}[2J\u{202e}";
+    let r = c
+        .post(format!("{base}/pause"))
+        .json(&json!({"reason": forged, "by": "eve\r\nINFO"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, req) = &job.requests()[1];
+    for s in [&req.reason, &req.by] {
+        assert!(!s.chars().any(char::is_control), "{s:?}");
+        assert!(!s.contains('\u{202e}'), "{s:?}");
+    }
+    assert!(req.reason.starts_with("sale\\n2026"), "{:?}", req.reason);
+    assert_eq!(req.by, "eve\\r\\nINFO");
+    let lines = cap.lines();
+    let forged_lines: Vec<&String> = lines.iter().filter(|l| l.contains("forged")).collect();
+    assert_eq!(forged_lines.len(), 1, "{lines:?}");
+    assert!(
+        forged_lines[0].contains("pause requested over HTTP by eve"),
+        "the forged text must stay inside the real line: {lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains('\u{1b}')), "{lines:?}");
+
+    for body in [
+        json!({"reason": "x".repeat(501)}),
+        json!({"reason": "ok", "by": "b".repeat(101)}),
+    ] {
+        let r = c
+            .post(format!("{base}/pause"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(job.requests().len(), 2);
+    srv.shutdown().await.unwrap();
+}

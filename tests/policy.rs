@@ -178,8 +178,11 @@ fn environment_overrides_scalar_keys_and_is_named_in_errors() {
         out.contains("(with PACER_POLICY__LIMITS__BATCH_SIZE__MAX)"),
         "{out}"
     );
+    // The override's value is named by its variable, never shown.
     assert!(
-        out.contains("limits.batch_size: min 50 is greater than max 10"),
+        out.contains(
+            "limits.batch_size: min 50 is greater than max <PACER_POLICY__LIMITS__BATCH_SIZE__MAX>"
+        ),
         "{out}"
     );
 
@@ -282,6 +285,226 @@ fn fingerprint_tracks_what_touches_rows_only() {
     .unwrap();
     assert_eq!(a.fingerprint(), b.fingerprint(), "limits may change freely");
     assert_ne!(a.fingerprint(), c.fingerprint(), "pending changed");
+}
+
+/// Override values may be secrets (a token, a password pasted into the
+/// wrong variable): an error names the variable and the key, never the value.
+#[test]
+fn override_values_never_appear_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "p.toml", &demo_text());
+    let secret = "hunter2-s3cret";
+    // A value with a space or newline is invalid for every key below.
+    for var in [
+        "PACER_POLICY__LIMITS__BATCH_SIZE__MAX",
+        "PACER_POLICY__LIMITS__MAX_RETRIES",
+        "PACER_POLICY__CONTROLLER__TICK",
+        "PACER_POLICY__CONTROLLER__BETA",
+        "PACER_POLICY__JOB__STOP_AFTER_MAX_PAUSE",
+        "PACER_POLICY__JOB__TIMEZONE",
+        "PACER_POLICY__JOB__NAME",
+        "PACER_POLICY__BASELINE__ON_INSUFFICIENT",
+        "PACER_POLICY__LIMITS__BATCH_SIZE",
+        "PACER_POLICY__JOB__NAME__INNER",
+        "PACER_POLICY__SIGNAL__NAME",
+        "PACER_POLICY__LIMITS__NO_SUCH_KEY",
+    ] {
+        for value in [format!("{secret} !"), format!("{secret}\nwith newline")] {
+            let (code, out) = check(&path, &[(var, &value)]);
+            assert_eq!(code, 2, "{var}: {out}");
+            assert!(!out.contains("hunter2"), "{var} leaked its value: {out}");
+            assert!(out.contains(var), "{var} not named: {out}");
+        }
+    }
+}
+
+/// A value of the wrong type in the file is an error naming the key, not a
+/// silent conversion (`name = 3.14` used to become the job "3.14").
+#[test]
+fn file_values_have_strict_types() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "name = \"demo\"",
+            "name = 3.14",
+            "job.name: invalid type: floating point",
+        ),
+        (
+            "table = \"public.orders\"",
+            "table = 1",
+            "job.table: invalid type: integer",
+        ),
+        (
+            "beta = 0.5",
+            "beta = \"0.5\"",
+            "controller.beta: invalid type: string",
+        ),
+        (
+            "max_retries = 5",
+            "max_retries = true",
+            "limits.max_retries: invalid type: boolean",
+        ),
+        (
+            "max_retries = 5",
+            "max_retries = 5.5",
+            "limits.max_retries: invalid type: floating point",
+        ),
+        (
+            "stop_for = \"10s\"",
+            "stop_for = 10",
+            "signal[0].stop_for: invalid type: integer",
+        ),
+        (
+            "on_missing = \"hold\"",
+            "on_missing = 1",
+            "signal[0].on_missing: invalid type",
+        ),
+        (
+            "timezone = \"Europe/Berlin\"",
+            "timezone = false",
+            "job.timezone: invalid type: boolean",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let text = demo_text();
+        assert!(text.contains(from), "fixture lost {from:?}");
+        let e = Policy::from_toml("t.toml", &text.replacen(from, to, 1)).unwrap_err();
+        assert!(e.to_string().contains(expect), "{to}: {e}");
+    }
+    // A TOML date where a date string belongs reads as that string.
+    let bf = "\n[[window]]\nname = \"bf\"\ndates = [2026-11-27]\npause = true\n";
+    let p = Policy::from_toml("t.toml", &(demo_text() + bf)).unwrap();
+    assert_eq!(p.windows[0].dates, ["2026-11-27"]);
+    // Overrides are text by nature: they take the type of their key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "p.toml", &demo_text());
+    let env = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let p = Policy::load_with_env(
+        &path,
+        [
+            env("PACER_POLICY__JOB__NAME", "3.14"),
+            env("PACER_POLICY__CONTROLLER__BETA", "0.25"),
+            env("PACER_POLICY__JOB__STOP_AFTER_MAX_PAUSE", "false"),
+            env("PACER_POLICY__BASELINE__ON_INSUFFICIENT", "wait"),
+            env("PACER_POLICY__JOB__LABELS__TENANT", "acme"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(p.job.name, "3.14");
+    assert_eq!(p.controller.beta, 0.25);
+    assert_eq!(p.job.labels["tenant"], "acme");
+}
+
+/// However long the offending value, an error line stays short and still
+/// names the file and the key.
+#[test]
+fn errors_stay_short_and_name_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "x".repeat(3_000_000);
+    let cases = [
+        (
+            demo_text().replacen("name = \"demo\"", &format!("name = \"{huge}\""), 1),
+            "job.name",
+        ),
+        (
+            demo_text().replacen(
+                "timezone = \"Europe/Berlin\"",
+                &format!("timezone = \"{huge}\""),
+                1,
+            ),
+            "job.timezone",
+        ),
+        (
+            demo_text().replacen("slow_above = 2.0", &format!("slow_above = \"{huge}\""), 1),
+            "signal[1].slow_above",
+        ),
+        (
+            demo_text().replacen("[controller]", &format!("[controller]\n{huge} = 1"), 1),
+            "controller.xxx",
+        ),
+        (
+            demo_text().replacen("name = \"demo\"", &format!("name = \"{huge}"), 1),
+            "line 8",
+        ),
+        (
+            demo_text().replacen("tick = \"1s\"", &format!("tick = \"{huge}\""), 1),
+            "controller.tick",
+        ),
+    ];
+    for (text, key) in cases {
+        let path = write(&dir, "long.toml", &text);
+        let (code, out) = check(&path, &[]);
+        assert_eq!(code, 2, "{}", &out[..out.len().min(500)]);
+        for line in out.lines() {
+            assert!(
+                line.chars().count() <= 300,
+                "{} chars: {}",
+                line.len(),
+                &line[..300]
+            );
+            assert!(line.starts_with(&format!("{}: ", path.display())), "{line}");
+        }
+        assert!(out.contains(key), "{key} not named: {out}");
+    }
+}
+
+/// Durations beyond what pacer and Postgres can use are refused at load,
+/// not discovered as an overflow or a failed `SET` at run time.
+#[test]
+fn durations_are_bounded_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "p.toml", &demo_text());
+    for (var, value, expect) in [
+        (
+            "PACER_POLICY__CONTROLLER__WORKER_AFTER",
+            "18446744073709551615s",
+            "controller.worker_after: is longer than the supported 366 days",
+        ),
+        (
+            "PACER_POLICY__BASELINE__WINDOW",
+            "400days",
+            "baseline.window: is longer than the supported 366 days",
+        ),
+        (
+            "PACER_POLICY__LIMITS__STATEMENT_TIMEOUT",
+            "25days",
+            "limits.statement_timeout: is longer than Postgres accepts",
+        ),
+        (
+            "PACER_POLICY__LIMITS__LOCK_TIMEOUT",
+            "500us",
+            "limits.lock_timeout: is under 1ms",
+        ),
+    ] {
+        let (code, out) = check(&path, &[(var, value)]);
+        assert_eq!(code, 2, "{var}={value}: {out}");
+        assert!(out.contains(expect), "{var}={value}: {out}");
+    }
+    let (code, out) = check(
+        &path,
+        &[("PACER_POLICY__LIMITS__STATEMENT_TIMEOUT", "24days")],
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A variable that is not UTF-8 (anyone's, not only pacer's) must not
+/// crash the loader: `std::env::vars` panics on one.
+#[test]
+fn a_non_utf8_environment_does_not_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "p.toml", &demo_text());
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    for var in ["SOME_OTHER_TOOL", "PACER_POLICY__JOB__NAME"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+            .args(["check", "--offline", "--policy"])
+            .arg(&path)
+            .env(var, bad)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains("panicked"), "{var}: {text}");
+        assert!(matches!(out.status.code(), Some(0 | 2)), "{var}: {text}");
+    }
 }
 
 proptest! {

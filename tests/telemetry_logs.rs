@@ -414,3 +414,86 @@ fn log_level_comes_from_the_flag_then_rust_log() {
     let e = logging::filter(Some("pacer=loud")).unwrap_err().to_string();
     assert!(e.contains("--log-level") && e.contains("pacer=loud"), "{e}");
 }
+
+/// Every command that connects prints its errors through one redaction
+/// pass: no form of connection string (URL, libpq keyword/value, quoted
+/// values, an unencoded space) and no override shows its password.
+#[test]
+fn no_form_of_connection_string_reaches_command_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let demo = std::fs::read_to_string("policies/demo.toml").unwrap();
+    std::fs::write(&path, demo).unwrap();
+    let out_dir = dir.path().join("report");
+    let urls = [
+        format!("host=127.0.0.1 port=1 user=app password={SECRET} dbname=shop"),
+        format!("host=127.0.0.1 port=1 user=app password='{SECRET} x' dbname=shop"),
+        format!("host=127.0.0.1 port=1 password = 'it\\'s {SECRET}' dbname=shop"),
+        format!("postgres://app:{SECRET}@127.0.0.1:1/shop"),
+        format!("postgres://app:{SECRET} x@127.0.0.1:1/shop"),
+        format!("postgres://app@127.0.0.1:1/shop?password={SECRET}&sslmode=bogus"),
+        format!("postgres://app:{SECRET}@127.0.0.1:1/shop?sslmode=bogus"),
+    ];
+    let commands: &[&[&str]] = &[
+        &["check"],
+        &["status"],
+        &["run"],
+        &["pause", "--reason", "test"],
+        &["resume"],
+        &["verify"],
+        &["report", "--out", out_dir.to_str().unwrap()],
+        &["cleanup"],
+    ];
+    for url in &urls {
+        for var in ["DATABASE_URL", "PACER_POLICY__DATABASE__URL"] {
+            for args in commands {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_pacer"))
+                    .args(*args)
+                    .arg("--policy")
+                    .arg(&path)
+                    .env_remove("DATABASE_URL")
+                    .env(var, url)
+                    .env("PACER_POLICY__HTTP__LISTEN", "127.0.0.1:0")
+                    .output()
+                    .unwrap();
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(
+                    !text.contains("hunter2"),
+                    "{args:?} with {var}={url:?} leaked:\n{text}"
+                );
+                assert_ne!(out.status.code(), Some(0), "{args:?}: {text}");
+                assert!(!text.contains("panicked"), "{args:?}: {text}");
+            }
+        }
+    }
+}
+
+/// A newline or escape inside a value (a pause reason from the control
+/// API, a database error) cannot start a log line of its own that reads
+/// like pacer's, nor repaint the operator's terminal.
+#[test]
+fn control_characters_in_values_never_start_a_line() {
+    let forged = "sale\n2026-11-24T08:00:00.000Z  INFO [demo] resuming: forged\u{1b}[2J";
+    for format in [LogFormat::Text, LogFormat::Json] {
+        let lines = capture(format, "info", || {
+            let _g = telemetry::job_span("demo", &labels()).entered();
+            tracing::info!(by = "eve\r\nx", reason = forged, "paused by eve: {forged}");
+        });
+        assert_eq!(lines.len(), 1, "{format:?}: {lines:?}");
+        assert!(!lines[0].contains('\u{1b}'), "{format:?}: {}", lines[0]);
+        if format == LogFormat::Json {
+            let v: Value = serde_json::from_str(&lines[0]).unwrap();
+            assert_eq!(v["reason"], forged, "JSON keeps the value, escaped");
+        } else {
+            assert!(
+                lines[0].contains("paused by eve: sale\\n2026"),
+                "{}",
+                lines[0]
+            );
+        }
+    }
+}

@@ -1,5 +1,6 @@
 use crate::cli::{CheckArgs, exit};
-use crate::store::{Fail, database_url};
+use crate::store::database_url;
+use crate::text::message_line;
 
 pub fn run(args: &CheckArgs) -> u8 {
     let p = match super::load_policy(&args.policy.policy) {
@@ -40,14 +41,17 @@ pub fn run(args: &CheckArgs) -> u8 {
     });
     match result {
         Ok(report) => {
+            // Findings quote database messages and policy SQL: one line
+            // each, bounded like every error.
+            let line = |kind: &str, s: &str| message_line(&format!("  {kind}: {s}"));
             for n in &report.notes {
-                println!("  ok: {n}");
+                println!("{}", line("ok", n));
             }
             for w in &report.warnings {
-                println!("  warning: {w}");
+                println!("{}", line("warning", w));
             }
             for pr in &report.problems {
-                println!("  problem: {pr}");
+                println!("{}", line("problem", pr));
             }
             if report.problems.is_empty() {
                 println!("preflight: ok");
@@ -57,9 +61,6 @@ pub fn run(args: &CheckArgs) -> u8 {
                 exit::PENDING
             }
         }
-        Err(e) => {
-            eprintln!("preflight: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("preflight: ", &e),
     }
 }

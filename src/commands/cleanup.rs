@@ -17,10 +17,7 @@ pub fn run(args: &CleanupArgs) -> u8 {
     let result = super::block_on(cleanup(&policy, args));
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 

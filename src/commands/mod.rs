@@ -14,6 +14,7 @@ use std::path::Path;
 
 use crate::cli::exit;
 use crate::policy::Policy;
+use crate::store::Fail;
 
 /// Load and validate the policy, printing every problem: the first step of
 /// every command. `Err` carries the exit code.
@@ -22,6 +23,16 @@ pub(crate) fn load_policy(path: &Path) -> Result<Policy, u8> {
         eprintln!("{e}");
         exit::INVALID
     })
+}
+
+/// Print a command's error on stderr the way every command does: the cause
+/// chain on one line, credentials masked (a libpq string or a URL may sit
+/// anywhere in it), control characters escaped, at most
+/// `text::MAX_MESSAGE` characters. Returns the exit code it calls for.
+pub(crate) fn print_error(prefix: &str, e: &anyhow::Error) -> u8 {
+    let line = format!("{prefix}{}", crate::telemetry::redact::error(e));
+    eprintln!("{}", crate::text::message_line(&line));
+    Fail::code_of(e)
 }
 
 /// Run one async operation on a fresh runtime, for commands that are a

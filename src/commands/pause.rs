@@ -1,14 +1,11 @@
 use crate::cli::{PauseArgs, ResumeArgs, exit};
 use crate::policy::Policy;
-use crate::store::control::operator;
+use crate::store::control::{clean, operator};
 use crate::store::{Fail, Store, database_url};
 
 pub fn pause(args: &PauseArgs) -> u8 {
-    flip(
-        &args.policy.policy,
-        true,
-        args.reason.as_deref().unwrap_or(""),
-    )
+    let (_, reason) = clean("", args.reason.as_deref().unwrap_or(""));
+    flip(&args.policy.policy, true, &reason)
 }
 
 pub fn resume(args: &ResumeArgs) -> u8 {
@@ -48,10 +45,7 @@ fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
             }
             exit::OK
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 

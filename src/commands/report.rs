@@ -1,7 +1,8 @@
 use crate::cli::{ReportArgs, exit};
 use crate::policy::Policy;
 use crate::report::{ReportInfo, Verification};
-use crate::store::{Fail, Store, database_url, redact_url};
+use crate::store::{Fail, Store, database_url};
+use crate::telemetry::redact;
 
 /// `pacer report`: the stored history of the policy's job, rendered like a
 /// simulation's (`report::render`), with the verification result.
@@ -20,10 +21,7 @@ pub fn run(args: &ReportArgs) -> u8 {
             );
             exit::OK
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 
@@ -43,7 +41,7 @@ async fn report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
         return Err(Fail::invalid(format!(
             "job {job:?} has no history in schema {:?} of {} (not started, or removed by `pacer cleanup --history`)",
             store.schema(),
-            redact_url(&url)
+            redact::url(&url)
         )));
     };
     let history = store.history(&mut conn, policy, &row.baselines).await?;
@@ -74,7 +72,7 @@ async fn report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
         source: Some(format!(
             "pacer's tables (schema {}) of {}, job state {}",
             store.schema(),
-            redact_url(&url),
+            redact::url(&url),
             row.state
         )),
         database: Some(url.clone()),

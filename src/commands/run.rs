@@ -1,6 +1,5 @@
 use crate::cli::{RunArgs, exit};
 use crate::executor::{RunOptions, run as run_job};
-use crate::store::Fail;
 
 /// Logs go to stderr, as text or JSON lines; `--log-level` wins over RUST_LOG.
 /// A multi-threaded runtime sized for a CLI.
@@ -58,10 +57,7 @@ pub fn run(args: &RunArgs) -> u8 {
                 println!("{}", o.summary);
                 o.code
             }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                Fail::code_of(&e)
-            }
+            Err(e) => super::print_error("error: ", &e),
         }
     })
 }

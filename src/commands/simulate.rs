@@ -34,7 +34,7 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("{}: {e:#}", args.policy.policy.display());
+            super::print_error(&format!("{}: ", args.policy.policy.display()), &e);
             return exit::INVALID;
         }
     };

@@ -27,10 +27,7 @@ pub fn run(args: &StatusArgs) -> u8 {
             }
             exit::OK
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 

@@ -31,10 +31,7 @@ pub fn run(args: &VerifyArgs) -> u8 {
                 exit::PENDING
             }
         }
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            Fail::code_of(&e)
-        }
+        Err(e) => super::print_error("error: ", &e),
     }
 }
 
@@ -51,14 +48,16 @@ pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
         .as_ref()
         .map(|c| format!(" COLLATE {c}"))
         .unwrap_or_default();
-    let first = format!(
-        "SELECT count(*) FILTER (WHERE pend), count(*), (array_agg(k::text ORDER BY k))[count(*)::int] FROM
-           (SELECT {k} AS k, coalesce(({p}), false) AS pend FROM {t} WHERE {k} IS NOT NULL ORDER BY {k} LIMIT $1) s"
-    );
-    let next = first.replace(
-        &format!("WHERE {k} IS NOT NULL"),
-        &format!("WHERE {k} > ($2::{}{coll})", target.key_type.sql()),
-    );
+    // Built per condition, not by replacing text: job.pending may contain
+    // the very text a replacement would look for.
+    let chunk_sql = |cond: &str| {
+        format!(
+            "SELECT count(*) FILTER (WHERE pend), count(*), (array_agg(k::text ORDER BY k))[count(*)::int] FROM
+               (SELECT {k} AS k, coalesce(({p}), false) AS pend FROM {t} WHERE {cond} ORDER BY {k} LIMIT $1) s"
+        )
+    };
+    let first = chunk_sql(&format!("{k} IS NOT NULL"));
+    let next = chunk_sql(&format!("{k} > ($2::{}{coll})", target.key_type.sql()));
     let mut cursor: Option<String> = None;
     let mut pending = 0i64;
     let mut total = 0i64;

@@ -139,7 +139,7 @@ impl Knobs {
         let s = s.clamp(smin, smax).max(start.sleep.as_secs_f64().min(smax));
         Knobs {
             batch_size: b as u32,
-            sleep: Duration::from_secs_f64(s),
+            sleep: Duration::try_from_secs_f64(s).unwrap_or(l.sleep.max),
             workers: w as u32,
         }
         .clamp(l, caps)

@@ -87,18 +87,22 @@ fn delay_of(s: &Signal, cfg: &ControllerConfig, scrape: Duration) -> (Duration, 
             .flatten()
             .unwrap_or(scrape);
         let tau = cfg.smoothing.max(range / 2);
-        return (range + scrape + tau, Smoothing::Ewma(tau));
+        let delay = range.saturating_add(scrape).saturating_add(tau);
+        return (delay, Smoothing::Ewma(tau));
     }
     if s.is_http() {
         return (tick, Smoothing::Ewma(Duration::ZERO));
     }
     match s.postgres.as_deref() {
         Some("lock_waiters" | "blocked_by_pacer") => {
-            let w = COUNT_WINDOW.max(tick * 3);
-            (w / 2 + tick, Smoothing::Window(w))
+            let w = COUNT_WINDOW.max(tick.saturating_mul(3));
+            ((w / 2).saturating_add(tick), Smoothing::Window(w))
         }
         Some("ddl_waiting") => (tick, Smoothing::Ewma(Duration::ZERO)),
-        _ => (tick + cfg.smoothing, Smoothing::Ewma(cfg.smoothing)),
+        _ => (
+            tick.saturating_add(cfg.smoothing),
+            Smoothing::Ewma(cfg.smoothing),
+        ),
     }
 }
 
@@ -709,7 +713,7 @@ impl Controller {
             .calm_since
             .map(|s| (now - s).to_std().unwrap_or_default())
             .unwrap_or_default();
-        if calm_for >= c.worker_after * 4 {
+        if calm_for >= c.worker_after.saturating_mul(4) {
             self.batch_ceiling = None;
         }
         let batch_max = l
@@ -749,7 +753,8 @@ impl Controller {
             k.workers += 1;
             let cycle = (k.workers as f64) * (k.batch_size as f64) / (old_rate * 1.2);
             let sleep = (cycle - bt_new).max(0.0);
-            k.sleep = Duration::from_secs_f64(sleep)
+            k.sleep = Duration::try_from_secs_f64(sleep)
+                .unwrap_or(l.sleep.max)
                 .max(sleep_min)
                 .min(l.sleep.max);
             self.workers_changed_at = Some(now);
@@ -874,8 +879,7 @@ impl Controller {
         }
         self.knobs = k;
         self.last_calm_knobs = k;
-        self.hold_until =
-            Some(now + chrono::Duration::from_std(self.cfg.hold_after_resume).unwrap_or_default());
+        self.hold_until = Some(later(now, self.cfg.hold_after_resume));
         self.resumed_from = key;
         // A resume opens a recovery epoch: readings still describe the
         // paused spell until the slowest signal could show the new rate.
@@ -883,6 +887,15 @@ impl Controller {
         self.epoch_open = true;
         self.epoch_delay = self.growth_delay;
     }
+}
+
+/// `now + d`, saturating at the end of time: a policy built in code may
+/// hold durations no file would pass validation with.
+fn later(now: Time, d: Duration) -> Time {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// How deep a cut a slow reading earns: barely above `slow` cuts a little,

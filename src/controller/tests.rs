@@ -169,3 +169,50 @@ fn small_values_read_without_exponents() {
         "p95 0.012 > slow 0.0114 (baseline 0.00762 * 1.5)"
     );
 }
+
+/// Durations at the edge of `Duration` must not overflow the controller's
+/// arithmetic (`worker_after * 4`, `cooldown * 3`, `now + hold_after_resume`):
+/// a policy built in code skips the validation that bounds them.
+#[test]
+fn extreme_durations_never_overflow_a_step() {
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.remove(0);
+    let c = &mut p.controller;
+    for d in [
+        &mut c.worker_after,
+        &mut c.cooldown,
+        &mut c.hold_after_resume,
+        &mut c.resume_after,
+        &mut c.missing_grace,
+        &mut c.target_batch_time,
+        &mut c.sleep_step,
+    ] {
+        *d = Duration::MAX;
+    }
+    p.limits.sleep.max = Duration::MAX;
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let reading = |v: f64, t: i64| Inputs {
+        readings: vec![Reading::value(v, at(t))],
+        ..Default::default()
+    };
+    // Calm growth, a slow spell (decrease), a stop (pause), calm again.
+    for (t, v) in [
+        (0, 0.1),
+        (1, 0.1),
+        (2, 3.0),
+        (3, 3.0),
+        (4, 50.0),
+        (5, 0.1),
+        (6, 0.1),
+    ] {
+        c.step(at(t), &reading(v, t));
+    }
+    let mut p2 = p.clone();
+    p2.controller.resume_after = Duration::ZERO;
+    p2.signals[0].stop_for = Duration::ZERO;
+    let mut c = Controller::new(&p2, &BTreeMap::new()).unwrap();
+    c.step(at(0), &reading(50.0, 0));
+    let d = c.step(at(1), &reading(0.1, 1));
+    assert_eq!(d.action, Action::Resume, "{d:?}");
+    c.step(at(2), &reading(0.1, 2));
+}

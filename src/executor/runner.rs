@@ -19,7 +19,7 @@ use crate::cli::exit;
 use crate::controller::{Controller, Inputs, ManualPause, State};
 use crate::policy::Policy;
 use crate::store::jobs::NewJob;
-use crate::store::{Fail, Store, database_url, redact_url, runner_app_name};
+use crate::store::{Fail, Store, database_url, runner_app_name};
 use crate::telemetry::http::{self, HttpError, HttpServer};
 use crate::telemetry::pause_watch::PauseVerdict;
 use crate::telemetry::{JobTelemetry, TelemetryOptions};
@@ -97,8 +97,7 @@ pub async fn run(
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect_lazy_with(
-            url.parse::<sqlx::postgres::PgConnectOptions>()?
-                .application_name(&format!("pacer-signals:{job}")),
+            crate::store::parse_url(&url)?.application_name(&format!("pacer-signals:{job}")),
         );
 
     // Job identity: create, or resume with the same fingerprint.
@@ -632,7 +631,6 @@ async fn dry_run(
     if let Some(first) = pending.first_text() {
         println!("  first batch would start at key {first}");
     }
-    let _ = redact_url;
     Ok(RunOutcome {
         code: exit::OK,
         summary: "dry run: nothing written".into(),

@@ -21,8 +21,16 @@ pub struct Target {
     /// comparison with the cursor so it matches the index order.
     pub collation: Option<String>,
     pub nullable: bool,
+    /// `job.pending` as an expression to splice into SQL: see `fragment`.
     pub pending: String,
     pub update: String,
+}
+
+/// A policy's SQL fragment in parentheses, the closing one on a line of its
+/// own: a fragment ending in a `-- comment` would otherwise swallow the rest
+/// of the statement it is spliced into (`coalesce((x -- note), false)`).
+pub fn fragment(sql: &str) -> String {
+    format!("({sql}\n)")
 }
 
 /// A database error as one line: message, detail, hint.
@@ -128,7 +136,7 @@ impl Target {
             key_type,
             collation,
             nullable: !r.try_get::<bool, _>("attnotnull")?,
-            pending: job.pending.clone(),
+            pending: fragment(&job.pending),
             update: job.update.clone(),
         };
         t.check_sql(conn).await?;
@@ -148,13 +156,19 @@ impl Target {
     /// keys bounds every read to `read_chunk` index entries, even when
     /// pending rows are sparse.
     pub fn read_sql(&self, with_cursor: bool) -> String {
+        self.read_sql_limit(with_cursor, "$1")
+    }
+
+    fn read_sql_limit(&self, with_cursor: bool, limit: &str) -> String {
         let (k, t, p) = (&self.key_q, &self.table_q, &self.pending);
         let cond = if with_cursor {
             format!("{k} > ($2::{}{})", self.key_type.sql(), self.coll())
         } else {
             format!("{k} IS NOT NULL")
         };
-        format!("SELECT {k}, coalesce(({p}), false) FROM {t} WHERE {cond} ORDER BY {k} LIMIT $1")
+        format!(
+            "SELECT {k}, coalesce(({p}), false) FROM {t} WHERE {cond} ORDER BY {k} LIMIT {limit}"
+        )
     }
 
     /// Lock the batch's rows that are free right now; the others are set
@@ -320,7 +334,7 @@ impl Target {
 
     /// The first read of a pass, as literal SQL (for EXPLAIN).
     pub fn first_read_literal(&self, chunk: u32) -> String {
-        self.read_sql(false).replace("$1", &chunk.to_string())
+        self.read_sql_limit(false, &chunk.to_string())
     }
 
     /// Read up to `n` keys after `cursor`: (all keys read, pending keys).

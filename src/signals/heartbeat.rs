@@ -118,10 +118,9 @@ impl Heartbeat {
 
         let mut reps = Vec::new();
         for url in replicas {
-            let label = redact(url);
-            let opts: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| {
-                anyhow::anyhow!("database.replicas {label}: {}", chain(&e))
-            })?;
+            let label = crate::telemetry::redact::url(url);
+            let opts: PgConnectOptions = crate::store::parse_url(url)
+                .map_err(|e| anyhow::anyhow!("database.replicas {label}: {e:#}"))?;
             let opts = opts.application_name(&format!("{}:lag", worker_application_name(job)));
             reps.push(Replica {
                 label,
@@ -192,6 +191,25 @@ impl Heartbeat {
 }
 
 async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Result<()> {
+    // `CREATE ... IF NOT EXISTS` checks privileges before existence: a
+    // least-privilege role that owns its schema but may not create schemas
+    // in the database would fail on a schema that is already there.
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("heartbeat: looking up {table}: {}", chain(&e)))?;
+    if exists {
+        return Ok(());
+    }
+    let schema_exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("heartbeat: looking up schema {schema:?}: {}", chain(&e))
+            })?;
     let mut tx = pool
         .begin()
         .await
@@ -202,7 +220,11 @@ async fn ensure_table(pool: &PgPool, schema: &str, table: &str) -> anyhow::Resul
         "SELECT pg_advisory_xact_lock(hashtext('pacer heartbeat ddl'))".to_string(),
         // "already exists, skipping" notices are noise in pacer's log.
         "SET LOCAL client_min_messages = warning".to_string(),
-        format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema)),
+        if schema_exists {
+            "SELECT 1".to_string()
+        } else {
+            format!("CREATE SCHEMA IF NOT EXISTS {}", quote_ident(schema))
+        },
         format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
                job text PRIMARY KEY, \
@@ -290,19 +312,6 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
-pub fn redact(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
-        }
-        Err(_) => "<unparsable URL>".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,14 +350,5 @@ mod tests {
     #[test]
     fn nothing_written_is_unknown_not_zero() {
         assert_eq!(BeatLog::default().lag(Some(3), Instant::now()), None);
-    }
-
-    #[test]
-    fn redact_hides_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5433/db"),
-            "postgres://u:***@h:5433/db"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

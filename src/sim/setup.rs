@@ -81,6 +81,12 @@ impl Setup {
         if duration < dt {
             anyhow::bail!("simulated duration must be at least one tick ({dt}s)");
         }
+        if policy.baseline.window.as_secs_f64() > MAX_DAYS * 86_400.0 {
+            anyhow::bail!(
+                "baseline.window {} is longer than the {MAX_DAYS} days the simulator replays",
+                humantime::format_duration(policy.baseline.window)
+            );
+        }
         // Warm up at least long enough to fill the longest query window.
         let longest = policy
             .signals
@@ -89,6 +95,12 @@ impl Setup {
             .filter_map(|q| crate::signals::promql::lookback(q).ok().flatten())
             .map(|d| d.as_secs_f64() + model.measurement.scrape_interval)
             .fold(WARMUP_SECS, f64::max);
+        if longest > MAX_DAYS * 86_400.0 {
+            anyhow::bail!(
+                "a signal's query looks back {}, longer than the {MAX_DAYS} days the simulator replays",
+                humantime::format_duration(Duration::from_secs(longest as u64))
+            );
+        }
         let preroll = policy.baseline.window.as_secs_f64() + longest;
         let trace = Trace::new(scenario, model, seed, dt, preroll, duration);
         let mut plant = Plant::default();

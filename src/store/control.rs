@@ -6,6 +6,21 @@ use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
+use crate::text::operator_text;
+
+/// Longest pause reason kept, in characters: a sentence, not a document.
+pub const MAX_REASON: usize = 500;
+/// Longest `changed_by` kept, in characters.
+pub const MAX_BY: usize = 100;
+
+/// Who and why as they may be stored and shown: the pause switch's text
+/// goes to every log line of a paused job, to `/status` and to reports, so
+/// a newline in it could forge a log line and an escape could repaint the
+/// operator's terminal. Applied on write and again on read (rows written by
+/// an older pacer or by hand).
+pub fn clean(by: &str, reason: &str) -> (String, String) {
+    (operator_text(by, MAX_BY), operator_text(reason, MAX_REASON))
+}
 
 #[derive(Debug, Clone)]
 pub struct Switch {
@@ -24,6 +39,7 @@ impl Store {
         by: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
+        let (by, reason) = clean(by, reason);
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {} (job, paused, changed_by, reason, changed_at) VALUES ($1, $2, $3, $4, now())
              ON CONFLICT (job) DO UPDATE SET paused = EXCLUDED.paused, changed_by = EXCLUDED.changed_by,
@@ -52,10 +68,13 @@ impl Store {
         .fetch_optional(&mut *conn)
         .await?;
         r.map(|r| {
+            let by: String = r.try_get("changed_by")?;
+            let reason: String = r.try_get("reason")?;
+            let (by, reason) = clean(&by, &reason);
             Ok(Switch {
                 paused: r.try_get("paused")?,
-                by: r.try_get("changed_by")?,
-                reason: r.try_get("reason")?,
+                by,
+                reason,
                 at: r.try_get("changed_at")?,
             })
         })
@@ -71,9 +90,10 @@ pub fn operator() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    if host.is_empty() {
+    let who = if host.is_empty() {
         user
     } else {
         format!("{user}@{host}")
-    }
+    };
+    operator_text(&who, MAX_BY)
 }

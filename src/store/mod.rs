@@ -13,11 +13,11 @@ pub mod samples;
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection, Executor};
 
 use crate::policy::Policy;
+use crate::telemetry::redact;
 
 /// An error with the exit code it should end the process with, so a command
 /// can say "fix your input" (2) apart from "the database failed" (3).
@@ -51,37 +51,6 @@ impl Fail {
     }
 }
 
-/// A database URL with its password (userinfo or `password=` parameter)
-/// replaced by `***`, for logs and error messages.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let pw_start = rest_start + colon + 1;
-                out.replace_range(pw_start..rest_start + at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", redacted.join("&"));
-    }
-    out
-}
-
 /// The database URL: `database.url` in the policy, else `DATABASE_URL`.
 pub fn database_url(policy: &Policy) -> Option<String> {
     policy
@@ -108,16 +77,34 @@ pub fn runner_app_name(job: &str) -> String {
     s
 }
 
+/// Connection options from a `postgres://` URL. A libpq keyword/value
+/// string (`host=db user=app password=...`) is refused with a hint rather
+/// than sqlx's "relative URL without a base", and never echoed: it
+/// carries the password in plain text.
+pub fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
+    if !url.contains("://") {
+        return Err(Fail::invalid(
+            "database URL (database.url or DATABASE_URL) is a keyword/value string; pacer takes a URL like \
+             postgres://app@db:5432/orders (the password percent-encoded after the user name, or from PGPASSWORD or ~/.pgpass)",
+        ));
+    }
+    url.parse::<PgConnectOptions>().map_err(|e| {
+        Fail::invalid(format!(
+            "database URL {} is not valid: {}",
+            redact::url(url),
+            redact::text(&e.to_string())
+        ))
+    })
+}
+
 /// Open one connection. `client_connection_check_interval` makes a backend
 /// notice a killed client within a second instead of finishing its query.
 pub async fn connect(url: &str, app_name: &str) -> anyhow::Result<PgConnection> {
-    let opts: PgConnectOptions = url
-        .parse()
-        .with_context(|| format!("database URL {} is not valid", redact_url(url)))?;
+    let opts = parse_url(url)?;
     let opts = opts.application_name(app_name);
     let mut conn = PgConnection::connect_with(&opts)
         .await
-        .map_err(|e| Fail::failed(format!("cannot connect to {}: {e}", redact_url(url))))?;
+        .map_err(|e| Fail::failed(format!("cannot connect to {}: {e}", redact::url(url))))?;
     set_nodelay_on_tcp_sockets();
     // Postgres 14+; older servers just lack the safety net.
     let _ = conn
@@ -261,26 +248,4 @@ impl Store {
 pub fn backoff(n: u32, cap: Duration) -> Duration {
     let ms = 100u64.saturating_mul(1u64 << n.saturating_sub(1).min(16));
     Duration::from_millis(ms).min(cap)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact_url("postgres://h/db?user=u&password=secret&sslmode=require"),
-            "postgres://h/db?user=u&password=***&sslmode=require"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p%40ss@h/db"),
-            "postgres://u:***@h/db"
-        );
-    }
 }

@@ -28,8 +28,8 @@ use super::redact;
 pub const TOKEN_ENV: &str = "PACER_CONTROL_TOKEN";
 /// Shortest token accepted: a guessable token is no protection.
 pub const MIN_TOKEN_LEN: usize = 16;
-/// Longest reason accepted, so a reason stays a sentence in a log line.
-const MAX_REASON: usize = 500;
+use crate::store::control::{MAX_BY, MAX_REASON};
+use crate::text::operator_text;
 
 /// A pause or resume request as the API received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +240,7 @@ fn reply(result: anyhow::Result<Value>) -> Response {
         }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"error": redact::error(&e)})),
+            axum::Json(json!({"error": crate::text::message_line(&redact::error(&e))})),
         )
             .into_response(),
     }
@@ -290,7 +290,15 @@ fn control_request(
         .map(|b| b.trim().to_string())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| format!("api@{}", peer.ip()));
-    Ok(ControlRequest { reason, by })
+    if by.chars().count() > MAX_BY {
+        return Err(format!("by is longer than {MAX_BY} characters"));
+    }
+    // Newlines and escapes would forge log lines and repaint terminals:
+    // they are shown as escapes from here on (logs, store, /status).
+    Ok(ControlRequest {
+        reason: operator_text(&reason, MAX_REASON),
+        by: operator_text(&by, MAX_BY),
+    })
 }
 
 type QueryMap = Query<std::collections::HashMap<String, String>>;

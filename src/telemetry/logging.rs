@@ -21,6 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use super::redact;
 use crate::cli::LogFormat;
+use crate::text::escape_controls;
 
 /// Name of the span that carries a job's name and labels.
 pub const JOB_SPAN: &str = "pacer_job";
@@ -270,7 +271,10 @@ where
             if !tags.is_empty() {
                 let _ = write!(s, " [{}]", tags.join(" "));
             }
-            let _ = write!(s, " {message}");
+            // One event, one line: a newline or escape inside a value (a
+            // pause reason, a database error) must not start a line of its
+            // own that reads like pacer's.
+            let _ = write!(s, " {}", escape_controls(&message));
             let shown: Vec<String> = fields
                 .iter()
                 .filter(|(k, _)| !TEXT_HIDDEN.contains(&k.as_str()))
@@ -304,10 +308,11 @@ impl LineFormat {
     }
 }
 
-/// A value as a person reads it: strings without JSON quotes.
+/// A value as a person reads it: strings without JSON quotes, control
+/// characters escaped.
 fn plain(v: &Value) -> String {
     match v {
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape_controls(s),
         v => v.to_string(),
     }
 }

@@ -9,10 +9,27 @@ use std::borrow::Cow;
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
 
-/// A connection URL or libpq conninfo string with its password masked:
-/// `postgres://app:s3cret@db/orders` → `postgres://app:***@db/orders`.
+/// A connection URL or libpq keyword/value string with its password
+/// masked: `postgres://app:s3cret@db/orders` → `postgres://app:***@db/orders`,
+/// `host=db password='a b'` → `host=db password='***'`.
+///
+/// Stricter than `text`, because the whole input is known to be one
+/// connection string: everything between the user name and the last `@`
+/// before the query is the password, so an unencoded space or `@` in it
+/// cannot leak its tail.
 pub fn url(url: &str) -> String {
-    text(url).into_owned()
+    let mut out = url.to_string();
+    if let Some(i) = out.find("://") {
+        let auth = i + 3;
+        let scope_end = out[auth..].find(['?', '#']).map_or(out.len(), |e| auth + e);
+        if let Some(at) = out[auth..scope_end].rfind('@').map(|a| auth + a)
+            && let Some(colon) = out[auth..at].find(':')
+            && auth + colon + 1 < at
+        {
+            out.replace_range(auth + colon + 1..at, MASK);
+        }
+    }
+    text(&out).into_owned()
 }
 
 /// Every credential found in free text masked: passwords in URLs
@@ -102,6 +119,9 @@ fn url_password_spans(s: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Keys whose values are credentials: libpq's `password`, `PGPASSWORD`,
+/// `sslpassword`, and pacer's own tokens (`bearer_token`,
+/// `PACER_CONTROL_TOKEN`).
 fn is_password_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k == "password"
@@ -110,18 +130,33 @@ fn is_password_key(key: &str) -> bool {
         || k == "sslpassword"
         || k == "pgpassword"
         || k.ends_with("_password")
+        || k == "token"
+        || k.ends_with("_token")
+        || k == "secret"
+        || k.ends_with("_secret")
 }
 
+/// Fragments every password-like key contains; the scan starts from them.
+const KEY_NEEDLES: &[&str] = &["pass", "pwd", "token", "secret"];
+
 /// Byte ranges of values of password-like keys: `password=v`,
-/// `password = 'v w'`, `password: Some("v")`, `"password": "v"`.
+/// `password = 'v w'`, `password: Some("v")`, `"password": "v"`,
+/// `PGPASSWORD=v`.
 fn keyed_password_spans(s: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
+    for needle in KEY_NEEDLES {
+        keyed_spans_from(s, needle, &mut out);
+    }
+    out
+}
+
+fn keyed_spans_from(s: &str, needle: &str, out: &mut Vec<(usize, usize)>) {
     let lower = s.to_ascii_lowercase();
     let bytes = s.as_bytes();
     let mut from = 0;
-    while let Some(i) = lower[from..].find("pass") {
+    while let Some(i) = lower[from..].find(needle) {
         let at = from + i;
-        from = at + 4;
+        from = at + needle.len();
         // Extend the key over identifier characters on both sides.
         let key_start = lower[..at]
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -190,7 +225,6 @@ fn keyed_password_spans(s: &str) -> Vec<(usize, usize)> {
             from = end;
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -217,6 +251,16 @@ mod tests {
             url("http://prom:9090/api?x=a@b"),
             "http://prom:9090/api?x=a@b"
         );
+        // Unencoded characters a parser would stop at stay masked whole.
+        assert_eq!(
+            url("postgres://app:pa ss@w/rd@db/orders"),
+            "postgres://app:***@db/orders"
+        );
+        assert_eq!(
+            url("host=db user=app password='s3 cr\\'et' dbname=x"),
+            "host=db user=app password='***' dbname=x"
+        );
+        assert_eq!(url("PGPASSWORD=s3cret psql"), "PGPASSWORD=*** psql");
     }
 
     #[test]
@@ -241,6 +285,11 @@ mod tests {
         assert_eq!(
             text(r#"{"password":"s3\"cret","x":1}"#),
             r#"{"password":"***","x":1}"#
+        );
+        assert_eq!(text("pwd=s3cret user=x"), "pwd=*** user=x");
+        assert_eq!(
+            text("PACER_CONTROL_TOKEN=s3cret bearer_token: \"s3cret\""),
+            "PACER_CONTROL_TOKEN=*** bearer_token: \"***\""
         );
         assert_eq!(
             text("password authentication failed for user app"),
