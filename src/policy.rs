@@ -1139,7 +1139,7 @@ fn default_beta() -> f64 {
     0.5
 }
 fn default_growth() -> f64 {
-    0.25
+    0.5
 }
 fn default_prometheus_url() -> String {
     "http://127.0.0.1:9090".into()

@@ -56,14 +56,35 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
             return exit::INVALID;
         }
     };
+    // Calm growth changes the knobs nearly every tick; those lines are
+    // debug, and repeated small cuts are folded into one line per minute,
+    // so the pauses, resumes and new causes stay readable.
+    let mut fold = crate::telemetry::fold::Fold::default();
+    let info = |line: &crate::telemetry::fold::Line, at| {
+        clock.set(at);
+        let state = match line {
+            crate::telemetry::fold::Line::Decision(d) => d.state.as_str(),
+            crate::telemetry::fold::Line::Folded { last, .. } => last.state.as_str(),
+        };
+        tracing::info!(target: "pacer::simulate", state, "{}", line.summary());
+    };
     for d in &outcome.log {
-        clock.set(d.at);
-        // Calm growth changes the knobs nearly every tick; those lines are
-        // debug so the slow-downs, pauses and resumes stay readable.
-        if d.action == Action::Increase {
-            tracing::debug!(target: "pacer::simulate", state = d.state.as_str(), "{}", d.summary());
+        let lines = if d.action == Action::Increase {
+            fold.expire(d.at)
         } else {
-            tracing::info!(target: "pacer::simulate", state = d.state.as_str(), "{}", d.summary());
+            fold.push(d)
+        };
+        for line in &lines {
+            info(line, d.at);
+        }
+        if d.action == Action::Increase {
+            clock.set(d.at);
+            tracing::debug!(target: "pacer::simulate", state = d.state.as_str(), "{}", d.summary());
+        }
+    }
+    if let Some(last) = outcome.log.last() {
+        for line in fold.flush() {
+            info(&line, last.at);
         }
     }
     print!("{}", sim::summary_table(&outcome));

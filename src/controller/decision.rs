@@ -155,8 +155,9 @@ impl std::fmt::Display for Cause {
                 baseline,
             } => {
                 match estimate {
-                    // The estimate is what crossed; the raw reading beside it.
-                    Some(e) if num(*e) != num(*value) => write!(
+                    // For slow, the estimate is what crossed; the raw
+                    // reading beside it. A stop is judged on raw readings.
+                    Some(e) if *level == "slow" && num(*e) != num(*value) => write!(
                         f,
                         "{signal} {} (estimate; raw {}) > {level} {}",
                         num(*e),

@@ -37,6 +37,10 @@ pub enum Smoothing {
 #[derive(Debug, Clone)]
 pub struct Estimator {
     smoothing: Smoothing,
+    /// A repeated value counts as a new sample once this long has passed
+    /// (zero: every reading is new). A Prometheus value repeats between
+    /// scrapes; a value that stays the same across scrapes is real.
+    repeat_after: Duration,
     /// The current estimate.
     value: Option<f64>,
     /// The last raw value folded in and when, to tell a new sample from a
@@ -56,9 +60,10 @@ pub struct Estimator {
 }
 
 impl Estimator {
-    pub fn new(smoothing: Smoothing) -> Estimator {
+    pub fn new(smoothing: Smoothing, repeat_after: Duration) -> Estimator {
         Estimator {
             smoothing,
+            repeat_after,
             value: None,
             last_raw: None,
             last_at: None,
@@ -91,7 +96,10 @@ impl Estimator {
                 self.value = Some(self.window.iter().map(|(_, v)| v).sum::<f64>() / n);
             }
             Smoothing::Ewma(tau) => {
-                let new = self.last_raw != Some(raw);
+                let new = self.last_raw != Some(raw)
+                    || self
+                        .last_at
+                        .is_none_or(|at| secs(now, at) >= self.repeat_after.as_secs_f64());
                 match (self.value, self.last_at) {
                     (Some(old), Some(at)) if new => {
                         let dt = secs(now, at).max(0.0);
@@ -146,7 +154,8 @@ impl Estimator {
             self.recent.pop_front();
         }
         let held = |since: Option<Time>| since.is_some_and(|s| secs(now, s) >= span);
-        if held(self.raw_above_since) || held(self.est_above_since) {
+        // With stop_for = 0 the policy asks for the raw rule alone.
+        if held(self.raw_above_since) || (span > 0.0 && held(self.est_above_since)) {
             return true;
         }
         // The share rule needs a full span of readings behind it.
@@ -174,7 +183,10 @@ mod tests {
 
     #[test]
     fn a_repeated_value_is_not_new_evidence() {
-        let mut e = Estimator::new(Smoothing::Ewma(Duration::from_secs(10)));
+        let mut e = Estimator::new(
+            Smoothing::Ewma(Duration::from_secs(10)),
+            Duration::from_secs(30),
+        );
         e.observe(at(0), 1.0);
         for s in 1..10 {
             e.observe(at(s), 2.0);
@@ -190,7 +202,7 @@ mod tests {
 
     #[test]
     fn a_window_mean_for_counts() {
-        let mut e = Estimator::new(Smoothing::Window(Duration::from_secs(3)));
+        let mut e = Estimator::new(Smoothing::Window(Duration::from_secs(3)), Duration::ZERO);
         for (s, v) in [(0, 0.0), (1, 4.0), (2, 0.0), (3, 0.0), (4, 0.0), (5, 0.0)] {
             e.observe(at(s), v);
         }
@@ -199,7 +211,10 @@ mod tests {
 
     #[test]
     fn stop_on_a_clean_sustained_crossing_fires_no_later_than_the_plain_rule() {
-        let mut e = Estimator::new(Smoothing::Ewma(Duration::from_secs(10)));
+        let mut e = Estimator::new(
+            Smoothing::Ewma(Duration::from_secs(10)),
+            Duration::from_secs(30),
+        );
         let span = Duration::from_secs(10);
         let mut fired = None;
         for s in 0..40 {
@@ -215,7 +230,10 @@ mod tests {
 
     #[test]
     fn stop_fires_on_a_noisy_signal_mostly_above() {
-        let mut e = Estimator::new(Smoothing::Ewma(Duration::from_secs(10)));
+        let mut e = Estimator::new(
+            Smoothing::Ewma(Duration::from_secs(10)),
+            Duration::from_secs(30),
+        );
         let span = Duration::from_secs(30);
         // Above stop, but every fifth reading dips below it: the plain rule
         // never completes 30 s.

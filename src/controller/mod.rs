@@ -63,13 +63,15 @@ pub struct SignalLevels {
     pub delay: Duration,
     /// How the estimate is formed.
     pub smoothing: Smoothing,
+    /// How long a repeated reading is taken as the same sample.
+    pub repeat_after: Duration,
 }
 
 /// Default scrape interval of Prometheus, when the policy does not say.
 const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
 
 /// Counting window of Poisson-like count signals.
-const COUNT_WINDOW: Duration = Duration::from_secs(10);
+const COUNT_WINDOW: Duration = Duration::from_secs(30);
 
 /// Additive growth per measurement delay once the rate is above half the
 /// rate of the last cut, as a share of that rate (CUBIC's idea: approach
@@ -140,6 +142,9 @@ enum Mode {
         key: Vec<String>,
         /// Knobs to resume with.
         resume_knobs: Knobs,
+        /// Knobs in force when a signal paused the job: the resume starts
+        /// at no more than `beta` × their rate.
+        at_pause: Option<Knobs>,
     },
 }
 
@@ -202,6 +207,12 @@ impl Controller {
         let scrape = policy.prometheus.scrape_interval.unwrap_or(DEFAULT_SCRAPE);
         for s in &policy.signals {
             let (delay, smoothing) = delay_of(s, &policy.controller, scrape);
+            // Only a Prometheus value repeats between scrapes.
+            let repeat_after = if s.prometheus.is_some() {
+                scrape.saturating_mul(3) / 2
+            } else {
+                Duration::ZERO
+            };
             let baseline = baselines.get(&s.name).copied().or(s.baseline);
             let resolve =
                 |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
@@ -236,6 +247,7 @@ impl Controller {
                 ),
                 delay,
                 smoothing,
+                repeat_after,
             });
         }
         let growth_delay = signals
@@ -273,7 +285,7 @@ impl Controller {
             track: signals
                 .iter()
                 .map(|s| Track {
-                    est: Estimator::new(s.smoothing),
+                    est: Estimator::new(s.smoothing, s.repeat_after),
                     missing_since: None,
                 })
                 .collect(),
@@ -308,8 +320,13 @@ impl Controller {
         self.track.iter().map(|t| t.est.estimate()).collect()
     }
 
+    /// The slowest signal's measurement delay: growth is bounded per it.
+    pub fn growth_delay(&self) -> Duration {
+        self.growth_delay
+    }
+
     /// Effective rate of `k` with the learned time per row.
-    fn rate_of(&self, k: &Knobs) -> f64 {
+    pub fn rate_of(&self, k: &Knobs) -> f64 {
         k.rate(self.spr() * k.batch_size as f64)
     }
 
@@ -317,7 +334,8 @@ impl Controller {
     /// half the batch-time target.
     fn spr(&self) -> f64 {
         self.secs_per_row.unwrap_or(
-            self.cfg.target_batch_time.as_secs_f64() / 2.0
+            self.cfg.target_batch_time.as_secs_f64()
+                / 2.0
                 / self.limits.batch_size.start.max(1) as f64,
         )
     }
@@ -529,6 +547,14 @@ impl Controller {
                     Cause::SlowBatch { duration, target } => {
                         (target.as_secs_f64() / duration.as_secs_f64()).max(self.cfg.beta)
                     }
+                    // An odd lock timeout or deadlock is the application's
+                    // own contention: a mild cut (and smaller batches). A
+                    // quarter of the tick's batches failing is pacer's: β.
+                    Cause::BatchError { count, .. }
+                        if *count < 2 || (*count as f64) < 0.25 * inputs.batches.len() as f64 =>
+                    {
+                        slow_factor(self.cfg.beta, 0.0, 0.0, None).max(mild_factor(self.cfg.beta))
+                    }
                     _ => self.cfg.beta,
                 };
                 factor = Some(factor.map_or(f, |w| w.min(f)));
@@ -558,7 +584,11 @@ impl Controller {
                     if self.knobs.workers != before.workers {
                         self.workers_changed_at = Some(now);
                     }
-                    self.rate_at_cut = Some(self.rate_of(&before));
+                    // A signal's trouble marks a rate to approach slowly;
+                    // a batch-level hiccup does not.
+                    if worst_slow_factor.is_some() {
+                        self.rate_at_cut = Some(self.rate_of(&before));
+                    }
                     self.last_decrease = Some(now);
                     self.epoch_open = true;
                     self.epoch_delay = cause_delay;
@@ -693,22 +723,20 @@ impl Controller {
         }
     }
 
+    /// Calm: raise the effective rate by the growth bound, then derive the
+    /// knobs from it. The batch aims at half of `target_batch_time` (room
+    /// for noisy batch times without tripping the slow-batch rule) and
+    /// moves at most ×1.2 a tick; a worker is added only when the current
+    /// ones, busy, cannot deliver the rate even without sleep; sleep takes
+    /// the rest. Because sleep absorbs every change of batch or workers,
+    /// no single step raises the rate by more than the bound.
     fn grow(&mut self, now: Time, inputs: &Inputs, caps: &Caps) {
         let c = &self.cfg;
         let l = &self.limits;
         let mut k = self.knobs;
-        let bt = self.bt().max(1e-6);
-        // Batch: additive, never more than ×1.2 a tick, and never beyond the
-        // size whose predicted duration reaches target_batch_time.
-        let by_step = k.batch_size.saturating_add(c.batch_step);
-        let by_ratio = ((k.batch_size as f64) * 1.2)
-            .floor()
-            .max(k.batch_size as f64 + 1.0) as u32;
-        let by_time = if inputs.batches.is_empty() && self.secs_per_row.is_none() {
-            u32::MAX
-        } else {
-            ((k.batch_size as f64) * c.target_batch_time.as_secs_f64() / bt).floor() as u32
-        };
+        let spr = self.spr().max(1e-9);
+        let rate = self.rate_of(&k);
+        let target = self.growth_bound(now, rate);
         let calm_for = self
             .calm_since
             .map(|s| (now - s).to_std().unwrap_or_default())
@@ -720,52 +748,51 @@ impl Controller {
             .batch_size
             .max
             .min(caps.max_batch_size.unwrap_or(u32::MAX))
-            .min(self.batch_ceiling.unwrap_or(u32::MAX));
-        let new_batch = by_step
-            .min(by_ratio)
-            .min(by_time)
-            .min(batch_max)
-            .max(k.batch_size);
-        k.batch_size = new_batch;
+            .min(self.batch_ceiling.unwrap_or(u32::MAX))
+            .max(l.batch_size.min);
+        // Until a batch has been measured, grow the batch by steps only.
+        let by_time = if inputs.batches.is_empty() && self.secs_per_row.is_none() {
+            k.batch_size.saturating_add(c.batch_step)
+        } else {
+            (0.5 * c.target_batch_time.as_secs_f64() / spr).floor() as u32
+        };
+        let want = by_time.clamp(l.batch_size.min, batch_max);
+        let up = ((k.batch_size as f64) * 1.2).floor() as u32;
+        let down = ((k.batch_size as f64) / 1.2).ceil() as u32;
+        k.batch_size = want.clamp(down.min(k.batch_size), up.max(k.batch_size));
+        let b = k.batch_size as f64;
+        let bt = b * spr;
         let sleep_min = l.sleep.min.max(caps.min_sleep.unwrap_or_default());
-        k.sleep = k.sleep.saturating_sub(c.sleep_step).max(sleep_min);
 
-        // One more worker only after a calm spell since the last worker
-        // change, when the per-worker knobs are exhausted, and only while
-        // the workers are busy (app_limited is false here).
+        // One more worker when the current ones cannot deliver the target
+        // even at the shortest sleep, after a calm spell since the last
+        // change, and only while they are busy (app_limited is false here).
         let workers_max = l.workers.max.min(caps.max_workers.unwrap_or(u32::MAX));
         let since_change = self
             .workers_changed_at
             .map(|t| (now - t).to_std().unwrap_or_default())
             .unwrap_or(Duration::MAX);
-        let per_worker_exhausted =
-            k.sleep <= sleep_min && (k.batch_size >= batch_max || k.batch_size >= by_time);
+        let reach = k.workers as f64 * b / (bt + sleep_min.as_secs_f64());
         if k.workers < workers_max
-            && per_worker_exhausted
+            && reach < target
             && calm_for >= c.worker_after
             && since_change >= c.worker_after
         {
-            // Add the worker without a jump in rate: raise sleep so the
-            // effective rate grows by at most 20 %.
-            let bt_new =
-                self.secs_per_row.unwrap_or(bt / k.batch_size.max(1) as f64) * k.batch_size as f64;
-            let old_rate = k.rate(bt_new);
             k.workers += 1;
-            let cycle = (k.workers as f64) * (k.batch_size as f64) / (old_rate * 1.2);
-            let sleep = (cycle - bt_new).max(0.0);
-            k.sleep = Duration::try_from_secs_f64(sleep)
-                .unwrap_or(l.sleep.max)
-                .max(sleep_min)
-                .min(l.sleep.max);
             self.workers_changed_at = Some(now);
         }
+        let sleep = k.workers as f64 * b / target - bt;
+        k.sleep = Duration::try_from_secs_f64(sleep.max(0.0))
+            .unwrap_or(l.sleep.max)
+            .clamp(sleep_min.min(l.sleep.max), l.sleep.max);
         self.knobs = self.limit_growth(now, self.knobs, k);
     }
 
     /// The most the effective rate may rise in one tick: ×(1 + growth) per
     /// measurement delay of the slowest signal (so no change is judged
     /// before it could have shown), and, once the rate is above half the
-    /// rate of the last cut, additive (+10 % of that rate per delay).
+    /// rate of the last cut and up to 10 % above it, additive (+10 % of
+    /// that rate per delay).
     pub fn growth_bound(&self, now: Time, rate: f64) -> f64 {
         let dt = self
             .last_tick
@@ -775,8 +802,12 @@ impl Controller {
             .as_secs_f64();
         let d = self.growth_delay.as_secs_f64().max(dt);
         let mult = rate * (1.0 + self.cfg.growth).powf(dt / d);
+        // Additive between half the rate of the last cut and a little
+        // above it; past that the trouble spot has moved: probe again.
         match self.rate_at_cut {
-            Some(cut) if rate > cut / 2.0 => mult.min(rate + NEAR_CUT_STEP * cut * dt / d),
+            Some(cut) if rate > cut / 2.0 && rate < cut * 1.1 => {
+                mult.min(rate + NEAR_CUT_STEP * cut * dt / d)
+            }
             _ => mult,
         }
     }
@@ -791,14 +822,31 @@ impl Controller {
         if r1 <= bound || !r0.is_finite() {
             return proposed;
         }
-        let bt = self.spr() * proposed.batch_size as f64;
-        let sleep = proposed.workers as f64 * proposed.batch_size as f64 / bound - bt;
+        let spr = self.spr();
+        let w = proposed.workers as f64;
+        let sleep = w * proposed.batch_size as f64 / bound - spr * proposed.batch_size as f64;
         let max = self.limits.sleep.max.as_secs_f64();
-        if !(sleep.is_finite() && sleep >= 0.0 && sleep <= max) {
+        if sleep.is_finite() && sleep >= 0.0 && sleep <= max {
+            return Knobs {
+                sleep: Duration::from_secs_f64(sleep).max(proposed.sleep),
+                ..proposed
+            };
+        }
+        // Even the longest sleep is too short for the proposed batch (a
+        // crawl at the smallest knobs): grow the batch only as far as the
+        // bound allows at the longest sleep.
+        let denom = w - bound * spr;
+        let b = if denom > 0.0 {
+            (bound * max / denom).floor()
+        } else {
+            0.0
+        };
+        if !(b.is_finite() && b > before.batch_size as f64) {
             return before;
         }
         Knobs {
-            sleep: Duration::from_secs_f64(sleep).max(proposed.sleep),
+            batch_size: (b as u32).min(proposed.batch_size),
+            sleep: self.limits.sleep.max,
             ..proposed
         }
     }
@@ -826,30 +874,15 @@ impl Controller {
                 let base = if manual_or_window {
                     self.knobs
                 } else {
-                    // Resume at min(last calm rate, β × rate at the pause):
-                    // the calm knobs may be the ones that were about to
-                    // cause the trouble.
-                    let at_pause = self.rate_of(&self.knobs);
-                    self.rate_at_cut = Some(at_pause);
-                    let calm = self.rate_of(&self.last_calm_knobs);
-                    let target = calm.min(self.cfg.beta * at_pause);
-                    if calm > 0.0 && target < calm {
-                        let (caps, _) = self.caps_at(now);
-                        self.last_calm_knobs.decrease(
-                            target / calm,
-                            false,
-                            self.spr() * self.last_calm_knobs.batch_size as f64,
-                            &self.limits,
-                            &caps,
-                        )
-                    } else {
-                        self.last_calm_knobs
-                    }
+                    self.rate_at_cut = Some(self.rate_of(&self.knobs));
+                    self.last_calm_knobs
                 };
+                let at_pause = (!manual_or_window).then_some(self.knobs);
                 self.mode = Mode::Paused {
                     since: now,
                     key,
                     resume_knobs: base,
+                    at_pause,
                 };
                 self.hold_until = None;
                 (Action::Pause, State::Paused)
@@ -858,12 +891,28 @@ impl Controller {
     }
 
     fn resume(&mut self, now: Time, knobs: Knobs) {
-        let key = match std::mem::replace(&mut self.mode, Mode::Running) {
-            Mode::Paused { key, .. } => key,
-            Mode::Running => Vec::new(),
+        let (key, at_pause) = match std::mem::replace(&mut self.mode, Mode::Running) {
+            Mode::Paused { key, at_pause, .. } => (key, at_pause),
+            Mode::Running => (Vec::new(), None),
         };
         let (caps, _) = self.caps_at(now);
         let mut k = knobs;
+        // After a signal pause: min(last calm rate, β × rate at the pause),
+        // judged with what a row costs now. The calm knobs may be the ones
+        // that were about to cause the trouble.
+        if let Some(p) = at_pause {
+            let calm = self.rate_of(&k);
+            let target = calm.min(self.cfg.beta * self.rate_of(&p));
+            if calm > 0.0 && target < calm {
+                k = k.decrease(
+                    target / calm,
+                    false,
+                    self.spr() * k.batch_size as f64,
+                    &self.limits,
+                    &caps,
+                );
+            }
+        }
         if self.resume_scale < 1.0 {
             k = k.decrease(
                 self.resume_scale,
@@ -898,6 +947,11 @@ fn later(now: Time, d: Duration) -> Time {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// The mildest cut: a reading just above slow.
+fn mild_factor(beta: f64) -> f64 {
+    1.0 - (1.0 - beta) * 0.2
+}
+
 /// How deep a cut a slow reading earns: barely above `slow` cuts a little,
 /// at `stop` cuts by `beta`. Plain AIMD's fixed halving wastes a quarter of
 /// capacity on the sawtooth; a cut proportional to the excursion keeps the
@@ -907,7 +961,7 @@ fn slow_factor(beta: f64, value: f64, slow: f64, stop: Option<f64>) -> f64 {
         Some(stop) if stop > slow => ((value - slow) / (stop - slow)).clamp(0.0, 1.0),
         _ => 1.0,
     };
-    let mild = 1.0 - (1.0 - beta) * 0.2;
+    let mild = mild_factor(beta);
     mild - (mild - beta) * severity
 }
 

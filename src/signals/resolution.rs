@@ -127,7 +127,10 @@ mod tests {
         let w = same_bucket("checkout_p95", "stop", 0.0046 * 1.2, 0.0046, &bounds)
             .expect("+20 % of 4.6 ms stays in its ×1.5 bucket");
         assert!(w.contains("checkout_p95") && w.contains("stop"), "{w}");
-        assert!(w.contains("0.003796875") && w.contains("0.0056953125"), "{w}");
+        assert!(
+            w.contains("0.003796875") && w.contains("0.0056953125"),
+            "{w}"
+        );
         // ×2.5 crosses two bucket bounds: resolvable.
         assert_eq!(
             same_bucket("checkout_p95", "stop", 0.0046 * 2.5, 0.0046, &bounds),

@@ -76,6 +76,39 @@ pub fn log_decision(d: &Decision, job: &str, labels: &BTreeMap<String, String>) 
     changed
 }
 
+/// Log cuts folded by `fold::Fold`: one INFO line, the count as a field.
+pub fn log_folded(line: &super::fold::Line, job: &str, labels: &BTreeMap<String, String>) {
+    match line {
+        super::fold::Line::Decision(d) => {
+            log_decision(d, job, labels);
+        }
+        super::fold::Line::Folded {
+            count,
+            first_before,
+            last,
+        } => {
+            let causes = serde_json::to_string(&last.causes).unwrap_or_else(|_| "[]".into());
+            in_job(job, labels, || {
+                tracing::info!(
+                    target: "pacer::decision",
+                    state = last.state.as_str(),
+                    action = "decrease",
+                    folded = *count,
+                    batch_before = first_before.batch_size,
+                    batch_after = last.knobs.batch_size,
+                    sleep_before_ms = first_before.sleep.as_millis() as u64,
+                    sleep_after_ms = last.knobs.sleep.as_millis() as u64,
+                    workers_before = first_before.workers,
+                    workers_after = last.knobs.workers,
+                    causes = causes.as_str(),
+                    "{}",
+                    line.summary()
+                )
+            });
+        }
+    }
+}
+
 /// One batch as the executor reports it for the log.
 #[derive(Debug, Clone)]
 pub struct BatchLine<'a> {

@@ -51,6 +51,8 @@ pub struct JobTelemetry {
     progress_every: Every,
     pause_watch: PauseWatch,
     bar: Option<ProgressView>,
+    /// Repeated small cuts, folded into one line per minute per cause.
+    fold: std::sync::Mutex<super::fold::Fold>,
 }
 
 impl JobTelemetry {
@@ -79,6 +81,7 @@ impl JobTelemetry {
             metrics,
             opts,
             bar,
+            fold: Default::default(),
         })
     }
 
@@ -104,9 +107,21 @@ impl JobTelemetry {
             .observe_readings(self.signals.iter().map(String::as_str), readings);
     }
 
-    /// Log the decision (INFO when it changed something) and update metrics.
+    /// Log the decision (INFO when it changed something; repeated small
+    /// cuts folded per minute) and update metrics.
     pub fn decision(&self, d: &Decision) {
-        events::log_decision(d, &self.job, &self.labels);
+        let cut = d.changed() && d.action != crate::controller::Action::Increase;
+        let lines = match self.fold.lock() {
+            Ok(mut fold) if cut => fold.push(d),
+            Ok(mut fold) => fold.expire(d.at),
+            Err(_) => Vec::new(),
+        };
+        for line in &lines {
+            events::log_folded(line, &self.job, &self.labels);
+        }
+        if !cut || self.fold.is_poisoned() {
+            events::log_decision(d, &self.job, &self.labels);
+        }
         self.metrics.observe_decision(d);
     }
 

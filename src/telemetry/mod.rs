@@ -4,6 +4,7 @@
 //! (`pause_watch`), and credential masking for all of them (`redact`).
 
 pub mod events;
+pub mod fold;
 pub mod http;
 pub mod job;
 pub mod logging;
