@@ -88,11 +88,14 @@ pub async fn run(
     // Before the first write: an operator who cannot reach /pause must
     // learn it now, not in the middle of a backfill.
     let server = serve_http(policy, &telemetry).await?;
-    probe_update(&mut ctl, policy, &target).await?;
+    // The runner lock comes first: a second `pacer run` of a running job
+    // must touch nothing (no migration, no probe on live rows) before it
+    // learns it is not the runner.
     let store = Store::for_policy(policy);
-    store.migrate(&mut ctl).await?;
     take_runner_lock(&mut ctl, &store, &job).await?;
     wait_for_stale_backends(&mut ctl, &app).await?;
+    store.migrate(&mut ctl).await?;
+    probe_update(&mut ctl, policy, &target).await?;
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -506,14 +509,17 @@ async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpSer
 /// Before the first write: apply one batch twice in a rolled-back
 /// transaction. An update that leaves its rows pending is refused (the job
 /// would never end); a non-idempotent one is only warned about, since
-/// exactly-once batches keep it safe (`pacer check` refuses it).
+/// exactly-once batches keep it safe (`pacer check` refuses it). Rows that
+/// are locked right now, or a probe that hits a transient error, are no
+/// reason to refuse a job: the batches themselves cope with both.
 async fn probe_update(
     ctl: &mut PgConnection,
     policy: &Policy,
     target: &Target,
 ) -> anyhow::Result<()> {
+    use crate::preflight::Probed;
     match crate::preflight::apply_twice(ctl, policy, target).await {
-        Ok(Some(p)) => {
+        Ok(Probed::Applied(p)) => {
             if let Some(msg) = crate::preflight::still_pending_problem(&p) {
                 return Err(Fail::invalid(msg));
             }
@@ -526,10 +532,17 @@ async fn probe_update(
             }
             Ok(())
         }
-        Ok(None) => Ok(()),
+        Ok(Probed::NothingPending) => Ok(()),
+        Ok(Probed::AllLocked { keys }) => {
+            tracing::warn!(
+                keys,
+                "job.update not probed before the first write: every key of the first batch is locked by another session; continuing"
+            );
+            Ok(())
+        }
         Err(e) if e.downcast_ref::<Fail>().is_some() => Err(e),
         Err(e) => {
-            tracing::warn!(error = %e, "could not probe job.update before the first write (rows locked?); continuing");
+            tracing::warn!(error = %format!("{e:#}"), "could not probe job.update before the first write; continuing");
             Ok(())
         }
     }
