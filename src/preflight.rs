@@ -144,7 +144,9 @@ pub enum Probed {
     NothingPending,
     /// Every key of the first batch is locked by another session right now:
     /// probing would mean queueing behind live traffic, so it is skipped.
-    AllLocked { keys: usize },
+    AllLocked {
+        keys: usize,
+    },
     Applied(Probe),
 }
 
@@ -256,8 +258,9 @@ async fn idempotency(
         }
         Err(e) if e.downcast_ref::<crate::store::Fail>().is_some() => return Err(e),
         Err(e) => {
-            r.warnings
-                .push(format!("idempotency not tested: {e:#}; run check again later"));
+            r.warnings.push(format!(
+                "idempotency not tested: {e:#}; run check again later"
+            ));
             return Ok(());
         }
     };

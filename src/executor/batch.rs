@@ -45,7 +45,9 @@ pub fn classify(e: &sqlx::Error) -> Class {
             Some("40P01") => Class::Retry(BatchError::Deadlock),
             Some("40001") => Class::Retry(BatchError::SerializationFailure),
             Some("57014") => Class::Retry(BatchError::StatementTimeout),
-            Some(c) if c.starts_with("08") || c.starts_with("57P") => Class::Lost,
+            // 25P03: the server ended a transaction left idle (pacer was
+            // stalled); the session is gone and the batch was not applied.
+            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "25P03" => Class::Lost,
             _ => Class::Fatal,
         },
         sqlx::Error::Io(_)
