@@ -49,10 +49,12 @@ async fn a_second_runner_takes_the_lock_before_probing(pool: PgPool) {
         "the first runner did not start"
     );
     let seen = || async {
-        sqlx::query_scalar::<_, i64>("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM probe_seen")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM probe_seen",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
     };
     let probes_before = seen().await;
     assert!(probes_before > 0, "the first runner's probe was not seen");
@@ -109,7 +111,11 @@ async fn rows_locked_at_start_are_not_invalid_input(pool: PgPool) {
     let t0 = std::time::Instant::now();
     let out = output(pacer(&["check"], &p)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
-    assert!(out.stdout.contains("update is idempotent"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("update is idempotent"),
+        "{}",
+        out.stdout
+    );
 
     // Every key of the first batch locked: the probe is skipped, with a warning.
     let (_d, p_small) = policy(
