@@ -111,6 +111,9 @@ struct RunResult {
     fixed_knobs: Option<String>,
 }
 
+/// Fixed strategies' results by (policy, scenario, strategy, seed), shared by the threads.
+type FixedCache = Mutex<BTreeMap<(String, String, String, u64), Fixed>>;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (first_seed, default_seeds, scenarios): (u64, u64, Vec<&str>) = match args.set.as_str() {
@@ -137,7 +140,11 @@ fn main() -> anyhow::Result<()> {
     for entry in std::fs::read_dir(&args.policies)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let name = path.file_stem().unwrap_or_default().to_string_lossy().to_string();
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
             let text = std::fs::read_to_string(&path)?;
             let table: toml::Table = toml::from_str(&text)?;
             policies.insert(name, table);
@@ -193,8 +200,7 @@ fn main() -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
     let results: Mutex<BTreeMap<usize, Vec<RunResult>>> = Mutex::new(BTreeMap::new());
     // The best fixed loop depends on neither noise nor delay: share it.
-    let fixed_cache: Mutex<BTreeMap<(String, String, String, u64), Fixed>> =
-        Mutex::new(BTreeMap::new());
+    let fixed_cache: FixedCache = Mutex::new(BTreeMap::new());
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -205,10 +211,18 @@ fn main() -> anyhow::Result<()> {
                     let cell = &cells[c];
                     match run_one(cell, &policies[&cell.policy], seed, &fixed_cache) {
                         Ok(r) => results.lock().unwrap().entry(c).or_default().push(r),
-                        Err(e) => errors.lock().unwrap().push(format!("{}: {e:#}", cell.label())),
+                        Err(e) => errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("{}: {e:#}", cell.label())),
                     }
                     if i % 200 == 199 {
-                        eprintln!("  {} / {} runs, {:.0?}", i + 1, jobs.len(), started.elapsed());
+                        eprintln!(
+                            "  {} / {} runs, {:.0?}",
+                            i + 1,
+                            jobs.len(),
+                            started.elapsed()
+                        );
                     }
                 }
             });
@@ -245,7 +259,7 @@ fn run_one(
     cell: &Cell,
     policy: &toml::Table,
     seed: u64,
-    fixed_cache: &Mutex<BTreeMap<(String, String, String, u64), Fixed>>,
+    fixed_cache: &FixedCache,
 ) -> anyhow::Result<RunResult> {
     let policy = edited_policy(policy, &cell.edit, DELAY[cell.delay].1)?;
     let model = noisy_model(NOISE[cell.noise], DELAY[cell.delay].2)?;
@@ -346,7 +360,10 @@ fn best_fixed(setup: &Setup) -> anyhow::Result<Fixed> {
 fn edited_policy(base: &toml::Table, edit: &str, range_secs: u64) -> anyhow::Result<Policy> {
     let mut t = base.clone();
     let table = |t: &mut toml::Table, k: &str| -> toml::Table {
-        t.get(k).and_then(|v| v.as_table()).cloned().unwrap_or_default()
+        t.get(k)
+            .and_then(|v| v.as_table())
+            .cloned()
+            .unwrap_or_default()
     };
     let set = |t: &mut toml::Table, section: &str, key: &str, v: toml::Value| {
         let mut s = table(t, section);
@@ -393,7 +410,10 @@ fn edited_policy(base: &toml::Table, edit: &str, range_secs: u64) -> anyhow::Res
                 .unwrap_or_default();
             k.insert("max".into(), toml::Value::Integer(max));
             for bound in ["start", "min"] {
-                if k.get(bound).and_then(|v| v.as_integer()).is_some_and(|v| v > max) {
+                if k.get(bound)
+                    .and_then(|v| v.as_integer())
+                    .is_some_and(|v| v > max)
+                {
                     k.insert(bound.into(), toml::Value::Integer(max));
                 }
             }
@@ -412,7 +432,9 @@ fn with_range(query: &str, secs: u64) -> String {
     let mut out = String::new();
     let mut rest = query;
     while let Some(open) = rest.find('[') {
-        let Some(close) = rest[open..].find(']') else { break };
+        let Some(close) = rest[open..].find(']') else {
+            break;
+        };
         let inside = &rest[open + 1..open + close];
         out.push_str(&rest[..open]);
         if inside.contains(':') {
@@ -450,7 +472,12 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], med, v[n - 1])
 }
 
-fn table(cells: &[Cell], results: &BTreeMap<usize, Vec<RunResult>>, set: &str, seeds: &[u64]) -> String {
+fn table(
+    cells: &[Cell],
+    results: &BTreeMap<usize, Vec<RunResult>>,
+    set: &str,
+    seeds: &[u64],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,

@@ -206,7 +206,10 @@ fn demo_policy_pauses_for_the_sale_and_keeps_its_stop_numbers_on_business_day() 
             o.pauses >= 1,
             "seed {seed}: the sale spike did not pause the job"
         );
-        let fixed = o.fixed_baselines.as_ref().expect("simulate runs the fixed loops");
+        let fixed = o
+            .fixed_baselines
+            .as_ref()
+            .expect("simulate runs the fixed loops");
         let (c, a) = (&fixed.conservative, &fixed.aggressive);
         assert!(
             c.efficiency < o.efficiency - 0.2,
@@ -275,7 +278,10 @@ fn seconds_above_stop_counts_only_harm_the_backfill_caused() {
 fn making_an_already_bad_signal_worse_is_harm() {
     let text = std::fs::read_to_string("policies/demo.toml")
         .unwrap()
-        .replace("stop_above = \"baseline * 1.5\"", "stop_above = \"baseline * 1.3\"");
+        .replace(
+            "stop_above = \"baseline * 1.5\"",
+            "stop_above = \"baseline * 1.3\"",
+        );
     let p = Policy::from_toml("low-stop.toml", &text).unwrap();
     let s = setup(&p, "business-day", 1);
     let lat = s

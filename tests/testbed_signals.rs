@@ -807,5 +807,8 @@ async fn check_warns_when_a_level_shares_the_baselines_histogram_bucket() {
         "",
     );
     let (warnings, notes) = pacer::signals::resolution::check(&wide).await;
-    assert!(warnings.is_empty() && notes.is_empty(), "{warnings:?} {notes:?}");
+    assert!(
+        warnings.is_empty() && notes.is_empty(),
+        "{warnings:?} {notes:?}"
+    );
 }

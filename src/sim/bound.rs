@@ -90,8 +90,7 @@ impl Setup {
     fn best_rate(&self, plant: &Plant, i: usize, r: &Reach, batch: f64) -> (f64, bool) {
         let m = &self.model;
         let c = &self.trace.ticks[i];
-        let hi =
-            (r.workers * batch / (m.batch_time(batch, c.live, c) + r.sleep)).min(r.rate_cap);
+        let hi = (r.workers * batch / (m.batch_time(batch, c.live, c) + r.sleep)).min(r.rate_cap);
         if self.feasible(plant, i, r, hi, batch) {
             return (hi, true);
         }

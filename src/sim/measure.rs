@@ -178,13 +178,7 @@ impl Meter {
 
     /// Feed this tick's truth; returns what a reading now would say
     /// (`None` until the first scrape, or when the window saw no request).
-    pub fn observe(
-        &mut self,
-        t: &Truth,
-        m: &Model,
-        dt: f64,
-        rng: &mut ChaCha8Rng,
-    ) -> Option<f64> {
+    pub fn observe(&mut self, t: &Truth, m: &Model, dt: f64, rng: &mut ChaCha8Rng) -> Option<f64> {
         let v = self.kind.value(t);
         let window_len = self.window_len;
         match &mut self.pipeline {
@@ -313,7 +307,8 @@ fn std_normal_cdf(x: f64) -> f64 {
     let t = 1.0 / (1.0 + 0.327_591_1 * z.abs());
     let poly = t
         * (0.254_829_592
-            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+            + t * (-0.284_496_736
+                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-z * z).exp();
     let erf = if z >= 0.0 { erf } else { -erf };
     0.5 * (1.0 + erf)
@@ -325,7 +320,12 @@ mod tests {
 
     #[test]
     fn normal_cdf_matches_known_values() {
-        for (x, p) in [(0.0, 0.5), (1.644_853_6, 0.95), (-1.959_964, 0.025), (3.0, 0.998_650_1)] {
+        for (x, p) in [
+            (0.0, 0.5),
+            (1.644_853_6, 0.95),
+            (-1.959_964, 0.025),
+            (3.0, 0.998_650_1),
+        ] {
             assert!((std_normal_cdf(x) - p).abs() < 2e-7, "Φ({x})");
         }
     }
@@ -380,6 +380,6 @@ mod tests {
             .filter_map(|_| meter.observe(&t, &m, 1.0, &mut rng))
             .collect();
         let changes = seen.windows(2).filter(|w| w[0] != w[1]).count();
-        assert!(changes <= 6 && changes >= 4, "{changes} changes in {seen:?}");
+        assert!((4..=6).contains(&changes), "{changes} changes in {seen:?}");
     }
 }

@@ -129,8 +129,14 @@ impl Model {
             ("backfill.time_noise", m.backfill.time_noise),
             ("backfill.drift_sd", m.backfill.drift_sd),
             ("locks.timeout_per_row_load", m.locks.timeout_per_row_load),
-            ("locks.deadlock_per_row_worker", m.locks.deadlock_per_row_worker),
-            ("measurement.heartbeat_interval", m.measurement.heartbeat_interval),
+            (
+                "locks.deadlock_per_row_worker",
+                m.locks.deadlock_per_row_worker,
+            ),
+            (
+                "measurement.heartbeat_interval",
+                m.measurement.heartbeat_interval,
+            ),
         ];
         for (k, v) in non_negative {
             if !(v.is_finite() && v >= 0.0) {
@@ -183,8 +189,7 @@ impl Model {
         let b = &self.backfill;
         b.batch_overhead
             + batch
-                * (b.row_time * c.drift / (1.0 - self.clamp_u(u))
-                    + b.lock_wait_per_row * c.live)
+                * (b.row_time * c.drift / (1.0 - self.clamp_u(u)) + b.lock_wait_per_row * c.live)
     }
 
     /// Chance that one batch fails (lock timeout, deadlock), as
@@ -192,8 +197,7 @@ impl Model {
     pub fn batch_error_odds(&self, batch: f64, live: f64, workers: f64) -> (f64, f64) {
         let l = &self.locks;
         let timeout = 1.0 - (-batch * live * l.timeout_per_row_load).exp();
-        let deadlock =
-            1.0 - (-batch * (workers - 1.0).max(0.0) * l.deadlock_per_row_worker).exp();
+        let deadlock = 1.0 - (-batch * (workers - 1.0).max(0.0) * l.deadlock_per_row_worker).exp();
         (timeout, deadlock)
     }
 

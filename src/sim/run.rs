@@ -172,7 +172,10 @@ impl Setup {
                     let (duration, error) = if draw < p_timeout {
                         (lock_timeout, Some(BatchError::LockTimeout))
                     } else if draw < p_timeout + p_deadlock {
-                        (Duration::from_secs_f64(bt * 0.5), Some(BatchError::Deadlock))
+                        (
+                            Duration::from_secs_f64(bt * 0.5),
+                            Some(BatchError::Deadlock),
+                        )
                     } else {
                         let f = (noise_sd * normal(&mut rng) - noise_sd * noise_sd / 2.0).exp();
                         (Duration::from_secs_f64(bt * f), None)
@@ -182,7 +185,7 @@ impl Setup {
                     }
                     let started = now
                         - chrono::Duration::milliseconds(
-                            (duration.as_secs_f64() * 1000.0).round() as i64,
+                            (duration.as_secs_f64() * 1000.0).round() as i64
                         );
                     batches.push(BatchOutcome {
                         started,

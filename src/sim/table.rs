@@ -63,12 +63,17 @@ pub fn summary_table(o: &Outcome) -> String {
     };
     row("rows", &|r| r.rows_done.to_string());
     row("efficiency", &|r| format!("{:.3}", r.efficiency));
-    row("clean efficiency", &|r| format!("{:.3}", r.clean_efficiency));
+    row("clean efficiency", &|r| {
+        format!("{:.3}", r.clean_efficiency)
+    });
     row("seconds above stop", &|r| {
         format!("{:.0}", r.seconds_above_stop)
     });
     row("% of the day above stop", &|r| {
-        format!("{:.2}", 100.0 * r.seconds_above_stop / o.simulated_seconds.max(1.0))
+        format!(
+            "{:.2}",
+            100.0 * r.seconds_above_stop / o.simulated_seconds.max(1.0)
+        )
     });
     row("seconds above slow", &|r| {
         format!("{:.0}", r.seconds_above_slow)
