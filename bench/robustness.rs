@@ -111,6 +111,9 @@ struct RunResult {
     fixed_knobs: Option<String>,
 }
 
+/// Fixed strategies' results by (policy, scenario, strategy, seed), shared by the threads.
+type FixedCache = Mutex<BTreeMap<(String, String, String, u64), Fixed>>;
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (first_seed, default_seeds, scenarios): (u64, u64, Vec<&str>) = match args.set.as_str() {
@@ -197,8 +200,7 @@ fn main() -> anyhow::Result<()> {
     let next = AtomicUsize::new(0);
     let results: Mutex<BTreeMap<usize, Vec<RunResult>>> = Mutex::new(BTreeMap::new());
     // The best fixed loop depends on neither noise nor delay: share it.
-    let fixed_cache: Mutex<BTreeMap<(String, String, String, u64), Fixed>> =
-        Mutex::new(BTreeMap::new());
+    let fixed_cache: FixedCache = Mutex::new(BTreeMap::new());
     let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..threads {
@@ -257,7 +259,7 @@ fn run_one(
     cell: &Cell,
     policy: &toml::Table,
     seed: u64,
-    fixed_cache: &Mutex<BTreeMap<(String, String, String, u64), Fixed>>,
+    fixed_cache: &FixedCache,
 ) -> anyhow::Result<RunResult> {
     let policy = edited_policy(policy, &cell.edit, DELAY[cell.delay].1)?;
     let model = noisy_model(NOISE[cell.noise], DELAY[cell.delay].2)?;

@@ -111,6 +111,16 @@ pub struct Job {
     pub max_pause: Option<Duration>,
     #[serde(default)]
     pub stop_after_max_pause: bool,
+    /// Another job may write the same table at the same time. Off by
+    /// default: two jobs on one table with a non-idempotent update apply
+    /// rows twice.
+    #[serde(default)]
+    pub share_table: bool,
+    /// `false` says the user knows `update` changes rows again when
+    /// re-applied; otherwise such an update is refused before the first
+    /// write. A policy key, not a flag: a restarted run must not forget it.
+    #[serde(default = "default_true")]
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +185,14 @@ pub struct Limits {
     pub statement_timeout: Duration,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// How long the database may stay unreachable (the job paused) before
+    /// the run gives up; an outage is a pause, not a failure.
+    #[serde(default = "default_max_outage", with = "humantime_serde")]
+    pub max_outage: Duration,
+    /// `idle_in_transaction_session_timeout` of the worker sessions: how
+    /// long the server lets a stalled pacer hold its row locks.
+    #[serde(default = "default_idle_in_transaction", with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
 }
 
 /// Tuning of the AIMD controller. Defaults are the recommended values; see
@@ -701,6 +719,19 @@ impl Policy {
                 "0 would never run; remove the key for no cap".into(),
             );
         }
+        if l.max_outage.is_zero() {
+            err(
+                "limits.max_outage",
+                "must be greater than 0: a restart of the primary would end the run".into(),
+            );
+        }
+        if l.idle_in_transaction_timeout.is_zero() {
+            err(
+                "limits.idle_in_transaction_timeout",
+                "0 disables the timeout in Postgres: a stalled pacer could hold row locks forever"
+                    .into(),
+            );
+        }
         if l.lock_timeout.is_zero() {
             err(
                 "limits.lock_timeout",
@@ -1114,6 +1145,9 @@ fn range_check<T: PartialOrd + Copy>(
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_timezone() -> String {
     "UTC".into()
 }
@@ -1131,6 +1165,12 @@ fn default_statement_timeout() -> Duration {
 }
 fn default_max_retries() -> u32 {
     5
+}
+fn default_max_outage() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_idle_in_transaction() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_batch_step() -> u32 {
     100

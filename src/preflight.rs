@@ -181,20 +181,35 @@ pub struct Probe {
     pub second: u64,
 }
 
+/// What the rolled-back double-apply probe came to.
+#[derive(Debug, Clone, Copy)]
+pub enum Probed {
+    /// The first chunk has nothing pending.
+    NothingPending,
+    /// Every key of the first batch is locked by another session right now:
+    /// probing would mean queueing behind live traffic, so it is skipped.
+    AllLocked {
+        keys: usize,
+    },
+    Applied(Probe),
+}
+
 /// Apply the first pending batch twice inside a transaction that is always
-/// rolled back. `None` when the first chunk has nothing pending.
+/// rolled back. Only rows nobody else holds are probed (`SKIP LOCKED`): a
+/// row a live session has locked at start is normal traffic, not a reason
+/// to wait or to refuse the job.
 pub async fn apply_twice(
     conn: &mut PgConnection,
     policy: &Policy,
     target: &Target,
-) -> anyhow::Result<Option<Probe>> {
+) -> anyhow::Result<Probed> {
     let (_, _, mut pending) = target
         .read_chunk(conn, None, policy.limits.read_chunk)
         .await?;
     if pending.is_empty() {
-        return Ok(None);
+        return Ok(Probed::NothingPending);
     }
-    let keys = pending.take_front(policy.limits.batch_size.start as usize);
+    let candidates = pending.take_front(policy.limits.batch_size.start as usize);
     let mut tx = conn.begin().await?;
     sqlx::query(
         "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
@@ -203,16 +218,31 @@ pub async fn apply_twice(
     .bind(policy.limits.statement_timeout.as_millis().to_string())
     .execute(&mut *tx)
     .await?;
-    let result: anyhow::Result<Probe> = async {
+    let result: anyhow::Result<Probed> = async {
+        let rows = candidates
+            .bind(sqlx::query(AssertSqlSafe(target.lock_free_sql())))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut keys = target.key_type.empty();
+        for r in &rows {
+            keys.push_from(r, 0)?;
+        }
+        if keys.is_empty() {
+            return Ok(Probed::AllLocked {
+                keys: candidates.len(),
+            });
+        }
         let first = keys
             .bind(sqlx::query(AssertSqlSafe(target.update.clone())))
             .execute(&mut *tx)
             .await
-            .map_err(|e| {
-                crate::store::Fail::invalid(format!(
+            .map_err(|e| match crate::executor::batch::classify(&e) {
+                // A lock or a lost connection says nothing about the SQL.
+                crate::executor::batch::Class::Fatal => crate::store::Fail::invalid(format!(
                     "job.update: applying one batch failed: {}",
                     db_message(&e)
-                ))
+                )),
+                _ => anyhow::anyhow!("applying one batch failed: {}", db_message(&e)),
             })?
             .rows_affected();
         let still_pending: i64 = keys
@@ -226,17 +256,17 @@ pub async fn apply_twice(
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        Ok(Probe {
+        Ok(Probed::Applied(Probe {
             keys: keys.len(),
             first,
             still_pending,
             second,
-        })
+        }))
     }
     .await;
     tx.rollback().await?;
     let _ = conn.execute("SELECT 1").await;
-    result.map(Some)
+    result
 }
 
 /// The update must clear `pending` (else pacer would find the same rows
@@ -257,10 +287,26 @@ async fn idempotency(
     target: &Target,
     r: &mut Report,
 ) -> anyhow::Result<()> {
-    let Some(p) = apply_twice(conn, policy, target).await? else {
-        r.notes
-            .push("no pending rows in the first chunk: idempotency not tested".into());
-        return Ok(());
+    let p = match apply_twice(conn, policy, target).await {
+        Ok(Probed::Applied(p)) => p,
+        Ok(Probed::NothingPending) => {
+            r.notes
+                .push("no pending rows in the first chunk: idempotency not tested".into());
+            return Ok(());
+        }
+        Ok(Probed::AllLocked { keys }) => {
+            r.warnings.push(format!(
+                "idempotency not tested: all {keys} keys of the first batch are locked by other sessions right now; run check again later"
+            ));
+            return Ok(());
+        }
+        Err(e) if e.downcast_ref::<crate::store::Fail>().is_some() => return Err(e),
+        Err(e) => {
+            r.warnings.push(format!(
+                "idempotency not tested: {e:#}; run check again later"
+            ));
+            return Ok(());
+        }
     };
     if let Some(msg) = still_pending_problem(&p) {
         r.problems.push(msg);

@@ -1,6 +1,7 @@
 //! One batch transaction on a writer's own connection: local timeouts, the
 //! policy's update, the progress record, COMMIT, all or nothing.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
@@ -24,6 +25,10 @@ pub enum Attempt {
     Ambiguous { pid: i32, msg: String },
     /// Not worth retrying (an error in the policy's SQL, a constraint...).
     Fatal(String),
+    /// The server is another incarnation than the one the run's dispatch
+    /// state belongs to (restart, failover): the batch must be dropped and
+    /// the run resumed from the stored cursor, as after a crash.
+    NewIncarnation,
 }
 
 /// How an error should be handled.
@@ -40,7 +45,9 @@ pub fn classify(e: &sqlx::Error) -> Class {
             Some("40P01") => Class::Retry(BatchError::Deadlock),
             Some("40001") => Class::Retry(BatchError::SerializationFailure),
             Some("57014") => Class::Retry(BatchError::StatementTimeout),
-            Some(c) if c.starts_with("08") || c.starts_with("57P") => Class::Lost,
+            // 25P03: the server ended a transaction left idle (pacer was
+            // stalled); the session is gone and the batch was not applied.
+            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "25P03" => Class::Lost,
             _ => Class::Fatal,
         },
         sqlx::Error::Io(_)
@@ -51,6 +58,65 @@ pub fn classify(e: &sqlx::Error) -> Class {
         | sqlx::Error::WorkerCrashed => Class::Lost,
         _ => Class::Fatal,
     }
+}
+
+/// The backend's PID and its server's incarnation
+/// (`pg_postmaster_start_time()` in µs): a restart or a failover changes it.
+pub const INCARNATION_SQL: &str =
+    "SELECT pg_backend_pid(), (extract(epoch FROM pg_postmaster_start_time()) * 1e6)::int8";
+
+/// Bound the harm a stalled or cut-off pacer can do to live traffic: the
+/// server ends a worker's transaction left idle (pacer frozen between two
+/// statements of a batch) and notices a dead peer by itself, so row locks
+/// are never held for longer than these plus `statement_timeout`.
+async fn session_limits(
+    c: &mut PgConnection,
+    l: &crate::policy::Limits,
+) -> Result<(), sqlx::Error> {
+    let idle = l.idle_in_transaction_timeout.as_millis().max(1).to_string();
+    // tcp_* are ignored on a Unix socket; tcp_user_timeout needs Postgres 12.
+    sqlx::query(
+        "SELECT set_config('idle_in_transaction_session_timeout', $1, false),
+                set_config('tcp_keepalives_idle', '10', false),
+                set_config('tcp_keepalives_interval', '5', false),
+                set_config('tcp_keepalives_count', '3', false),
+                set_config('tcp_user_timeout', '30000', false)",
+    )
+    .bind(idle)
+    .execute(&mut *c)
+    .await?;
+    Ok(())
+}
+
+/// A connection error in plain words for the user: sqlx's I/O errors carry
+/// TLS and socket jargon (`peer closed connection without sending TLS
+/// close_notify`) that does not say what happened to the database.
+pub fn plain_error(e: &sqlx::Error) -> String {
+    let raw = super::target::db_message(e);
+    let lower = raw.to_lowercase();
+    let plain = if lower.contains("connection refused") {
+        "connection refused (the server is down or restarting)"
+    } else if lower.contains("close_notify")
+        || lower.contains("unexpected eof")
+        || lower.contains("bytes at eof")
+        || lower.contains("connection reset")
+        || lower.contains("broken pipe")
+        || lower.contains("connection closed")
+    {
+        "the server closed the connection"
+    } else if lower.contains("terminating connection due to administrator command") {
+        "the server ended the session (pg_terminate_backend or shutdown)"
+    } else if lower.contains("the database system is starting up")
+        || lower.contains("the database system is shutting down")
+        || lower.contains("the database system is in recovery mode")
+    {
+        "the server is restarting"
+    } else if lower.contains("timed out") {
+        "no answer from the server (timed out)"
+    } else {
+        return raw;
+    };
+    format!("{plain}: {raw}")
 }
 
 /// A worker's connection, with its backend PID (for ambiguous commits and
@@ -65,18 +131,24 @@ impl Writer {
         Writer { conn: None }
     }
 
-    async fn ensure(&mut self, sh: &Shared) -> Result<(), sqlx::Error> {
+    /// Connect if needed. `Ok(false)`: the server is a new incarnation.
+    async fn ensure(&mut self, sh: &Shared) -> Result<bool, sqlx::Error> {
         if self.conn.is_none() {
             let mut c = crate::store::connect(&sh.url, &sh.app_name)
                 .await
-                .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
-            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                .fetch_one(&mut c)
-                .await?;
+                .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("{e:#}"))))?;
+            let (pid, incarnation): (i32, i64) =
+                sqlx::query_as(INCARNATION_SQL).fetch_one(&mut c).await?;
+            if incarnation != sh.incarnation.load(Ordering::SeqCst) {
+                sh.restart_seen.store(true, Ordering::SeqCst);
+                let _ = c.close().await;
+                return Ok(false);
+            }
+            session_limits(&mut c, &sh.limits).await?;
             tracing::debug!(pid, "writer connected");
             self.conn = Some((c, pid));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Apply `keys` in one transaction with progress record `batch_id`.
@@ -90,8 +162,10 @@ impl Writer {
         pass: i32,
         lock_free: bool,
     ) -> Attempt {
-        if let Err(e) = self.ensure(sh).await {
-            return Attempt::Lost(format!("cannot connect: {e}"));
+        match self.ensure(sh).await {
+            Ok(true) => {}
+            Ok(false) => return Attempt::NewIncarnation,
+            Err(e) => return Attempt::Lost(format!("cannot connect: {}", plain_error(&e))),
         }
         let (conn, pid) = self
             .conn
@@ -105,7 +179,7 @@ impl Writer {
                 match classify(&commit_err) {
                     Class::Lost => Attempt::Ambiguous {
                         pid,
-                        msg: commit_err.to_string(),
+                        msg: plain_error(&commit_err),
                     },
                     Class::Retry(k) => Attempt::Retry(k, commit_err.to_string()),
                     Class::Fatal => Attempt::Fatal(super::target::db_message(&commit_err)),
@@ -113,7 +187,11 @@ impl Writer {
             }
             Err(e) => {
                 let class = classify(&e);
-                let msg = super::target::db_message(&e);
+                let msg = if class.is_lost() {
+                    plain_error(&e)
+                } else {
+                    super::target::db_message(&e)
+                };
                 if matches!(class, Class::Lost) || conn.execute("ROLLBACK").await.is_err() {
                     self.conn = None;
                 }
@@ -230,27 +308,46 @@ async fn run_tx(
     Ok(Ok(Attempt::Committed { rows, deferred }))
 }
 
+/// What looking an ambiguous COMMIT up came to.
+pub enum Resolved {
+    /// The progress record exists: the batch committed, with these rows.
+    Committed(u64),
+    NotCommitted,
+    /// The server restarted (or failed over) meanwhile: the batch is
+    /// dropped and the run resumes from the stored cursor.
+    NewIncarnation,
+}
+
 /// After a connection broke during COMMIT: wait until the old backend is
 /// gone (so its transaction has ended one way or the other), then look the
-/// batch's progress record up. `Some(rows)`: it committed.
+/// batch's progress record up. The server may be down for a while: keep
+/// trying, with capped backoff, for as long as `limits.max_outage`.
 pub async fn resolve_ambiguous(
     sh: &Shared,
     old_pid: i32,
     batch_id: i64,
-) -> anyhow::Result<Option<u64>> {
+) -> anyhow::Result<Resolved> {
+    let t0 = std::time::Instant::now();
     let mut tries = 0u32;
     let mut conn = loop {
         match crate::store::connect(&sh.url, &sh.app_name).await {
             Ok(c) => break c,
             Err(e) => {
                 tries += 1;
-                if tries > sh.limits.max_retries.max(3) {
+                if sh.stopping() || t0.elapsed() > sh.max_outage() {
                     return Err(e);
                 }
-                tokio::time::sleep(crate::store::backoff(tries, Duration::from_secs(5))).await;
+                tokio::time::sleep(crate::store::backoff(tries, Duration::from_secs(2))).await;
             }
         }
     };
+    let (_, incarnation): (i32, i64) = sqlx::query_as(INCARNATION_SQL).fetch_one(&mut conn).await?;
+    if incarnation != sh.incarnation.load(Ordering::SeqCst) {
+        // The old PID may belong to someone else now: never wait on it.
+        sh.restart_seen.store(true, Ordering::SeqCst);
+        let _ = conn.close().await;
+        return Ok(Resolved::NewIncarnation);
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let alive: bool =
@@ -274,7 +371,10 @@ pub async fn resolve_ambiguous(
         .batch_committed(&mut conn, &sh.job, batch_id)
         .await?;
     let _ = conn.close().await;
-    Ok(rows.map(|r| r as u64))
+    Ok(match rows {
+        Some(r) => Resolved::Committed(r as u64),
+        None => Resolved::NotCommitted,
+    })
 }
 
 impl Class {

@@ -6,6 +6,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use super::LocalPause;
+use crate::controller::ManualPause;
 use crate::policy::Policy;
 use crate::telemetry::http::{Control, ControlRequest};
 
@@ -15,18 +19,49 @@ pub const HTTP_BY: &str = "http";
 
 pub struct StoreControl {
     policy: Policy,
+    local: Option<Arc<LocalPause>>,
 }
 
 impl StoreControl {
     pub fn new(policy: &Policy) -> StoreControl {
         StoreControl {
             policy: policy.clone(),
+            local: None,
         }
+    }
+
+    /// Honour a pause in this process at once, before (and whether or not)
+    /// it reaches the store: the database may be the thing that is down.
+    pub fn with_local_pause(mut self, local: Arc<LocalPause>) -> StoreControl {
+        self.local = Some(local);
+        self
     }
 
     async fn flip(&self, paused: bool, req: ControlRequest) -> anyhow::Result<Value> {
         let by = format!("{HTTP_BY}:{}", req.by);
-        crate::commands::pause::set_switch(&self.policy, paused, &by, &req.reason).await?;
+        if let Some(local) = &self.local {
+            local.set(paused.then(|| ManualPause {
+                by: by.clone(),
+                reason: req.reason.clone(),
+            }));
+        }
+        let stored =
+            crate::commands::pause::set_switch(&self.policy, paused, &by, &req.reason).await;
+        if let Err(e) = stored {
+            if !(paused && self.local.is_some()) {
+                return Err(e);
+            }
+            return Ok(json!({
+                "job": self.policy.job.name,
+                "paused": true,
+                "by": by,
+                "reason": req.reason,
+                "note": format!(
+                    "paused in this process (no new batches; in-flight batches finish); the pause switch could not be stored \
+                     ({e:#}) and will be once the database is reachable"
+                ),
+            }));
+        }
         Ok(json!({
             "job": self.policy.job.name,
             "paused": paused,

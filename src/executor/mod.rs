@@ -19,12 +19,13 @@ pub mod target;
 pub mod worker;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, watch};
 
-use crate::controller::{BatchOutcome, Knobs};
+use crate::controller::{BatchOutcome, Knobs, ManualPause};
 use crate::policy::Limits;
 use crate::store::Store;
 pub use runner::{RunOptions, RunOutcome, run};
@@ -61,8 +62,46 @@ pub struct Shared {
     pub outcomes: mpsc::UnboundedSender<BatchOutcome>,
     /// Batch lines at INFO (`--log-batches`) instead of DEBUG.
     pub log_batches: bool,
+    /// Workers take no new batch while set: the coordinator cannot read
+    /// the pause switch (fail-safe), or the server restarted and the
+    /// dispatch state is being rebuilt.
+    pub hold: AtomicBool,
+    /// A pause asked for over HTTP, honoured here at once even when the
+    /// store cannot be written; the coordinator stores it when it can.
+    pub local_pause: std::sync::Arc<LocalPause>,
+    /// `pg_postmaster_start_time()` (µs) of the server the in-memory
+    /// dispatch state belongs to: after a restart or a failover, batches
+    /// acknowledged before may be gone, so that state is worthless.
+    pub incarnation: AtomicI64,
+    /// Set by a worker that met another server incarnation.
+    pub restart_seen: AtomicBool,
+    /// Bumped when the dispatch state is rebuilt; a batch taken under an
+    /// older generation is dropped, never retried or completed.
+    pub generation: AtomicU64,
+    /// Batches taken and not yet completed or dropped.
+    pub busy: AtomicUsize,
     stop: watch::Sender<bool>,
     end: Mutex<Option<End>>,
+}
+
+/// The in-process half of the pause switch (see `Shared::local_pause`).
+#[derive(Default)]
+pub struct LocalPause(Mutex<Option<ManualPause>>);
+
+impl LocalPause {
+    pub fn set(&self, p: Option<ManualPause>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = p;
+    }
+    pub fn get(&self) -> Option<ManualPause> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Clear it only if it is still `p` (a newer request wins).
+    pub fn clear_if(&self, p: &ManualPause) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if g.as_ref() == Some(p) {
+            *g = None;
+        }
+    }
 }
 
 impl Shared {
@@ -95,6 +134,12 @@ impl Shared {
             governor,
             outcomes,
             log_batches: false,
+            hold: AtomicBool::new(false),
+            local_pause: Default::default(),
+            incarnation: AtomicI64::new(0),
+            restart_seen: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            busy: AtomicUsize::new(0),
             stop: watch::channel(false).0,
             end: Mutex::new(None),
         }
@@ -132,6 +177,15 @@ impl Shared {
 
     pub fn end(&self) -> Option<End> {
         self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether workers must not take a new batch, whatever the controller says.
+    pub fn held(&self) -> bool {
+        self.hold.load(Ordering::SeqCst) || self.local_pause.get().is_some()
+    }
+
+    pub fn max_outage(&self) -> Duration {
+        self.limits.max_outage
     }
 
     pub fn rows(&self) -> u64 {

@@ -43,6 +43,226 @@ pub struct RunOutcome {
 /// How long a new run waits for an earlier run's backends to go away.
 const STALE_WAIT: Duration = Duration::from_secs(15);
 
+/// Deadline of one coordinator query or connection attempt: a half-open
+/// connection must not stall the tick, since the tick is what enforces a
+/// pause.
+const CTL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Longest wait between two reconnection attempts during an outage.
+const RECONNECT_CAP: Duration = Duration::from_secs(2);
+
+/// The coordinator's connection: it holds the runner lock and reads the
+/// pause switch, so while it is down the job is paused.
+struct Link {
+    conn: Option<PgConnection>,
+    /// Backend PID of the last connection, to tell our own lingering
+    /// session from another runner holding the lock.
+    pid: i32,
+    down: Option<Down>,
+}
+
+struct Down {
+    since: Instant,
+    /// Plain words for the user: `database unreachable: ...`.
+    cause: String,
+    tries: u32,
+    next_try: Instant,
+}
+
+impl Down {
+    /// A new cause is logged once, not once per attempt.
+    fn set_cause(&mut self, cause: String) {
+        if cause != self.cause {
+            tracing::warn!(cause = %cause, tries = self.tries, "still paused: the database cannot be used");
+            self.cause = cause;
+        }
+    }
+}
+
+enum Reconnect {
+    StillDown,
+    Up { incarnation: i64 },
+    StandDown(String),
+}
+
+impl Link {
+    fn lose(&mut self, cause: String) {
+        if let Some(c) = self.conn.take() {
+            // Dropped, not closed: a close could hang on a half-open socket.
+            drop(c);
+        }
+        match &mut self.down {
+            Some(d) => d.set_cause(cause),
+            None => {
+                tracing::warn!(cause = %cause, "pausing: pacer cannot read its pause switch; no new batches until it can");
+                let now = Instant::now();
+                self.down = Some(Down {
+                    since: now,
+                    cause,
+                    tries: 0,
+                    next_try: now,
+                });
+            }
+        }
+    }
+
+    /// One reconnection attempt if its backoff has passed: connect, check
+    /// the server is a primary, re-take the runner lock.
+    async fn reconnect(&mut self, url: &str, app: &str, store: &Store, job: &str) -> Reconnect {
+        let Some(d) = &mut self.down else {
+            return Reconnect::StillDown;
+        };
+        if Instant::now() < d.next_try {
+            return Reconnect::StillDown;
+        }
+        d.tries += 1;
+        d.next_try = Instant::now() + crate::store::backoff(d.tries, RECONNECT_CAP);
+        let attempt = async {
+            let mut c = crate::store::connect(url, &format!("{app}:control")).await?;
+            let (pid, inc): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
+                .fetch_one(&mut c)
+                .await?;
+            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                .fetch_one(&mut c)
+                .await?;
+            anyhow::Ok((c, pid, inc, standby))
+        };
+        let (mut c, pid, inc, standby) = match tokio::time::timeout(CTL_TIMEOUT, attempt).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                return Reconnect::StillDown;
+            }
+            Err(_) => {
+                d.set_cause(format!(
+                    "database unreachable: no answer within {}",
+                    fmt_dur(CTL_TIMEOUT)
+                ));
+                return Reconnect::StillDown;
+            }
+        };
+        if standby {
+            d.set_cause("database unreachable: the server is a standby (in recovery); waiting for a primary".into());
+            return Reconnect::StillDown;
+        }
+        match try_runner_lock(&mut c, store, job).await {
+            Ok(None) => {}
+            Ok(Some(holder)) if holder.contains(&format!("pid {} ", self.pid)) => {
+                // Our previous session has not ended yet; it will.
+                d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
+                return Reconnect::StillDown;
+            }
+            Ok(Some(holder)) => {
+                return Reconnect::StandDown(format!(
+                    "while the database was unreachable another pacer took over job {job:?} ({holder}); \
+                     standing down: one runner per job"
+                ));
+            }
+            Err(e) => {
+                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                return Reconnect::StillDown;
+            }
+        }
+        let outage = d.since.elapsed();
+        tracing::info!(
+            outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
+            "database reachable again; runner lock re-taken"
+        );
+        self.conn = Some(c);
+        self.pid = pid;
+        self.down = None;
+        Reconnect::Up { incarnation: inc }
+    }
+
+    /// At the end of a run: a plain connection to record the outcome,
+    /// trying until `limit` since the outage began.
+    async fn wait_until_up(
+        &mut self,
+        url: &str,
+        app: &str,
+        limit: Duration,
+    ) -> Option<PgConnection> {
+        let since = self.down.as_ref().map_or_else(Instant::now, |d| d.since);
+        let mut n = 0;
+        loop {
+            let c = tokio::time::timeout(
+                CTL_TIMEOUT,
+                crate::store::connect(url, &format!("{app}:control")),
+            )
+            .await;
+            if let Ok(Ok(c)) = c {
+                return Some(c);
+            }
+            if since.elapsed() > limit {
+                return None;
+            }
+            n += 1;
+            tokio::time::sleep(crate::store::backoff(n, RECONNECT_CAP)).await;
+        }
+    }
+}
+
+fn is_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .is_some_and(|e| super::batch::classify(e).is_lost())
+    })
+}
+
+fn plain(e: &anyhow::Error) -> String {
+    plain_any(e)
+}
+
+/// An error in plain words (see `batch::plain_error`).
+fn plain_any(e: &anyhow::Error) -> String {
+    match e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) {
+        Some(s) => super::batch::plain_error(s),
+        None => {
+            let raw = format!("{e:#}");
+            let lower = raw.to_lowercase();
+            if lower.contains("connection refused") {
+                format!("connection refused (the server is down or restarting): {raw}")
+            } else if lower.contains("starting up") || lower.contains("shutting down") {
+                format!("the server is restarting: {raw}")
+            } else {
+                raw
+            }
+        }
+    }
+}
+
+/// The dispatch state rebuilt from what the (new) server has: the stored
+/// cursor and pass, the progress records. Returns it with rows done, the
+/// next batch id and the server's incarnation.
+async fn restart_from_store(
+    c: &mut PgConnection,
+    store: &Store,
+    job: &str,
+    url: &str,
+    app: &str,
+    target: &Arc<Target>,
+    policy: &Policy,
+) -> anyhow::Result<(Dispatch, i64, i64, i64)> {
+    let row = store.job(c, job).await?.ok_or_else(|| {
+        Fail::failed(format!(
+            "job {job:?} is missing from pacer's tables after the restart"
+        ))
+    })?;
+    let (done, next_id) = store.progress_totals(c, job).await?;
+    let (_, inc): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
+        .fetch_one(&mut *c)
+        .await?;
+    let reader = crate::store::connect(url, app).await?;
+    let d = Dispatch::new(
+        target.clone(),
+        reader,
+        policy.limits.read_chunk,
+        row.pass,
+        row.cursor_key,
+    );
+    Ok((d, done, next_id, inc))
+}
+
 /// Hash of what may change between runs (limits, controller, signals,
 /// windows): changes are allowed and logged.
 fn settings_hash(p: &Policy) -> String {
@@ -87,12 +307,16 @@ pub async fn run(
     .map_err(|e| Fail::invalid(format!("job.labels: {e}")))?;
     // Before the first write: an operator who cannot reach /pause must
     // learn it now, not in the middle of a backfill.
-    let server = serve_http(policy, &telemetry).await?;
-    probe_update(&mut ctl, policy, &target).await?;
+    let local_pause: Arc<super::LocalPause> = Default::default();
+    let server = serve_http(policy, &telemetry, local_pause.clone()).await?;
+    // The runner lock comes first: a second `pacer run` of a running job
+    // must touch nothing (no migration, no probe on live rows) before it
+    // learns it is not the runner.
     let store = Store::for_policy(policy);
-    store.migrate(&mut ctl).await?;
     take_runner_lock(&mut ctl, &store, &job).await?;
     wait_for_stale_backends(&mut ctl, &app).await?;
+    store.migrate(&mut ctl).await?;
+    probe_update(&mut ctl, policy, &target).await?;
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -189,7 +413,10 @@ pub async fn run(
     telemetry.levels(controller.levels());
     let metrics = telemetry.metrics();
 
-    let (rows_before, next_id) = store.progress_totals(&mut ctl, &job).await?;
+    let (mut rows_before, next_id) = store.progress_totals(&mut ctl, &job).await?;
+    let (ctl_pid, incarnation): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
+        .fetch_one(&mut ctl)
+        .await?;
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let mut shared = Shared::new(
         url.clone(),
@@ -202,6 +429,8 @@ pub async fn run(
         out_tx,
     );
     shared.log_batches = opts.log_batches;
+    shared.local_pause = local_pause.clone();
+    shared.incarnation.store(incarnation, Ordering::SeqCst);
     let sh = Arc::new(shared);
     let reader = crate::store::connect(&url, &app).await?;
     let dispatch = Arc::new(Mutex::new(Dispatch::new(
@@ -236,6 +465,14 @@ pub async fn run(
     let mut stopped_by_signal = false;
     let mut max_pause_exceeded = false;
     let mut last_switch: Option<bool> = None;
+    let mut link = Link {
+        conn: Some(ctl),
+        pid: ctl_pid,
+        down: None,
+    };
+    let mut restart_pending = false;
+    let mut stood_down: Option<String> = None;
+    let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -267,16 +504,141 @@ pub async fn run(
             }
             batches.push(b);
         }
-        let switch = store.switch(&mut ctl, &job).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "reading the pause switch failed; keeping the last known state");
-            None
+        // The pause switch must be readable before any batch is taken:
+        // when it is not, the workers hold at once (fail-safe) and the
+        // coordinator reconnects, re-takes the runner lock and checks the
+        // server has not restarted before they go on.
+        if link.conn.is_none() && !sh.stopping() {
+            match link.reconnect(&url, &app, &store, &job).await {
+                Reconnect::StillDown => {}
+                Reconnect::Up { incarnation } => {
+                    if incarnation != sh.incarnation.load(Ordering::SeqCst) {
+                        restart_pending = true;
+                    }
+                }
+                Reconnect::StandDown(msg) => {
+                    tracing::error!(job = %job, "{msg}");
+                    stood_down = Some(msg);
+                    // Batches in hand are dropped, not retried: another
+                    // runner owns the job now.
+                    sh.generation.fetch_add(1, Ordering::SeqCst);
+                    sh.request_stop();
+                }
+            }
+        }
+        let switch = match link.conn.as_mut() {
+            Some(c) => match tokio::time::timeout(CTL_TIMEOUT, store.switch(c, &job)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    link.lose(format!("control connection lost: {}", plain(&e)));
+                    None
+                }
+                Err(_) => {
+                    link.lose(format!(
+                        "control connection lost: reading the pause switch took longer than {}",
+                        fmt_dur(CTL_TIMEOUT)
+                    ));
+                    None
+                }
+            },
+            None => None,
+        };
+        if sh.restart_seen.load(Ordering::SeqCst)
+            && !restart_pending
+            && let Some(c) = link.conn.as_mut()
+        {
+            match sqlx::query_as::<_, (i32, i64)>(super::batch::INCARNATION_SQL)
+                .fetch_one(c)
+                .await
+            {
+                Ok((_, inc)) if inc != sh.incarnation.load(Ordering::SeqCst) => {
+                    restart_pending = true
+                }
+                Ok(_) => sh.restart_seen.store(false, Ordering::SeqCst),
+                Err(e) => link.lose(format!("control connection lost: {e}")),
+            }
+        }
+        if restart_pending
+            && sh.busy.load(Ordering::SeqCst) == 0
+            && let Some(c) = link.conn.as_mut()
+        {
+            // As after a crash: batches acknowledged by the old server may
+            // be gone (asynchronous replication), so nothing in memory is
+            // trusted; the stored cursor and progress records are.
+            match restart_from_store(c, &store, &job, &url, &app, &target, policy).await {
+                Ok((d, done, next_id, inc)) => {
+                    let mut guard = dispatch.lock().await;
+                    *guard = d;
+                    sh.generation.fetch_add(1, Ordering::SeqCst);
+                    sh.next_batch_id.store(next_id, Ordering::SeqCst);
+                    sh.rows_done.store(0, Ordering::SeqCst);
+                    sh.incarnation.store(inc, Ordering::SeqCst);
+                    sh.restart_seen.store(false, Ordering::SeqCst);
+                    drop(guard);
+                    rows_before = done;
+                    restart_pending = false;
+                    tracing::warn!(
+                        job = %job,
+                        rows_done = done,
+                        "the database server restarted (pg_postmaster_start_time changed): in-memory dispatch state discarded; \
+                         resuming from the stored cursor and progress, as after a crash"
+                    );
+                }
+                Err(e) => link.lose(format!("control connection lost: {e:#}")),
+            }
+        }
+        sh.hold.store(
+            link.down.is_some() || restart_pending || stood_down.is_some(),
+            Ordering::SeqCst,
+        );
+        if let Some(d) = &link.down
+            && d.since.elapsed() > policy.limits.max_outage
+            && !sh.stopping()
+        {
+            sh.fail(format!(
+                "the database was unreachable for {} (limits.max_outage {}): {}",
+                fmt_dur(Duration::from_secs(d.since.elapsed().as_secs())),
+                fmt_dur(policy.limits.max_outage),
+                d.cause
+            ));
+        }
+        // A pause asked for over HTTP while the store could not be written
+        // is stored as soon as it can be, so it survives this process.
+        let local = sh.local_pause.get();
+        if let (Some(lp), Some(c)) = (&local, link.conn.as_mut())
+            && !switch.as_ref().is_some_and(|s| s.paused)
+        {
+            match store.set_paused(c, &job, true, &lp.by, &lp.reason).await {
+                Ok(()) => sh.local_pause.clear_if(lp),
+                Err(e) => link.lose(format!("control connection lost: {e:#}")),
+            }
+        } else if let Some(lp) = &local
+            && switch.as_ref().is_some_and(|s| s.paused)
+        {
+            sh.local_pause.clear_if(lp);
+        }
+        let outage = link.down.as_ref().map(|d| ManualPause {
+            by: "pacer".into(),
+            reason: d.cause.clone(),
         });
-        let manual = switch.as_ref().filter(|s| s.paused).map(|s| ManualPause {
-            by: s.by.clone(),
-            reason: s.reason.clone(),
+        let rebuilding = restart_pending.then(|| ManualPause {
+            by: "pacer".into(),
+            reason: "the database server restarted; waiting for in-flight batches before resuming from the stored progress".into(),
         });
+        let manual = outage
+            .or(rebuilding)
+            .or_else(|| {
+                switch.as_ref().filter(|s| s.paused).map(|s| ManualPause {
+                    by: s.by.clone(),
+                    reason: s.reason.clone(),
+                })
+            })
+            .or(local);
         let now_paused = switch.as_ref().is_some_and(|s| s.paused);
-        if last_switch.is_some_and(|p| p != now_paused) || (last_switch.is_none() && now_paused) {
+        if link.conn.is_some()
+            && (last_switch.is_some_and(|p| p != now_paused)
+                || (last_switch.is_none() && now_paused))
+        {
             let s = switch.as_ref();
             tracing::info!(
                 job = %job,
@@ -287,7 +649,9 @@ pub async fn run(
                 if now_paused { "on" } else { "off" }
             );
         }
-        last_switch = Some(now_paused);
+        if link.conn.is_some() {
+            last_switch = Some(now_paused);
+        }
         let sample_signals: serde_json::Value = signal_names
             .iter()
             .zip(&readings)
@@ -302,10 +666,25 @@ pub async fn run(
         };
         let decision = controller.step(now, &inputs);
         telemetry.decision(&decision);
-        if decision.changed()
-            && let Err(e) = store.record_decision(&mut ctl, &job, &decision).await
-        {
-            tracing::warn!(error = %e, "recording the decision failed");
+        if decision.changed() {
+            // Decisions made while the store was unreachable (the outage's
+            // own pause) are recorded once it is back.
+            unrecorded.push(decision.clone());
+        }
+        while let (Some(d), Some(c)) = (unrecorded.first(), link.conn.as_mut()) {
+            match store.record_decision(c, &job, d).await {
+                Ok(()) => {
+                    unrecorded.remove(0);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "recording the decision failed");
+                    if is_lost(&e) {
+                        link.lose(format!("control connection lost: {e:#}"));
+                    } else {
+                        unrecorded.remove(0);
+                    }
+                }
+            }
         }
         state = decision.state;
         cmd_tx.send_replace(Command {
@@ -339,9 +718,17 @@ pub async fn run(
             .rows_at_start
             .map(|n| (n.max(0) as u64).saturating_sub(rows_done));
         let line = telemetry.progress(now, rows_done, pending, state.as_str(), decision.knobs);
+        // Nothing is saved on a new server incarnation until the dispatch
+        // state has been rebuilt from what that server has.
+        let Some(c) = link.conn.as_mut().filter(|_| !restart_pending) else {
+            if workers.is_empty() {
+                break;
+            }
+            continue;
+        };
         if let Err(e) = store
             .record_sample(
-                &mut ctl,
+                c,
                 &job,
                 &crate::store::samples::NewSample {
                     at: now,
@@ -356,11 +743,15 @@ pub async fn run(
             .await
         {
             tracing::warn!(error = %e, "recording the tick's sample failed");
+            if is_lost(&e) {
+                link.lose(format!("control connection lost: {e:#}"));
+                continue;
+            }
         }
         let (pass, cursor) = dispatch.lock().await.position();
         if let Err(e) = store
             .save_position(
-                &mut ctl,
+                c,
                 &job,
                 state.as_str(),
                 pass,
@@ -370,18 +761,61 @@ pub async fn run(
             .await
         {
             tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
+            if is_lost(&e) {
+                link.lose(format!("control connection lost: {e:#}"));
+            }
         }
         if workers.is_empty() {
             break;
         }
     }
 
+    let elapsed = started.elapsed();
+    if let Some(msg) = stood_down {
+        // The job belongs to the other runner now: record nothing.
+        let _ = server.shutdown().await;
+        return Ok(RunOutcome {
+            code: exit::FAILED,
+            summary: format!("job {job}: {msg}"),
+        });
+    }
+    // The end is recorded on the database, which may be down right now:
+    // wait for it (within max_outage) rather than lose the outcome.
+    let mut ctl = match link.conn.take() {
+        Some(c) => c,
+        None => match link
+            .wait_until_up(&url, &app, policy.limits.max_outage)
+            .await
+        {
+            Some(c) => c,
+            None => {
+                let _ = server.shutdown().await;
+                let cause = link.down.map(|d| d.cause).unwrap_or_default();
+                let why = match sh.end() {
+                    Some(End::Failed(msg)) => msg,
+                    _ => format!(
+                        "the database was unreachable for {} (limits.max_outage {}): {cause}",
+                        fmt_dur(elapsed.min(policy.limits.max_outage)),
+                        fmt_dur(policy.limits.max_outage)
+                    ),
+                };
+                return Ok(RunOutcome {
+                    code: exit::FAILED,
+                    summary: format!(
+                        "job {job} failed: {why}. The outcome could not be recorded; committed progress is intact. \
+                         Resume with `pacer run --policy {}` once the database is back",
+                        opts.policy_path.display()
+                    ),
+                });
+            }
+        },
+    };
+
     // Everything is committed or rolled back; record the end.
     let rows_now = sh.rows();
     let total_done = rows_before as u64 + rows_now;
     let (pass, cursor) = dispatch.lock().await.position();
     let knobs = controller.knobs();
-    let elapsed = started.elapsed();
     let rate = rows_now as f64 / elapsed.as_secs_f64().max(1e-3);
     let left = row.rows_at_start.map(|n| (n - total_done as i64).max(0));
     let resume = format!("pacer run --policy {}", opts.policy_path.display());
@@ -486,13 +920,17 @@ pub async fn run(
 /// refused or taken address is an error naming `[http] listen`: exit 2 for
 /// a configuration the operator must change (no token for a non-loopback
 /// address, weak token, unresolvable name), 3 when the address is in use.
-async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpServer> {
+async fn serve_http(
+    policy: &Policy,
+    t: &JobTelemetry,
+    local_pause: Arc<super::LocalPause>,
+) -> anyhow::Result<HttpServer> {
     let listen = &policy.http.listen;
     http::serve(
         listen,
         http::token_from_env(),
         t.metrics(),
-        Arc::new(super::control::StoreControl::new(policy)),
+        Arc::new(super::control::StoreControl::new(policy).with_local_pause(local_pause)),
     )
     .await
     .map_err(|e| match e {
@@ -505,14 +943,17 @@ async fn serve_http(policy: &Policy, t: &JobTelemetry) -> anyhow::Result<HttpSer
 /// Before the first write: apply one batch twice in a rolled-back
 /// transaction. An update that leaves its rows pending is refused (the job
 /// would never end); a non-idempotent one is only warned about, since
-/// exactly-once batches keep it safe (`pacer check` refuses it).
+/// exactly-once batches keep it safe (`pacer check` refuses it). Rows that
+/// are locked right now, or a probe that hits a transient error, are no
+/// reason to refuse a job: the batches themselves cope with both.
 async fn probe_update(
     ctl: &mut PgConnection,
     policy: &Policy,
     target: &Target,
 ) -> anyhow::Result<()> {
+    use crate::preflight::Probed;
     match crate::preflight::apply_twice(ctl, policy, target).await {
-        Ok(Some(p)) => {
+        Ok(Probed::Applied(p)) => {
             if let Some(msg) = crate::preflight::still_pending_problem(&p) {
                 return Err(Fail::invalid(msg));
             }
@@ -525,10 +966,17 @@ async fn probe_update(
             }
             Ok(())
         }
-        Ok(None) => Ok(()),
+        Ok(Probed::NothingPending) => Ok(()),
+        Ok(Probed::AllLocked { keys }) => {
+            tracing::warn!(
+                keys,
+                "job.update not probed before the first write: every key of the first batch is locked by another session; continuing"
+            );
+            Ok(())
+        }
         Err(e) if e.downcast_ref::<Fail>().is_some() => Err(e),
         Err(e) => {
-            tracing::warn!(error = %e, "could not probe job.update before the first write (rows locked?); continuing");
+            tracing::warn!(error = %format!("{e:#}"), "could not probe job.update before the first write; continuing");
             Ok(())
         }
     }
@@ -537,33 +985,46 @@ async fn probe_update(
 /// One runner per job: a session advisory lock held by the control
 /// connection for the whole run (released by Postgres if the runner dies).
 async fn take_runner_lock(ctl: &mut PgConnection, store: &Store, job: &str) -> anyhow::Result<()> {
-    let key = format!("pacer:{}:{job}", store.schema());
     let deadline = Instant::now() + STALE_WAIT;
     loop {
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-            .bind(&key)
-            .fetch_one(&mut *ctl)
-            .await?;
-        if got {
+        let holder = try_runner_lock(ctl, store, job).await?;
+        let Some(holder) = holder else {
             return Ok(());
-        }
+        };
         if Instant::now() > deadline {
-            let holder: Option<String> = sqlx::query_scalar(
-                "SELECT string_agg(format('pid %s (%s, %s)', a.pid, a.application_name, a.client_addr), ', ')
-                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                  WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
-            )
-            .bind(&key)
-            .fetch_one(&mut *ctl)
-            .await
-            .unwrap_or(None);
             return Err(Fail::failed(format!(
-                "job {job:?} is already being run by another pacer ({}); one runner per job",
-                holder.unwrap_or_else(|| "holder unknown".into())
+                "job {job:?} is already being run by another pacer ({holder}); one runner per job"
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// One attempt at the runner lock: `None` when taken, else who holds it
+/// (`pid N (application, address)`).
+async fn try_runner_lock(
+    ctl: &mut PgConnection,
+    store: &Store,
+    job: &str,
+) -> anyhow::Result<Option<String>> {
+    let key = format!("pacer:{}:{job}", store.schema());
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
+        .bind(&key)
+        .fetch_one(&mut *ctl)
+        .await?;
+    if got {
+        return Ok(None);
+    }
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT string_agg(format('pid %s (%s, %s)', a.pid, a.application_name, a.client_addr), ', ')
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
+    )
+    .bind(&key)
+    .fetch_one(&mut *ctl)
+    .await
+    .unwrap_or(None);
+    Ok(Some(holder.unwrap_or_else(|| "holder unknown".into())))
 }
 
 /// Refuse to start while backends of an earlier run still live (a killed

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tokio::sync::{Mutex, watch};
 
-use super::batch::{Attempt, Writer, resolve_ambiguous};
+use super::batch::{Attempt, Resolved, Writer, resolve_ambiguous};
 use super::dispatch::{Dispatch, Next};
 use super::keys::Keys;
 use super::{Command, Shared};
@@ -29,17 +29,25 @@ pub async fn run(
             break;
         }
         let c = *cmd.borrow_and_update();
-        if c.paused || idx >= c.knobs.workers {
+        if c.paused || sh.held() || idx >= c.knobs.workers {
             let _ = tokio::time::timeout(Duration::from_millis(200), cmd.changed()).await;
             continue;
         }
         let asked = Instant::now();
-        let next = {
+        let (next, generation) = {
             let mut d = dispatch.lock().await;
             if asked.elapsed() > Duration::from_millis(10) {
                 sh.app_limited.store(true, Ordering::Relaxed);
             }
-            d.next(c.knobs.batch_size).await
+            // Held while waiting for the lock: the pause wins.
+            if sh.held() {
+                continue;
+            }
+            let next = d.next(c.knobs.batch_size).await;
+            if matches!(next, Ok(Next::Batch(_))) {
+                sh.busy.fetch_add(1, Ordering::SeqCst);
+            }
+            (next, sh.generation.load(Ordering::SeqCst))
         };
         let batch = match next {
             Ok(Next::Batch(b)) => b,
@@ -53,21 +61,24 @@ pub async fn run(
                 break;
             }
             Err(e) => {
-                // The reader's connection: retry with backoff, a few times.
+                // The reader's connection. A lost connection is an outage,
+                // which the coordinator turns into a pause and bounds by
+                // limits.max_outage; other errors get max_retries.
+                let lost = super::batch::classify(&e).is_lost();
                 let n = sh.read_errors.fetch_add(1, Ordering::SeqCst) + 1;
-                if n > sh.limits.max_retries {
+                if !lost && n > sh.limits.max_retries {
                     sh.fail(format!(
                         "reading keys failed {n} times: {}",
                         super::target::db_message(&e)
                     ));
                     break;
                 }
-                tracing::warn!(error = %super::target::db_message(&e), attempt = n, "reading keys failed; retrying");
-                tokio::time::sleep(crate::store::backoff(n, Duration::from_secs(5))).await;
-                if super::batch::classify(&e).is_lost() {
+                tracing::warn!(error = %super::batch::plain_error(&e), attempt = n, "reading keys failed; retrying");
+                tokio::time::sleep(crate::store::backoff(n, Duration::from_secs(2))).await;
+                if lost {
                     let mut d = dispatch.lock().await;
                     if let Err(e) = d.reconnect(&sh).await {
-                        tracing::warn!(error = %e, "reconnecting the reader failed");
+                        tracing::debug!(error = %format!("{e:#}"), "reconnecting the reader failed");
                     }
                 }
                 continue;
@@ -79,25 +90,42 @@ pub async fn run(
         let mut stop = sh.stop_rx();
         tokio::select! {
             _ = wait_for_quota(&sh, batch.keys.len()) => {}
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => {
+                sh.busy.fetch_sub(1, Ordering::SeqCst);
+                break;
+            }
         }
-        let (rows, deferred) = match apply(
+        let applied = apply(
             idx,
             &sh,
             &mut writer,
             &batch.keys,
             batch.pass,
             batch.seq.is_none(),
+            generation,
         )
-        .await
-        {
-            Ok(r) => r,
+        .await;
+        let (rows, deferred) = match applied {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // Dropped unapplied (a stop, or a rebuilt dispatch state):
+                // the stored cursor is below it, so it is read again.
+                sh.busy.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
             Err(msg) => {
+                sh.busy.fetch_sub(1, Ordering::SeqCst);
                 sh.fail(msg);
                 break;
             }
         };
-        dispatch.lock().await.complete(batch.seq, rows, deferred);
+        {
+            let mut d = dispatch.lock().await;
+            if sh.generation.load(Ordering::SeqCst) == generation {
+                d.complete(batch.seq, rows, deferred);
+            }
+            sh.busy.fetch_sub(1, Ordering::SeqCst);
+        }
         let sleep = cmd.borrow().knobs.sleep;
         if !sleep.is_zero() {
             let mut stop = sh.stop_rx();
@@ -130,8 +158,11 @@ async fn wait_for_quota(sh: &Shared, rows: usize) {
 }
 
 /// Apply one batch to the end: retries, lock-free splitting, ambiguous
-/// commits. Returns rows changed and keys set aside, or the message that
-/// stops the job.
+/// commits. Returns rows changed and keys set aside; `None` when the batch
+/// was dropped unapplied (stopping, or the server restarted and the
+/// dispatch state is rebuilt); or the message that stops the job. A lost
+/// connection is an outage, not a failure of the batch: it does not count
+/// against `max_retries`, only against `max_outage`.
 async fn apply(
     worker: u32,
     sh: &Shared,
@@ -139,7 +170,10 @@ async fn apply(
     keys: &Keys,
     pass: i32,
     was_deferred: bool,
-) -> Result<(u64, Keys), String> {
+    generation: u64,
+) -> Result<Option<(u64, Keys)>, String> {
+    let mut lost_since: Option<Instant> = None;
+    let mut lost_tries = 0u32;
     let mut work = VecDeque::from([keys.clone()]);
     let mut rows_total = 0u64;
     let mut deferred_total = sh.target.key_type.empty();
@@ -148,6 +182,9 @@ async fn apply(
     while let Some(part) = work.pop_front() {
         let mut lock_free = was_deferred;
         loop {
+            if sh.stopping() || sh.generation.load(Ordering::SeqCst) != generation {
+                return Ok(None);
+            }
             let id = sh.next_batch_id.fetch_add(1, Ordering::SeqCst);
             let started = Utc::now();
             let t0 = Instant::now();
@@ -188,8 +225,25 @@ async fn apply(
                 }
                 Attempt::Ambiguous { pid, msg } => {
                     tracing::warn!(batch_id = id, error = %msg, "connection lost during COMMIT; checking whether the batch committed");
-                    match resolve_ambiguous(sh, pid, id).await {
-                        Ok(Some(rows)) => {
+                    let resolved = loop {
+                        match resolve_ambiguous(sh, pid, id).await {
+                            Ok(r) => break r,
+                            Err(e) => {
+                                let since = *lost_since.get_or_insert_with(Instant::now);
+                                if sh.stopping() {
+                                    return Ok(None);
+                                }
+                                if since.elapsed() > sh.max_outage() {
+                                    return Err(format!(
+                                        "cannot tell whether batch {id} committed: {e:#}"
+                                    ));
+                                }
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    };
+                    match resolved {
+                        Resolved::Committed(rows) => {
                             tracing::info!(
                                 batch_id = id,
                                 rows,
@@ -201,22 +255,42 @@ async fn apply(
                             // Keys it could not lock are unknown here; the sweep catches them.
                             break;
                         }
-                        Ok(None) => {
+                        Resolved::NotCommitted => {
                             tracing::info!(
                                 batch_id = id,
                                 "the batch had not committed; retrying it"
                             );
                             report(0, Some(BatchError::ConnectionLost));
-                            msg
+                            lost_tries += 1;
+                            tokio::time::sleep(crate::store::backoff(
+                                lost_tries,
+                                Duration::from_secs(2),
+                            ))
+                            .await;
+                            continue;
                         }
-                        Err(e) => {
-                            return Err(format!("cannot tell whether batch {id} committed: {e}"));
-                        }
+                        Resolved::NewIncarnation => return Ok(None),
                     }
                 }
+                Attempt::NewIncarnation => return Ok(None),
                 Attempt::Lost(msg) => {
                     report(0, Some(BatchError::ConnectionLost));
-                    msg
+                    let since = *lost_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > sh.max_outage() {
+                        return Err(format!(
+                            "the database was unreachable for {} (limits.max_outage): {msg}",
+                            humantime::format_duration(Duration::from_secs(
+                                since.elapsed().as_secs()
+                            ))
+                        ));
+                    }
+                    lost_tries += 1;
+                    if lost_tries == 1 {
+                        tracing::warn!(error = %msg, "connection lost; retrying the batch once the database is back");
+                    }
+                    tokio::time::sleep(crate::store::backoff(lost_tries, Duration::from_secs(2)))
+                        .await;
+                    continue;
                 }
                 Attempt::Retry(BatchError::LockTimeout, msg) => {
                     report(0, Some(BatchError::LockTimeout));
@@ -273,7 +347,7 @@ async fn apply(
         }
     }
     let _ = last_err;
-    Ok((rows_total, deferred_total))
+    Ok(Some((rows_total, deferred_total)))
 }
 
 fn give_up(part: &Keys, failures: u32, msg: &str) -> String {

@@ -380,9 +380,6 @@ mod tests {
             .filter_map(|_| meter.observe(&t, &m, 1.0, &mut rng))
             .collect();
         let changes = seen.windows(2).filter(|w| w[0] != w[1]).count();
-        assert!(
-            changes <= 6 && changes >= 4,
-            "{changes} changes in {seen:?}"
-        );
+        assert!((4..=6).contains(&changes), "{changes} changes in {seen:?}");
     }
 }
