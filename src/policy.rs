@@ -206,7 +206,8 @@ pub struct ControllerConfig {
     /// Additive increase of `batch_size` per calm tick (capped at ×1.2 a tick).
     #[serde(default = "default_batch_step")]
     pub batch_step: u32,
-    /// Additive decrease of `sleep` per calm tick.
+    /// Accepted for older policies and ignored: sleep follows from the
+    /// growth bound on the effective rate.
     #[serde(default = "d_50ms", with = "humantime_serde")]
     pub sleep_step: Duration,
     /// Calm spell required before one more worker is added.
@@ -359,6 +360,11 @@ pub struct Signal {
     /// A fixed baseline instead of one measured before the run.
     #[serde(default)]
     pub baseline: Option<f64>,
+    /// How late this signal's readings are, when pacer cannot read it from
+    /// the query (a recording rule, a query without a range): the data's
+    /// age plus the scrape interval.
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Option<Duration>,
 }
 
 /// Which kind of source a signal reads.
@@ -826,6 +832,24 @@ impl Policy {
                 ),
                 Some(Source::Prometheus(q)) if q.trim().is_empty() => {
                     err(&kk("prometheus"), "query must not be empty".into())
+                }
+                // The controller paces growth by each signal's delay: it must
+                // know it, from the query's ranges or from the policy.
+                Some(Source::Prometheus(q)) if sig.delay.is_none() => {
+                    match crate::signals::promql::lookback(q) {
+                        Err(e) => err(
+                            &kk("prometheus"),
+                            format!(
+                                "pacer cannot parse the query ({}); add delay = \"<how late its data is>\" to the signal",
+                                crate::text::elide(&e, 120)
+                            ),
+                        ),
+                        Ok(None) => err(
+                            &kk("delay"),
+                            "required: the query has no range selector (a recording rule or a gauge?), so pacer cannot tell how late its data is; e.g. delay = \"1m\"".into(),
+                        ),
+                        Ok(Some(_)) => {}
+                    }
                 }
                 Some(Source::Http(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
                     err(&kk("http"), format!("{} must start with http:// or https://", show(u)))

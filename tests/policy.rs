@@ -541,3 +541,38 @@ proptest! {
         }
     }
 }
+
+/// The controller paces growth by each signal's measurement delay: a
+/// Prometheus query without a range (a recording rule) or one pacer cannot
+/// parse must say how late its data is.
+#[test]
+fn a_query_without_a_range_needs_a_delay() {
+    let policy = |signal: &str| {
+        format!(
+            "[job]\nname = \"j\"\ntable = \"t\"\nkey = \"id\"\npending = \"x IS NULL\"\nupdate = \"UPDATE t SET x = 1 WHERE id = ANY($1)\"\n[limits]\nbatch_size = {{ start = 100, min = 10, max = 1000 }}\nsleep = {{ start = \"100ms\", min = \"0ms\", max = \"1s\" }}\nworkers = {{ start = 1, min = 1, max = 2 }}\n[[signal]]\nname = \"p95\"\n{signal}\nslow_above = 1\nstop_above = 2\n"
+        )
+    };
+    let e = pacer::policy::Policy::from_toml(
+        "rule.toml",
+        &policy("prometheus = 'job:latency_p95:rate5m'"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("rule.toml") && e.contains("delay") && e.contains("required"),
+        "{e}"
+    );
+    let e = pacer::policy::Policy::from_toml("bad.toml", &policy("prometheus = 'rate(x[1m]'"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cannot parse the query") && e.contains("delay"),
+        "{e}"
+    );
+    pacer::policy::Policy::from_toml(
+        "ok.toml",
+        &policy("prometheus = 'job:latency_p95:rate5m'\ndelay = \"5m30s\""),
+    )
+    .unwrap();
+    pacer::policy::Policy::from_toml("range.toml", &policy("prometheus = 'rate(x[1m])'")).unwrap();
+}

@@ -229,6 +229,7 @@ timeout = "1s"
 [[signal]]
 name = "answer"
 prometheus = "vector(42)"
+delay = "15s"
 stop_above = 100
 timeout = "5s"
 "#

@@ -700,6 +700,7 @@ async fn baselines_prometheus_median_postgres_samples_fixed_and_refusal() {
 [[signal]]
 name = "targets"
 prometheus = 'count(up)'
+delay = "15s"
 slow_above = "baseline * 2"
 
 [[signal]]
@@ -750,6 +751,7 @@ baseline = 3.5
 [[signal]]
 name = "empty"
 prometheus = 'vector(1) unless on() vector(1)'
+delay = "15s"
 stop_above = "baseline * 2"
 "#,
         "[baseline]\nwindow = \"1m\"\non_insufficient = \"refuse\"\n",

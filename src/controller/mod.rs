@@ -82,15 +82,21 @@ const NEAR_CUT_STEP: f64 = 0.1;
 fn delay_of(s: &Signal, cfg: &ControllerConfig, scrape: Duration) -> (Duration, Smoothing) {
     let tick = cfg.tick;
     if let Some(q) = s.prometheus.as_deref() {
-        // A query without a range (a recording rule, a gauge): its data is
-        // at least a scrape old, and its own window is unknown.
-        let range = crate::signals::promql::lookback(q)
-            .ok()
-            .flatten()
-            .unwrap_or(scrape);
+        // The policy's `delay` (required when the query has no range, e.g.
+        // a recording rule) already includes the scrape; else the query's
+        // look-back plus the scrape interval.
+        let (range, source) = match s.delay {
+            Some(d) => (d, d),
+            None => {
+                let range = crate::signals::promql::lookback(q)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(scrape);
+                (range, range.saturating_add(scrape))
+            }
+        };
         let tau = cfg.smoothing.max(range / 2);
-        let delay = range.saturating_add(scrape).saturating_add(tau);
-        return (delay, Smoothing::Ewma(tau));
+        return (source.saturating_add(tau), Smoothing::Ewma(tau));
     }
     if s.is_http() {
         return (tick, Smoothing::Ewma(Duration::ZERO));
