@@ -150,7 +150,7 @@ fn renders_timeline_and_runbook_for_a_business_day() {
         "paused by alice: sale prep",
         "lock_timeout",
         "`checkout_p95` above its slow level (0.396):",
-        "- 2026-11-24 12:09:15 CET — pausing: replica_lag",
+        "- 2026-11-24 12:09:14 CET — pausing: replica_lag",
         "**passed**: 0 rows still pending",
         "pacer pause --policy policies/demo.toml",
         "pacer resume --policy policies/demo.toml",
