@@ -85,7 +85,7 @@ impl Run {
 
     fn log(&self) -> String {
         let l = self.lines.lock().unwrap();
-        l[l.len().saturating_sub(40)..].join("\n")
+        l[l.len().saturating_sub(120)..].join("\n")
     }
 }
 

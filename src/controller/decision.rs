@@ -300,7 +300,10 @@ pub fn fmt_dur(d: Duration) -> String {
 /// (latencies in seconds are often below 0.01).
 fn num(v: f64) -> String {
     let a = v.abs();
-    if v == 0.0 || (1e-4..1e9).contains(&a) {
+    if v == 0.0 {
+        // log10(0) is −∞: no digits to count.
+        "0".into()
+    } else if (1e-4..1e9).contains(&a) {
         let decimals = if a >= 1.0 {
             3
         } else {

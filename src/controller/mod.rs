@@ -839,8 +839,19 @@ impl Controller {
             };
         }
         // Even the longest sleep is too short for the proposed batch (a
-        // crawl at the smallest knobs): grow the batch only as far as the
-        // bound allows at the longest sleep.
+        // crawl at the smallest knobs): keep the batch and shorten the
+        // sleep, or else grow the batch only as far as the bound allows at
+        // the longest sleep.
+        let b0 = before.batch_size as f64;
+        let sleep0 = w * b0 / bound - spr * b0;
+        if sleep0.is_finite() && sleep0 >= 0.0 && sleep0 <= max && b0 <= proposed.batch_size as f64
+        {
+            return Knobs {
+                batch_size: before.batch_size,
+                sleep: Duration::from_secs_f64(sleep0),
+                ..proposed
+            };
+        }
         let denom = w - bound * spr;
         let b = if denom > 0.0 {
             (bound * max / denom).floor()

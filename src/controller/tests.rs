@@ -217,3 +217,19 @@ fn extreme_durations_never_overflow_a_step() {
     let t = resumed.expect("resumes once the estimate is calm");
     c.step(at(t + 1), &reading(0.1, t + 1));
 }
+
+/// A raw reading of 0 beside an estimate above slow (a replica that caught
+/// up) once overflowed the digit count of the number formatter.
+#[test]
+fn a_zero_reading_beside_its_estimate_formats() {
+    let c = Cause::Signal {
+        signal: "replica_lag".into(),
+        value: 0.0,
+        estimate: Some(1.5),
+        level: "slow",
+        threshold: 1.0,
+        expr: None,
+        baseline: None,
+    };
+    assert_eq!(c.to_string(), "replica_lag 1.5 (estimate; raw 0) > slow 1");
+}

@@ -197,6 +197,11 @@ impl JobTelemetry {
 
     /// The job is finished: state `done` in the metrics, final bar message.
     pub fn finish(mut self, message: &str) {
+        // Cuts still folded are part of the run's story.
+        let folded = self.fold.lock().map(|mut f| f.flush()).unwrap_or_default();
+        for line in &folded {
+            events::log_folded(line, &self.job, &self.labels);
+        }
         self.metrics.set_state("done");
         if let Some(bar) = self.bar.take() {
             bar.finish(message);
