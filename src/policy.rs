@@ -111,16 +111,6 @@ pub struct Job {
     pub max_pause: Option<Duration>,
     #[serde(default)]
     pub stop_after_max_pause: bool,
-    /// Another job may write the same table at the same time. Off by
-    /// default: two jobs on one table with a non-idempotent update apply
-    /// rows twice.
-    #[serde(default)]
-    pub share_table: bool,
-    /// `false` says the user knows `update` changes rows again when
-    /// re-applied; otherwise such an update is refused before the first
-    /// write. A policy key, not a flag: a restarted run must not forget it.
-    #[serde(default = "default_true")]
-    pub idempotent: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1169,9 +1159,6 @@ fn range_check<T: PartialOrd + Copy>(
     }
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_timezone() -> String {
     "UTC".into()
 }
