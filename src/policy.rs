@@ -111,6 +111,11 @@ pub struct Job {
     pub max_pause: Option<Duration>,
     #[serde(default)]
     pub stop_after_max_pause: bool,
+    /// Another job may write the same table at the same time. Off by
+    /// default: a second job on a table (or on its partition tree) that
+    /// one is already backfilling is refused at start.
+    #[serde(default)]
+    pub share_table: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -153,3 +153,72 @@ async fn rows_locked_at_start_are_not_invalid_input(pool: PgPool) {
     assert_eq!(counters(&pool, "t").await, (0, 5_000, 0));
     eprintln!("two checks with locked rows took {checks:?}");
 }
+
+/// Two jobs with different names on one table would both apply their
+/// update to the same rows: the second is refused at start, before it
+/// writes anything, unless the policy says `[job] share_table = true`.
+#[sqlx::test(migrations = false)]
+async fn a_second_job_on_the_same_table_is_refused(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 40_000).await;
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            job: "first",
+            batch: (200, 100, 300),
+            ..Spec::default()
+        },
+    );
+    let mut first = spawn({
+        let mut c = pacer(&["run"], &p);
+        c.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "1500");
+        c
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(&pool, "t").await.1 > 1000
+        })
+        .await,
+        "the first job did not start"
+    );
+    let (_d2, p2) = policy(
+        &url,
+        &Spec {
+            job: "second",
+            batch: (200, 100, 300),
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["run"], &p2)).await;
+    assert_eq!(out.code, Some(3), "{}", out.all());
+    assert!(
+        out.all()
+            .contains("is already being backfilled by another pacer job")
+            && out.all().contains("share_table"),
+        "{}",
+        out.all()
+    );
+    // Nothing applied twice: the second job never wrote.
+    assert_eq!(counters(&pool, "t").await.2, 0);
+
+    // Said on purpose, both may run (a guarded update keeps it exactly once).
+    let guarded = Spec {
+        job: "second",
+        update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0",
+        ..Spec::default()
+    };
+    let (_d3, p3) = policy(&url, &guarded);
+    let out = output({
+        let mut c = pacer(&["run"], &p3);
+        c.env("PACER_POLICY__JOB__SHARE_TABLE", "true");
+        c
+    })
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let _ = first.kill().await;
+    assert_eq!(
+        counters(&pool, "t").await.0,
+        0,
+        "the shared run finished the table"
+    );
+}
