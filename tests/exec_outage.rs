@@ -304,7 +304,8 @@ async fn a_lost_control_connection_is_reopened_and_the_pause_switch_honoured(poo
         .await
         .unwrap();
     let killed = Instant::now();
-    // A new control session holds the runner lock again.
+    // A new control session holds the runner lock (and the table lock,
+    // one job per table) again.
     let relocked = wait_until(Duration::from_secs(10), || async {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid IN ({ctl_pid}) AND l.pid <> {old}"
@@ -312,10 +313,10 @@ async fn a_lost_control_connection_is_reopened_and_the_pause_switch_honoured(poo
         .fetch_one(&pool)
         .await
         .unwrap();
-        n == 1
+        n == 2
     })
     .await;
-    assert!(relocked, "the runner lock was not re-taken");
+    assert!(relocked, "the runner and table locks were not re-taken");
     let relock_time = killed.elapsed();
 
     // `pacer pause` is obeyed.

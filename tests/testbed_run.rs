@@ -231,8 +231,19 @@ async fn run_pauses_on_replica_lag_and_resumes_when_replay_catches_up() {
     let mut run = Run::start(&policy);
     run.wait_line(0, &["running"], Duration::from_secs(60))
         .await;
+    // Rows being written (a snapshot of pg_stat_activity can miss short
+    // transactions between sleeps).
+    let done = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM public.runlag_orders WHERE status IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = done().await;
     common::eventually(Duration::from_secs(30), "workers writing", || async {
-        (busy_workers(&pool, &name).await > 0).then_some(())
+        (done().await > before).then_some(())
     })
     .await;
 
