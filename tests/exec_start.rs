@@ -8,6 +8,24 @@ use std::time::Duration;
 use exec_common::*;
 use sqlx::PgPool;
 
+/// `pacer run` of `policy` on table `t`, capped at 1500 rows/s so it
+/// outlasts a second run's 15 s wait for a lock; returns once it writes.
+async fn start_slow_run(pool: &PgPool, policy: &std::path::PathBuf) -> tokio::process::Child {
+    let first = spawn({
+        let mut c = pacer(&["run"], policy);
+        c.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "1500");
+        c
+    });
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(pool, "t").await.1 > 1000
+        })
+        .await,
+        "the first run did not start"
+    );
+    first
+}
+
 /// A second `pacer run` of a running job must learn it is not the runner
 /// before it touches anything: the rolled-back double-apply probe takes row
 /// locks on live rows, so it must never run beside the real runner.
@@ -34,20 +52,7 @@ async fn a_second_runner_takes_the_lock_before_probing(pool: PgPool) {
             ..Spec::default()
         },
     );
-    // 1500 rows/s: the first runner outlasts the second one's 15 s wait
-    // for the lock.
-    let mut first = spawn({
-        let mut c = pacer(&["run"], &p);
-        c.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "1500");
-        c
-    });
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            counters(&pool, "t").await.1 > 1000
-        })
-        .await,
-        "the first runner did not start"
-    );
+    let mut first = start_slow_run(&pool, &p).await;
     let seen = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM probe_seen",
@@ -169,18 +174,7 @@ async fn a_second_job_on_the_same_table_is_refused(pool: PgPool) {
             ..Spec::default()
         },
     );
-    let mut first = spawn({
-        let mut c = pacer(&["run"], &p);
-        c.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "1500");
-        c
-    });
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            counters(&pool, "t").await.1 > 1000
-        })
-        .await,
-        "the first job did not start"
-    );
+    let mut first = start_slow_run(&pool, &p).await;
     let (_d2, p2) = policy(
         &url,
         &Spec {

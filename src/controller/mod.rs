@@ -316,11 +316,6 @@ impl Controller {
         })
     }
 
-    /// The rate (rows/s) the knobs in force aim at.
-    pub fn target_rate(&self) -> f64 {
-        self.rate_of(&self.knobs)
-    }
-
     /// The current estimate of each signal, in policy order.
     pub fn estimates(&self) -> Vec<Option<f64>> {
         self.track.iter().map(|t| t.est.estimate()).collect()

@@ -1047,23 +1047,7 @@ async fn try_table_lock(ctl: &mut PgConnection, table: &str) -> anyhow::Result<O
     .bind(table)
     .fetch_one(&mut *ctl)
     .await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(&key)
-        .fetch_one(&mut *ctl)
-        .await?;
-    if got {
-        return Ok(None);
-    }
-    let holder: Option<String> = sqlx::query_scalar(
-        "SELECT string_agg(format('pid %s (%s)', a.pid, a.application_name), ', ')
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
-    )
-    .bind(&key)
-    .fetch_one(&mut *ctl)
-    .await
-    .unwrap_or(None);
-    Ok(Some(holder.unwrap_or_else(|| "holder unknown".into())))
+    try_advisory_lock(ctl, &key).await
 }
 
 /// One attempt at the runner lock: `None` when taken, else who holds it
@@ -1073,9 +1057,14 @@ async fn try_runner_lock(
     store: &Store,
     job: &str,
 ) -> anyhow::Result<Option<String>> {
-    let key = format!("pacer:{}:{job}", store.schema());
+    try_advisory_lock(ctl, &format!("pacer:{}:{job}", store.schema())).await
+}
+
+/// One attempt at the session advisory lock named `key`: `None` when
+/// taken, else who holds it (`pid N (application, address)`).
+async fn try_advisory_lock(ctl: &mut PgConnection, key: &str) -> anyhow::Result<Option<String>> {
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(&key)
+        .bind(key)
         .fetch_one(&mut *ctl)
         .await?;
     if got {
@@ -1086,7 +1075,7 @@ async fn try_runner_lock(
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
     )
-    .bind(&key)
+    .bind(key)
     .fetch_one(&mut *ctl)
     .await
     .unwrap_or(None);
