@@ -20,6 +20,26 @@ pub struct Sample {
     pub rows_done: u64,
     /// Signal values by name; `None` = missing.
     pub signals: BTreeMap<String, Option<f64>>,
+    /// The controller's smoothed estimate of each signal, by name: what its
+    /// slow and growth decisions judged. Empty where not recorded.
+    #[serde(default)]
+    pub estimates: BTreeMap<String, Option<f64>>,
+    /// Rows/s the knobs aimed at (0 while paused); `None` where not recorded.
+    #[serde(default)]
+    pub target_rate: Option<f64>,
+}
+
+impl Sample {
+    /// The estimates and target rate of a controller view.
+    pub fn with_view(mut self, view: &crate::controller::View) -> Sample {
+        self.estimates = view
+            .signals
+            .iter()
+            .map(|s| (s.name.clone(), s.estimate))
+            .collect();
+        self.target_rate = Some(view.target_rate);
+        self
+    }
 }
 
 /// Resolved levels of one signal, for drawing its slow/stop lines.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pacer::controller::{
-    Action, BatchError, BatchOutcome, Cause, Controller, Decision, Knobs, State,
+    Action, BatchError, BatchOutcome, Cause, Controller, Decision, Knobs, SignalView, State, View,
 };
 use pacer::signals::Reading;
 use pacer::telemetry::http::{self, Control, ControlRequest, HttpError};
@@ -104,6 +104,23 @@ fn busy_metrics() -> Arc<Metrics> {
         knobs: k(1000, 250, 2),
         causes: vec![],
         windows: vec![],
+        view: View {
+            target_rate: 4321.5,
+            signals: vec![
+                SignalView {
+                    name: "checkout_p95".into(),
+                    raw: Some(0.41),
+                    estimate: Some(0.38),
+                    delay: Duration::from_secs(75),
+                },
+                SignalView {
+                    name: "replica_lag".into(),
+                    raw: None,
+                    estimate: None,
+                    delay: Duration::from_secs(2),
+                },
+            ],
+        },
     });
     m.observe_decision(&Decision {
         at: now,
@@ -127,6 +144,7 @@ fn busy_metrics() -> Arc<Metrics> {
             },
         ],
         windows: vec![],
+        view: Default::default(),
     });
     for (ms, err) in [
         (120, None),
@@ -192,6 +210,9 @@ async fn metrics_are_valid_exposition_with_every_metric() {
         ("pacer_signal_slow_level", "gauge"),
         ("pacer_signal_stop_level", "gauge"),
         ("pacer_signal_baseline", "gauge"),
+        ("pacer_signal_estimate", "gauge"),
+        ("pacer_signal_delay_seconds", "gauge"),
+        ("pacer_target_rate_rows_per_second", "gauge"),
         ("pacer_build_info", "gauge"),
     ] {
         assert_eq!(
@@ -331,6 +352,23 @@ async fn metrics_are_valid_exposition_with_every_metric() {
         e.get("pacer_signal_baseline", &[("signal", "replica_lag")]),
         None
     );
+    // The controller's view of the first decision (the pause carried none):
+    // the estimate beside the raw reading, the delay, the target rate.
+    assert_eq!(
+        e.get("pacer_signal_estimate", &[("signal", "checkout_p95")]),
+        Some(0.38)
+    );
+    assert!(
+        e.get("pacer_signal_estimate", &[("signal", "replica_lag")])
+            .unwrap()
+            .is_nan()
+    );
+    assert_eq!(
+        e.get("pacer_signal_delay_seconds", &[("signal", "checkout_p95")]),
+        Some(75.0)
+    );
+    // The pause came last: its target rate is 0.
+    assert_eq!(e.get("pacer_target_rate_rows_per_second", &[]), Some(0.0));
     // Without OpenMetrics in Accept: the classic format, same samples.
     let classic = reqwest::get(format!("http://{}/metrics", srv.local_addr()))
         .await

@@ -304,6 +304,7 @@ fn the_dashboard_only_uses_metrics_pacer_exports() {
             reason: "b".into(),
         }],
         windows: vec![],
+        view: Default::default(),
     });
     m.set_signal_infos(&[pacer::history::SignalInfo {
         name: "checkout_p95".into(),

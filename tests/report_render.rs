@@ -90,6 +90,9 @@ fn renders_timeline_and_runbook_for_a_business_day() {
         "throughput",
         "rows/s (left axis)",
         "rows done (right axis)",
+        // The controller's view beside the raw readings and the rate.
+        "estimate",
+        "target rows/s",
         "batch size (rows per transaction)",
         "sleep between batches (ms)",
         "workers (concurrent transactions)",

@@ -53,6 +53,7 @@ fn decision(
         knobs: after,
         causes,
         windows: vec![],
+        view: Default::default(),
     }
 }
 

@@ -814,3 +814,54 @@ async fn check_warns_when_a_level_shares_the_baselines_histogram_bucket() {
         "{warnings:?} {notes:?}"
     );
 }
+
+/// The scrape interval comes from the Prometheus the policy reads (the
+/// testbed scrapes every second), for the jobs its queries name; the
+/// policy's own key wins, and a job no target has falls back to 15 s and
+/// says why.
+#[tokio::test]
+async fn scrape_interval_is_read_from_prometheus_targets() {
+    use pacer::signals::prometheus::{ScrapeInterval, resolve_scrape_interval};
+    let _l = common::lock();
+    let sig = |q: &str| format!("[[signal]]\nname = \"s\"\nprometheus = '{q}'\nstop_above = 100\n");
+    let traffic = r#"sum(rate(traffic_request_duration_seconds_count{job="traffic"}[10s]))"#;
+    let p = common::policy("scrape", "public.t", &sig(traffic), "");
+    assert_eq!(
+        resolve_scrape_interval(&p).await,
+        Some(ScrapeInterval::Discovered(
+            Duration::from_secs(1),
+            "job traffic".into()
+        ))
+    );
+    // No job matcher: every active target counts.
+    let p = common::policy("scrape", "public.t", &sig(P95), "");
+    assert_eq!(
+        resolve_scrape_interval(&p).await,
+        Some(ScrapeInterval::Discovered(
+            Duration::from_secs(1),
+            "every active target".into()
+        ))
+    );
+    let none = r#"sum(rate(x_count{job="no_such_job"}[1m]))"#;
+    let p = common::policy("scrape", "public.t", &sig(none), "");
+    match resolve_scrape_interval(&p).await {
+        Some(ScrapeInterval::Default(d, why)) => {
+            assert_eq!(d, Duration::from_secs(15));
+            assert!(why.contains("no_such_job"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut p = common::policy("scrape", "public.t", &sig(traffic), "");
+    p.prometheus.scrape_interval = Some(Duration::from_secs(30));
+    assert_eq!(
+        resolve_scrape_interval(&p).await,
+        Some(ScrapeInterval::Policy(Duration::from_secs(30)))
+    );
+    let p = common::policy(
+        "scrape",
+        "public.t",
+        &signal("lag", "replication_lag_seconds"),
+        "",
+    );
+    assert_eq!(resolve_scrape_interval(&p).await, None);
+}

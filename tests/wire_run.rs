@@ -87,6 +87,19 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
         assert!(metrics.contains(name), "/metrics lacks {name}:\n{metrics}");
     }
 
+    // `pacer status` shows what the controller aims at while running.
+    let aiming = wait_until(Duration::from_secs(10), || async {
+        cli_status(&policy).await["controller"]["target_rate"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    })
+    .await;
+    assert!(
+        aiming,
+        "no target rate in status: {}",
+        cli_status(&policy).await
+    );
+
     // POST /pause: the job pauses and writes nothing more.
     let r = http
         .post(format!("{base}/pause"))
@@ -132,6 +145,7 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
         "rows_at_start",
         "knobs",
         "last_decision",
+        "controller",
         "paused_by",
         "pass",
         "cursor",
@@ -150,6 +164,7 @@ async fn http_api_drives_a_running_job_and_report_draws_it(pool: PgPool) {
     cli_keys.sort();
     assert_eq!(api_keys, cli_keys);
     assert_eq!(api["paused_by"]["reason"], "api pause test");
+    assert_eq!(api["controller"]["target_rate"], 0.0, "{api}");
     assert!(
         api["paused_by"]["by"]
             .as_str()

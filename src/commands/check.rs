@@ -18,6 +18,13 @@ pub fn run(args: &CheckArgs) -> u8 {
         println!("offline: SQL not checked against the database (--offline)");
         return exit::OK;
     }
+    if let Ok(Some(si)) =
+        super::block_on(async { Ok(crate::signals::prometheus::resolve_scrape_interval(&p).await) })
+    {
+        println!(
+            "  note: Prometheus scrape interval {si}: counted in each Prometheus signal's delay"
+        );
+    }
     // Whether the latency histograms can resolve the levels (Prometheus).
     if let Ok((warnings, notes)) =
         super::block_on(async { Ok(crate::signals::resolution::check(&p).await) })

@@ -11,7 +11,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: &RunArgs) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let mut policy = match super::load_policy(&args.policy.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -29,6 +29,12 @@ pub fn run(args: &RunArgs) -> u8 {
         log_batches: args.log_batches,
     };
     rt.block_on(async move {
+        // Part of each Prometheus signal's delay, which paces growth: read
+        // once at start, so a run follows the Prometheus it actually reads.
+        if let Some(si) = crate::signals::prometheus::resolve_scrape_interval(&policy).await {
+            tracing::info!(scrape_interval = %si, "Prometheus scrape interval");
+            policy.prometheus.scrape_interval = Some(si.value());
+        }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};

@@ -62,11 +62,18 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
     let mut fold = crate::telemetry::fold::Fold::default();
     let info = |line: &crate::telemetry::fold::Line, at| {
         clock.set(at);
-        let state = match line {
-            crate::telemetry::fold::Line::Decision(d) => d.state.as_str(),
-            crate::telemetry::fold::Line::Folded { last, .. } => last.state.as_str(),
+        let d = match line {
+            crate::telemetry::fold::Line::Decision(d) => d,
+            crate::telemetry::fold::Line::Folded { last, .. } => last,
         };
-        tracing::info!(target: "pacer::simulate", state, "{}", line.summary());
+        tracing::info!(
+            target: "pacer::simulate",
+            state = d.state.as_str(),
+            target_rate = d.view.target_rate.round() as u64,
+            estimates = d.view.signals_line().as_str(),
+            "{}",
+            line.summary()
+        );
     };
     for d in &outcome.log {
         let lines = if d.action == Action::Increase {

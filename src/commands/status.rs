@@ -82,6 +82,9 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
     };
     let last = store.decisions(&mut conn, job, 1).await?.into_iter().next();
     let switch = store.switch(&mut conn, job).await?;
+    // The estimates and target rate of the last tick, beside its raw
+    // readings: what the last decision judged.
+    let controller = store.last_view(&mut conn, job).await?;
     let paused_by = switch
         .filter(|s| s.paused)
         .map(|s| json!({"by": s.by, "reason": s.reason, "at": s.at}));
@@ -95,6 +98,7 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
         "eta_seconds": eta,
         "knobs": row.knobs,
         "last_decision": last,
+        "controller": controller,
         "paused_by": paused_by,
         "pass": row.pass,
         "cursor": row.cursor_key,
@@ -141,6 +145,38 @@ fn print_text(v: &serde_json::Value) {
             "  last decision ({}): {}",
             d.get("at").and_then(|x| x.as_str()).unwrap_or(""),
             d.get("summary").and_then(|x| x.as_str()).unwrap_or("")
+        );
+    }
+    if let Some(c) = v["controller"].as_object() {
+        let n = |x: &serde_json::Value| {
+            x.as_f64()
+                .map(|f| format!("{}", (f * 1000.0).round() / 1000.0))
+                .unwrap_or_else(|| "-".into())
+        };
+        let signals = c
+            .get("signals")
+            .and_then(|s| s.as_array())
+            .map(|a| {
+                a.iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} (raw {}, delay {})",
+                            s["name"].as_str().unwrap_or("?"),
+                            n(&s["estimate"]),
+                            n(&s["raw"]),
+                            s["delay"].as_str().unwrap_or("-")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "  controller: target {} rows/s; estimates {signals}",
+            c.get("target_rate")
+                .and_then(|x| x.as_f64())
+                .map(|r| format!("{r:.0}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     if let Some(p) = v["paused_by"].as_object() {

@@ -216,6 +216,51 @@ pub struct Decision {
     pub causes: Vec<Cause>,
     /// Windows active at this tick.
     pub windows: Vec<String>,
+    /// What the controller judged; shown in logs, `/metrics`, `/status` and
+    /// the timeline, not stored with the decision (a tick's sample keeps it).
+    #[serde(skip)]
+    pub view: View,
+}
+
+/// The controller's view at one tick, for operators: a decision is only
+/// explainable next to the estimates it judged, how late each signal shows a
+/// change, and the rate the knobs aim at.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct View {
+    /// Rows/s the knobs aim at with the learned time per row; 0 while paused.
+    pub target_rate: f64,
+    /// One per signal, in policy order.
+    pub signals: Vec<SignalView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalView {
+    pub name: String,
+    pub raw: Option<f64>,
+    pub estimate: Option<f64>,
+    /// How long a change of rate takes to show fully in this signal.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+impl View {
+    /// `p95 0.41 (raw 0.45, delay 1m 15s), lag 0 (raw 0, delay 6s)`.
+    pub fn signals_line(&self) -> String {
+        self.signals
+            .iter()
+            .map(|s| {
+                let n = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
+                format!(
+                    "{} {} (raw {}, delay {})",
+                    s.name,
+                    n(s.estimate),
+                    n(s.raw),
+                    fmt_dur(s.delay)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl Decision {

@@ -26,7 +26,9 @@ mod decision;
 mod estimate;
 mod knobs;
 
-pub use decision::{Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, State};
+pub use decision::{
+    Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, SignalView, State, View,
+};
 /// Formatting shared with the logs and the report.
 pub use decision::{fmt_dur, knob_delta};
 pub use knobs::{Caps, Knobs};
@@ -629,6 +631,7 @@ impl Controller {
             action
         };
         self.last_tick = Some(now);
+        let view = self.view(inputs, state);
         Decision {
             at: now,
             state,
@@ -637,6 +640,30 @@ impl Controller {
             knobs: self.knobs,
             causes,
             windows: active_windows,
+            view,
+        }
+    }
+
+    /// What this tick judged, for operators (see `View`).
+    fn view(&self, inputs: &Inputs, state: State) -> View {
+        View {
+            target_rate: if state == State::Paused {
+                0.0
+            } else {
+                self.rate_of(&self.knobs)
+            },
+            signals: self
+                .signals
+                .iter()
+                .zip(&self.track)
+                .enumerate()
+                .map(|(i, (s, t))| SignalView {
+                    name: s.name.clone(),
+                    raw: inputs.readings.get(i).and_then(|r| r.value),
+                    estimate: t.est.estimate(),
+                    delay: s.delay,
+                })
+                .collect(),
         }
     }
 

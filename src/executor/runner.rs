@@ -761,6 +761,7 @@ pub async fn run(
                     rows_per_second: line.rate,
                     signals: &sample_signals,
                     retries: &retries,
+                    view: Some(&decision.view),
                 },
             )
             .await
@@ -873,6 +874,7 @@ pub async fn run(
                         rows_per_second: 0.0,
                         signals: &serde_json::json!({}),
                         retries: &Default::default(),
+                        view: None,
                     },
                 )
                 .await;

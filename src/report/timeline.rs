@@ -45,6 +45,9 @@ const C_RUNNING: RGBColor = RGBColor(44, 160, 44);
 const C_PAUSED: RGBColor = RGBColor(214, 39, 40);
 const C_DONE_STATE: RGBColor = RGBColor(150, 150, 150);
 const C_MISSING: RGBColor = RGBColor(200, 200, 200);
+/// The controller's estimate: darker than the raw value it smooths.
+const C_ESTIMATE: RGBColor = RGBColor(8, 48, 107);
+const C_TARGET: RGBColor = RGBColor(0, 90, 50);
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
@@ -139,7 +142,18 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
             .iter()
             .map(|x| (x.at, x.signals.get(&sig.name).copied().flatten()))
             .collect();
+        // The controller's estimate, where the run recorded it: decisions
+        // judge it, not the raw reading.
+        let est: Vec<(DateTime<Utc>, Option<f64>)> = h
+            .samples
+            .iter()
+            .map(|x| (x.at, x.estimates.get(&sig.name).copied().flatten()))
+            .collect();
+        let has_est = est.iter().any(|p| p.1.is_some());
         let mut legend = vec![Legend::line(sig.name.clone(), C_VALUE, false)];
+        if has_est {
+            legend.push(Legend::line("estimate".into(), C_ESTIMATE, false));
+        }
         if let Some(v) = sig.slow {
             legend.push(Legend::line(format!("slow above {}", num(v)), C_SLOW, true));
         }
@@ -237,6 +251,15 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
                         PathElement::new(seg, C_VALUE.stroke_width(2))
                     }))
                     .map_err(err)?;
+                chart
+                    .draw_series(segments(&est).into_iter().map(|seg| {
+                        let seg: Vec<_> = envelope(&seg)
+                            .into_iter()
+                            .map(|(t, v)| (t, v.clamp(bottom, top)))
+                            .collect();
+                        PathElement::new(seg, C_ESTIMATE.stroke_width(2))
+                    }))
+                    .map_err(err)?;
                 // Levels on top: the value often hovers right at the slow level.
                 for (v, c) in &levels {
                     chart
@@ -268,7 +291,20 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         })
         .collect();
     let rate = mean_buckets(&rate);
-    let rmax = rate.iter().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.12;
+    // What the knobs aimed at, where the run recorded it.
+    let target: Vec<(DateTime<Utc>, f64)> = h
+        .samples
+        .iter()
+        .filter_map(|x| Some((x.at, x.target_rate?)))
+        .collect();
+    let target = mean_buckets(&target);
+    let rmax = rate
+        .iter()
+        .chain(&target)
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.12;
     let done_max = h
         .samples
         .iter()
@@ -283,7 +319,7 @@ fn draw(root: &Area<'_>, h: &History, s: &RunStats, info: &ReportInfo) -> anyhow
         .map(|x| (x.at, x.rows_done as f64))
         .collect();
     let done = envelope(&done);
-    draw_rate(&area, &cx, &rate, rmax, &done, done_max)?;
+    draw_rate(&area, &cx, &rate, &target, rmax, &done, done_max)?;
 
     let knob = |f: &dyn Fn(&Sample) -> f64| -> Vec<(DateTime<Utc>, f64)> {
         envelope(&h.samples.iter().map(|x| (x.at, f(x))).collect::<Vec<_>>())
@@ -659,14 +695,16 @@ fn draw_rate(
     area: &Area<'_>,
     cx: &Ctx<'_>,
     rate: &[(DateTime<Utc>, f64)],
+    target: &[(DateTime<Utc>, f64)],
     rmax: f64,
     done: &[(DateTime<Utc>, f64)],
     done_max: f64,
 ) -> anyhow::Result<()> {
-    let legend = [
-        Legend::block("rows/s (left axis)", C_RATE),
-        Legend::line("rows done (right axis)".into(), C_DONE, false),
-    ];
+    let mut legend = vec![Legend::block("rows/s (left axis)", C_RATE)];
+    if !target.is_empty() {
+        legend.push(Legend::line("target rows/s".into(), C_TARGET, true));
+    }
+    legend.push(Legend::line("rows done (right axis)".into(), C_DONE, false));
     draw_title_row(area, "throughput", &legend)?;
     let mut chart = ChartBuilder::on(area)
         .margin_top(24)
@@ -710,6 +748,16 @@ fn draw_rate(
                 .border_style(C_RATE.stroke_width(1)),
         )
         .map_err(err)?;
+    if !target.is_empty() {
+        chart
+            .draw_series(DashedLineSeries::new(
+                target.iter().copied(),
+                6,
+                4,
+                C_TARGET.stroke_width(2),
+            ))
+            .map_err(err)?;
+    }
     chart
         .draw_secondary_series(std::iter::once(PathElement::new(
             done.to_vec(),

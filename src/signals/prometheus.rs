@@ -72,6 +72,28 @@ impl Prometheus {
         })
     }
 
+    /// The longest scrape interval of the active targets `jobs` names (all
+    /// active targets when `None`): how stale a scraped series can be, part
+    /// of each Prometheus signal's delay. `Ok(None)` when no target matches.
+    pub async fn scrape_interval(
+        &self,
+        jobs: Option<&[String]>,
+    ) -> Result<Option<Duration>, String> {
+        let targets = self
+            .client
+            .targets(Some(prometheus_http_query::TargetState::Active))
+            .await
+            .map_err(|e| format!("{}: /api/v1/targets: {}", self.url, chain(&e)))?;
+        Ok(targets
+            .active()
+            .iter()
+            .filter(|t| jobs.is_none_or(|j| t.labels().get("job").is_some_and(|v| j.contains(v))))
+            .map(|t| t.scrape_interval().whole_milliseconds())
+            .filter(|ms| *ms > 0)
+            .max()
+            .map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))))
+    }
+
     /// Instant query reduced to one number, or why not.
     pub async fn instant(&self, query: &str) -> Result<f64, String> {
         let res = self
@@ -179,4 +201,86 @@ impl Source for PromSource {
         }
         .boxed()
     }
+}
+
+/// Where a policy's scrape interval came from, for `pacer check` and the
+/// start of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScrapeInterval {
+    /// `[prometheus] scrape_interval` in the policy.
+    Policy(Duration),
+    /// Read from Prometheus's `/api/v1/targets` (the jobs the queries name,
+    /// or every active target).
+    Discovered(Duration, String),
+    /// Neither: the default, and why discovery did not say.
+    Default(Duration, String),
+}
+
+impl ScrapeInterval {
+    pub fn value(&self) -> Duration {
+        match self {
+            ScrapeInterval::Policy(d)
+            | ScrapeInterval::Discovered(d, _)
+            | ScrapeInterval::Default(d, _) => *d,
+        }
+    }
+}
+
+impl std::fmt::Display for ScrapeInterval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        match self {
+            ScrapeInterval::Policy(v) => write!(f, "{} ([prometheus] scrape_interval)", d(v)),
+            ScrapeInterval::Discovered(v, from) => {
+                write!(f, "{} (from Prometheus's targets: {from})", d(v))
+            }
+            ScrapeInterval::Default(v, why) => write!(
+                f,
+                "{} (the default; {why}; set [prometheus] scrape_interval if it differs)",
+                d(v)
+            ),
+        }
+    }
+}
+
+/// The scrape interval the controller should count in each Prometheus
+/// signal's delay: the policy's, else the longest of the active targets the
+/// queries read (by their `job="…"` matchers, or all active targets), else
+/// 15 s. `None` when the policy has no Prometheus signal.
+pub async fn resolve_scrape_interval(policy: &crate::policy::Policy) -> Option<ScrapeInterval> {
+    const DEFAULT: Duration = Duration::from_secs(15);
+    let queries: Vec<&str> = policy
+        .signals
+        .iter()
+        .filter_map(|s| s.prometheus.as_deref())
+        .collect();
+    if queries.is_empty() {
+        return None;
+    }
+    if let Some(d) = policy.prometheus.scrape_interval {
+        return Some(ScrapeInterval::Policy(d));
+    }
+    let jobs: Option<Vec<String>> = queries
+        .iter()
+        .map(|q| super::promql::scrape_jobs(q))
+        .collect::<Option<Vec<_>>>()
+        .map(|v| {
+            let mut v: Vec<String> = v.into_iter().flatten().collect();
+            v.sort();
+            v.dedup();
+            v
+        });
+    let prom = match Prometheus::new(&policy.prometheus) {
+        Ok(p) => p,
+        Err(e) => return Some(ScrapeInterval::Default(DEFAULT, e)),
+    };
+    let from = match &jobs {
+        Some(j) => format!("job {}", j.join(", ")),
+        None => "every active target".to_string(),
+    };
+    Some(match prom.scrape_interval(jobs.as_deref()).await {
+        Ok(Some(d)) => ScrapeInterval::Discovered(d, from),
+        Ok(None) => ScrapeInterval::Default(DEFAULT, format!("no active target matches {from}")),
+        Err(e) => ScrapeInterval::Default(DEFAULT, crate::text::message_line(&e)),
+    })
 }

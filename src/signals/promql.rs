@@ -28,6 +28,51 @@ pub fn histogram_selector(query: &str) -> Option<String> {
     find_histogram(&expr)
 }
 
+/// The scrape jobs `query` reads, from `job="…"` matchers: `Some(jobs)`
+/// when every series selector names its job that way, else `None` (any
+/// job may feed it). Used to pick the scrape interval that applies.
+pub fn scrape_jobs(query: &str) -> Option<Vec<String>> {
+    let expr = parser::parse(query).ok()?;
+    let mut jobs = Vec::new();
+    jobs_of(&expr, &mut jobs).then_some(())?;
+    jobs.sort();
+    jobs.dedup();
+    (!jobs.is_empty()).then_some(jobs)
+}
+
+/// Adds the `job` of each selector in `e` to `out`; false when a selector
+/// does not pin its job to one value.
+fn jobs_of(e: &Expr, out: &mut Vec<String>) -> bool {
+    use promql_parser::label::MatchOp;
+    match e {
+        Expr::VectorSelector(v) => {
+            match v
+                .matchers
+                .matchers
+                .iter()
+                .find(|m| m.name == "job" && m.op == MatchOp::Equal)
+            {
+                Some(m) if v.matchers.or_matchers.is_empty() => {
+                    out.push(m.value.clone());
+                    true
+                }
+                _ => false,
+            }
+        }
+        Expr::MatrixSelector(m) => jobs_of(&Expr::VectorSelector(m.vs.clone()), out),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => true,
+        Expr::Subquery(s) => jobs_of(&s.expr, out),
+        Expr::Aggregate(a) => {
+            jobs_of(&a.expr, out) && a.param.as_deref().is_none_or(|p| jobs_of(p, out))
+        }
+        Expr::Unary(u) => jobs_of(&u.expr, out),
+        Expr::Binary(b) => jobs_of(&b.lhs, out) && jobs_of(&b.rhs, out),
+        Expr::Paren(p) => jobs_of(&p.expr, out),
+        Expr::Call(c) => c.args.args.iter().all(|a| jobs_of(a, out)),
+        Expr::Extension(_) => false,
+    }
+}
+
 fn offset(o: &Option<Offset>) -> Duration {
     match o {
         Some(Offset::Pos(d)) => *d,
@@ -108,6 +153,19 @@ fn shorten(e: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scrape_jobs_only_when_every_selector_names_its_job() {
+        use super::scrape_jobs;
+        let q =
+            r#"histogram_quantile(0.95, sum by (le) (rate(h_bucket{job="api",route="x"}[1m])))"#;
+        assert_eq!(scrape_jobs(q), Some(vec!["api".to_string()]));
+        let q = r#"sum(rate(a{job="api"}[1m])) / sum(rate(b{job="web"}[1m])) * 100"#;
+        assert_eq!(scrape_jobs(q), Some(vec!["api".into(), "web".into()]));
+        assert_eq!(scrape_jobs(r#"rate(a{job="api"}[1m]) / rate(b[1m])"#), None);
+        assert_eq!(scrape_jobs(r#"rate(a{job=~"api.*"}[1m])"#), None);
+        assert_eq!(scrape_jobs("checkout:p95"), None);
+    }
+
     use super::*;
 
     fn secs(q: &str) -> Option<u64> {

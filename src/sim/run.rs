@@ -203,6 +203,7 @@ impl Setup {
             let done = rate * dt * (1.0 - p_timeout - p_deadlock).max(0.0);
             rows += done;
 
+            let mut view = None;
             let state = match controller.as_mut() {
                 Some(ctrl) => {
                     let d = ctrl.step(
@@ -217,6 +218,9 @@ impl Setup {
                     knobs = d.knobs;
                     paused = d.state == State::Paused;
                     let state = d.state;
+                    if record {
+                        view = Some(d.view.clone());
+                    }
                     if d.changed() {
                         stats.decisions += 1;
                         *stats
@@ -275,7 +279,7 @@ impl Setup {
                 stats.seconds_above_slow += dt;
             }
             if record {
-                samples.push(Sample {
+                let sample = Sample {
                     at: now,
                     state: state.as_str().to_string(),
                     knobs: k,
@@ -287,6 +291,12 @@ impl Setup {
                         .zip(&readings)
                         .map(|(l, r)| (l.name.clone(), r.value))
                         .collect(),
+                    estimates: Default::default(),
+                    target_rate: None,
+                };
+                samples.push(match &view {
+                    Some(v) => sample.with_view(v),
+                    None => sample,
                 });
             }
         }

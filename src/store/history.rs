@@ -82,6 +82,7 @@ pub fn decision_from_stored(d: &StoredDecision) -> Option<Decision> {
         knobs,
         causes,
         windows: Vec::new(),
+        view: Default::default(),
     })
 }
 

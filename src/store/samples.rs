@@ -18,6 +18,8 @@ pub struct NewSample<'a> {
     pub signals: &'a serde_json::Value,
     /// Failed batch attempts of the tick by error class.
     pub retries: &'a std::collections::BTreeMap<&'static str, u64>,
+    /// What the controller judged (estimates, delays, target rate).
+    pub view: Option<&'a crate::controller::View>,
 }
 
 impl Store {
@@ -33,8 +35,8 @@ impl Store {
             0.0
         };
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (job, at, state, knobs, rows_done, rows_per_second, signals, retries)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (job, at) DO NOTHING",
+            "INSERT INTO {} (job, at, state, knobs, rows_done, rows_per_second, signals, retries, controller)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (job, at) DO NOTHING",
             self.t("samples")
         )))
         .bind(job)
@@ -45,6 +47,7 @@ impl Store {
         .bind(rate)
         .bind(s.signals)
         .bind(serde_json::to_value(s.retries)?)
+        .bind(s.view.map(serde_json::to_value).transpose()?)
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -70,6 +73,23 @@ impl Store {
             .collect())
     }
 
+    /// What the controller judged at the job's last recorded tick, as
+    /// stored (`/status` shows it).
+    pub async fn last_view(
+        &self,
+        conn: &mut PgConnection,
+        job: &str,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT controller FROM {} WHERE job = $1 AND controller IS NOT NULL ORDER BY at DESC LIMIT 1",
+            self.t("samples")
+        )))
+        .bind(job)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten())
+    }
+
     /// The job's samples in time order.
     pub async fn samples(
         &self,
@@ -77,7 +97,7 @@ impl Store {
         job: &str,
     ) -> anyhow::Result<Vec<crate::history::Sample>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT at, state, knobs, rows_done, rows_per_second, signals FROM {}
+            "SELECT at, state, knobs, rows_done, rows_per_second, signals, controller FROM {}
              WHERE job = $1 ORDER BY at",
             self.t("samples")
         )))
@@ -90,6 +110,8 @@ impl Store {
                 let knobs: serde_json::Value = r.try_get("knobs")?;
                 let signals: serde_json::Value = r.try_get("signals")?;
                 let rows_done: i64 = r.try_get("rows_done")?;
+                let view: Option<serde_json::Value> = r.try_get("controller")?;
+                let view = view.map(|v| StoredView::from(&v)).unwrap_or_default();
                 Ok(crate::history::Sample {
                     at: r.try_get("at")?,
                     state: r.try_get("state")?,
@@ -97,11 +119,39 @@ impl Store {
                     rows_per_second: r.try_get("rows_per_second")?,
                     rows_done: rows_done.max(0) as u64,
                     signals: serde_json::from_value(signals).unwrap_or_default(),
+                    estimates: view.estimates,
+                    target_rate: view.target_rate,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         recent_rates(&mut samples, RATE_WINDOW);
         Ok(samples)
+    }
+}
+
+/// The parts of a stored `View` the timeline draws; anything unreadable
+/// (a future format) is left out rather than failing the report.
+#[derive(Default)]
+struct StoredView {
+    estimates: std::collections::BTreeMap<String, Option<f64>>,
+    target_rate: Option<f64>,
+}
+
+impl From<&serde_json::Value> for StoredView {
+    fn from(v: &serde_json::Value) -> StoredView {
+        StoredView {
+            estimates: v["signals"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| {
+                            Some((s["name"].as_str()?.to_string(), s["estimate"].as_f64()))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            target_rate: v["target_rate"].as_f64(),
+        }
     }
 }
 

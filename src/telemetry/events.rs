@@ -46,6 +46,7 @@ pub fn log_decision(d: &Decision, job: &str, labels: &BTreeMap<String, String>) 
     let causes = serde_json::to_string(&d.causes).unwrap_or_else(|_| "[]".into());
     let windows = serde_json::to_string(&d.windows).unwrap_or_else(|_| "[]".into());
     let changed = d.changed();
+    let estimates = d.view.signals_line();
     macro_rules! emit {
         ($lvl:expr) => {
             tracing::event!(
@@ -61,6 +62,8 @@ pub fn log_decision(d: &Decision, job: &str, labels: &BTreeMap<String, String>) 
                 workers_after = d.knobs.workers,
                 causes = causes.as_str(),
                 windows = windows.as_str(),
+                target_rate = d.view.target_rate.round() as u64,
+                estimates = estimates.as_str(),
                 "{}",
                 d.summary()
             )
@@ -88,6 +91,7 @@ pub fn log_folded(line: &super::fold::Line, job: &str, labels: &BTreeMap<String,
             last,
         } => {
             let causes = serde_json::to_string(&last.causes).unwrap_or_else(|_| "[]".into());
+            let estimates = last.view.signals_line();
             in_job(job, labels, || {
                 tracing::info!(
                     target: "pacer::decision",
@@ -101,6 +105,8 @@ pub fn log_folded(line: &super::fold::Line, job: &str, labels: &BTreeMap<String,
                     workers_before = first_before.workers,
                     workers_after = last.knobs.workers,
                     causes = causes.as_str(),
+                    target_rate = last.view.target_rate.round() as u64,
+                    estimates = estimates.as_str(),
                     "{}",
                     line.summary()
                 )

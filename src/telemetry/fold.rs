@@ -171,6 +171,7 @@ mod tests {
                 baseline: None,
             }],
             windows: vec![],
+            view: Default::default(),
         }
     }
 

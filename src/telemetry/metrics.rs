@@ -78,6 +78,9 @@ pub struct Metrics {
     signal_slow: Family<Labels, FloatGauge>,
     signal_stop: Family<Labels, FloatGauge>,
     signal_baseline: Family<Labels, FloatGauge>,
+    signal_estimate: Family<Labels, FloatGauge>,
+    signal_delay: Family<Labels, FloatGauge>,
+    target_rate: FloatGauge,
 }
 
 /// Check `[job] labels` before they become label names.
@@ -132,6 +135,9 @@ impl Metrics {
             signal_slow: Family::default(),
             signal_stop: Family::default(),
             signal_baseline: Family::default(),
+            signal_estimate: Family::default(),
+            signal_delay: Family::default(),
+            target_rate: FloatGauge::default(),
         };
         // A gauge set to 1 rather than an OpenMetrics `info`, which the
         // classic text parser (promtool, older scrapers) rejects.
@@ -223,6 +229,22 @@ impl Metrics {
             "Baseline that relative levels multiply",
             m.signal_baseline.clone(),
         );
+        registry.register(
+            "signal_estimate",
+            "Smoothed estimate of each signal that slow and growth decisions judge (NaN before the first reading)",
+            m.signal_estimate.clone(),
+        );
+        registry.register_with_unit(
+            "signal_delay",
+            "How long a change of rate takes to show fully in each signal",
+            Unit::Seconds,
+            m.signal_delay.clone(),
+        );
+        registry.register(
+            "target_rate_rows_per_second",
+            "Rows/s the controller's knobs aim at (0 while paused)",
+            m.target_rate.clone(),
+        );
         for s in STATES {
             m.state
                 .get_or_create(&vec![("state", s.to_string())])
@@ -300,6 +322,16 @@ impl Metrics {
     /// decision pauses.
     pub fn observe_decision(&self, d: &Decision) {
         self.set_knobs(&d.knobs);
+        self.target_rate.set(d.view.target_rate);
+        for v in &d.view.signals {
+            let key = signal_key(&v.name);
+            self.signal_estimate
+                .get_or_create(&key)
+                .set(v.estimate.unwrap_or(f64::NAN));
+            self.signal_delay
+                .get_or_create(&key)
+                .set(v.delay.as_secs_f64());
+        }
         self.set_state(d.state.as_str());
         self.decisions
             .get_or_create(&vec![("action", action_str(d.action).to_string())])
@@ -409,5 +441,67 @@ fn pause_reason(c: &Cause) -> Option<String> {
         Cause::Manual { .. } => Some("manual".into()),
         Cause::Window { window } => Some(format!("window:{window}")),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::controller::{Knobs, SignalView, State, View};
+
+    /// The target rate and estimates follow each decision's view, including
+    /// back down to 0 when a pause comes.
+    #[test]
+    fn target_rate_and_estimates_follow_the_decisions() {
+        let m = Metrics::new("j", &BTreeMap::new()).unwrap();
+        let k = Knobs {
+            batch_size: 100,
+            sleep: Duration::ZERO,
+            workers: 1,
+        };
+        let d = |state, target_rate, estimate| Decision {
+            at: chrono::Utc::now(),
+            state,
+            action: Action::Hold,
+            before: k,
+            knobs: k,
+            causes: vec![],
+            windows: vec![],
+            view: View {
+                target_rate,
+                signals: vec![SignalView {
+                    name: "p95".into(),
+                    raw: Some(1.0),
+                    estimate: Some(estimate),
+                    delay: Duration::from_millis(1500),
+                }],
+            },
+        };
+        m.observe_decision(&d(State::Running, 4321.5, 0.25));
+        let text = m.encode();
+        assert!(
+            text.contains("pacer_target_rate_rows_per_second{pacer_job=\"j\"} 4321.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pacer_signal_estimate{pacer_job=\"j\",signal=\"p95\"} 0.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pacer_signal_delay_seconds{pacer_job=\"j\",signal=\"p95\"} 1.5"),
+            "{text}"
+        );
+        m.observe_decision(&d(State::Paused, 0.0, 0.5));
+        let text = m.encode();
+        assert!(
+            text.contains("pacer_target_rate_rows_per_second{pacer_job=\"j\"} 0.0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pacer_signal_estimate{pacer_job=\"j\",signal=\"p95\"} 0.5"),
+            "{text}"
+        );
     }
 }

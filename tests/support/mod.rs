@@ -157,18 +157,23 @@ pub fn business_day(hours: f64) -> (Policy, History) {
         for (s, r) in signals.iter().zip(&readings) {
             sig.insert(s.name.clone(), r.value);
         }
-        samples.push(Sample {
-            at: now,
-            state: if done {
-                "done".into()
-            } else {
-                d.state.as_str().into()
-            },
-            knobs: d.knobs,
-            rows_per_second: rate,
-            rows_done,
-            signals: sig,
-        });
+        samples.push(
+            Sample {
+                at: now,
+                state: if done {
+                    "done".into()
+                } else {
+                    d.state.as_str().into()
+                },
+                knobs: d.knobs,
+                rows_per_second: rate,
+                rows_done,
+                signals: sig,
+                estimates: Default::default(),
+                target_rate: None,
+            }
+            .with_view(&d.view),
+        );
         if done {
             break;
         }
