@@ -17,6 +17,9 @@ use crate::policy::Policy;
 pub const LARGE_TABLE_ROWS: f64 = 1_000_000.0;
 /// Below this fraction of pending rows, the filter counts as sparse.
 pub const SPARSE_FRACTION: f64 = 0.01;
+/// Longest `check` spends counting pending rows when the planner cannot
+/// estimate them (a throttled walk of the key index).
+const COUNT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -123,18 +126,65 @@ pub async fn preflight(
     )))
     .fetch_one(&mut *conn)
     .await?;
-    let pending_est = target.estimate_pending(conn).await? as f64;
+    // A column the planner has no statistics for (added or filled since the
+    // last ANALYZE) gets a default selectivity: 0.5 % of rows pending on a
+    // column added a moment ago when 100 % are (measured). Count instead.
+    let unanalyzed = columns_without_statistics(conn, &target, &policy.job.pending).await?;
+    let sparse = |r: &mut Report, frac: f64, rows: f64, pending: f64, approx: &str| {
+        if frac < SPARSE_FRACTION && pending > 0.0 {
+            let msg = format!(
+                "job.pending: only {approx}{:.2} % of the table is pending; pacer would read {approx}{:.0} keys for each pending one \
+                 (a partial index matching job.pending, or a key range in job.pending, helps)",
+                frac * 100.0,
+                1.0 / frac.max(1e-9)
+            );
+            if rows >= LARGE_TABLE_ROWS && !force {
+                r.problems.push(format!("{msg}; pass --force to accept"));
+            } else {
+                r.warnings.push(msg);
+            }
+        }
+    };
     if empty {
         r.notes.push(format!(
             "{} is empty: 0 rows pending, a run would finish at once",
             target.table_q
         ));
-    } else if table_rows <= 0.0 {
+    } else if table_rows <= 0.0 || !unanalyzed.is_empty() {
+        let why = if table_rows <= 0.0 {
+            format!("{} has never been analyzed", target.table_q)
+        } else {
+            format!(
+                "the planner has no statistics for {} (added or filled since the last ANALYZE), which job.pending uses",
+                unanalyzed.join(", ")
+            )
+        };
         r.warnings.push(format!(
-            "{t} has no planner statistics yet (never analyzed): pending rows are not estimated; run ANALYZE {t}",
-            t = target.table_q
+            "{why}: the planner's estimate of pending rows would be a guess, so they are counted; run ANALYZE {}",
+            target.table_q
         ));
+        let chunk = i64::from(policy.limits.read_chunk.max(1000));
+        let t = target.tally_pending(conn, chunk, Some(COUNT_LIMIT)).await?;
+        let frac = t.pending as f64 / t.rows.max(1) as f64;
+        if t.complete {
+            r.notes.push(format!(
+                "pending = {} of {} rows ({:.2} %, counted)",
+                t.pending,
+                t.rows,
+                frac * 100.0
+            ));
+            sparse(&mut r, frac, t.rows as f64, t.pending as f64, "");
+        } else {
+            r.notes.push(format!(
+                "pending: {} of the first {} rows in key order ({:.2} %); counting stopped after {}",
+                t.pending,
+                t.rows,
+                frac * 100.0,
+                humantime::format_duration(COUNT_LIMIT)
+            ));
+        }
     } else {
+        let pending_est = target.estimate_pending(conn).await? as f64;
         if pending_est > table_rows * 1.05 {
             // Both figures are planner estimates; this only happens when the
             // statistics predate recent writes.
@@ -150,19 +200,7 @@ pub async fn preflight(
             pending_est.min(table_rows),
             frac * 100.0
         ));
-        if frac < SPARSE_FRACTION && pending_est > 0.0 {
-            let msg = format!(
-                "job.pending: only ≈ {:.2} % of the table is pending; pacer would read ≈ {:.0} keys for each pending one \
-                 (a partial index matching job.pending, or a key range in job.pending, helps)",
-                frac * 100.0,
-                1.0 / frac.max(1e-9)
-            );
-            if table_rows >= LARGE_TABLE_ROWS && !force {
-                r.problems.push(format!("{msg}; pass --force to accept"));
-            } else {
-                r.warnings.push(msg);
-            }
-        }
+        sparse(&mut r, frac, table_rows, pending_est, "≈ ");
     }
 
     idempotency(conn, policy, &target, &mut r).await?;
@@ -327,4 +365,111 @@ async fn idempotency(
         ));
     }
     Ok(())
+}
+
+/// Columns of the target that `pending` names and the planner has no
+/// statistics for. `pg_stats` shows only columns the role may read, which
+/// include every column `pending` can use.
+async fn columns_without_statistics(
+    conn: &mut PgConnection,
+    target: &Target,
+    pending: &str,
+) -> anyhow::Result<Vec<String>> {
+    let missing: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a
+           JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+            AND NOT EXISTS (SELECT 1 FROM pg_stats s
+                             WHERE s.schemaname = n.nspname AND s.tablename = c.relname AND s.attname = a.attname)
+          ORDER BY a.attnum",
+    )
+    .bind(&target.table_q)
+    .fetch_all(&mut *conn)
+    .await?;
+    let used = identifiers(pending);
+    Ok(missing.into_iter().filter(|c| used.contains(c)).collect())
+}
+
+/// The identifiers an SQL fragment mentions, as Postgres folds them:
+/// unquoted words lower-cased, `"Quoted"` ones as written; string literals
+/// and comments skipped. Over-inclusive (keywords and function names come
+/// along), which is harmless when matched against column names.
+fn identifiers(sql: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut it = sql.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\'' => {
+                // '' inside a literal is an escaped quote: the loop re-enters.
+                for c in it.by_ref() {
+                    if c == '\'' {
+                        break;
+                    }
+                }
+            }
+            '-' if it.peek() == Some(&'-') => {
+                for c in it.by_ref() {
+                    if c == '\n' {
+                        break;
+                    }
+                }
+            }
+            '"' => {
+                let mut id = String::new();
+                while let Some(c) = it.next() {
+                    if c == '"' {
+                        if it.peek() == Some(&'"') {
+                            it.next();
+                            id.push('"');
+                            continue;
+                        }
+                        break;
+                    }
+                    id.push(c);
+                }
+                out.insert(id);
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let mut id: String = c.to_lowercase().collect();
+                while let Some(&c) = it.peek() {
+                    if c.is_alphanumeric() || c == '_' || c == '$' {
+                        id.extend(c.to_lowercase());
+                        it.next();
+                    } else {
+                        break;
+                    }
+                }
+                out.insert(id);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identifiers;
+
+    #[test]
+    fn identifiers_fold_like_postgres_and_skip_literals_and_comments() {
+        let ids = identifiers(
+            r#"Status IS NULL AND "MixedCase" = 'not_a_column' -- note_col
+               AND x.amount_cents > 0 AND "a""b" <> 'it''s'"#,
+        );
+        for want in [
+            "status",
+            "MixedCase",
+            "amount_cents",
+            "x",
+            "a\"b",
+            "is",
+            "null",
+        ] {
+            assert!(ids.contains(want), "{want} missing from {ids:?}");
+        }
+        for not in ["not_a_column", "note_col", "mixedcase", "s", "it"] {
+            assert!(!ids.contains(not), "{not} in {ids:?}");
+        }
+    }
 }

@@ -398,6 +398,47 @@ async fn sql_fragments_may_end_in_a_line_comment(pool: PgPool) {
     assert_eq!(out.code, Some(0), "{}", out.all());
 }
 
+/// A column added a moment ago has no planner statistics: the planner
+/// would guess 0.5 % of rows pending when all are. `check` says so and
+/// counts them instead, with a throttled walk of the key index.
+#[sqlx::test(migrations = false)]
+async fn check_counts_pending_rows_on_a_column_the_planner_has_no_statistics_for(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 5000).await;
+    sqlx::raw_sql("ANALYZE t; ALTER TABLE t ADD COLUMN fresh int")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let spec = Spec {
+        pending: "fresh IS NULL",
+        update: "UPDATE t SET fresh = 1 WHERE id = ANY($1) AND fresh IS NULL",
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&url, &spec);
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("no statistics for fresh")
+            && out
+                .stdout
+                .contains("pending = 5000 of 5000 rows (100.00 %, counted)"),
+        "{}",
+        out.stdout
+    );
+    // Once analyzed, the planner's estimate is back.
+    sqlx::raw_sql("UPDATE t SET fresh = 1 WHERE id <= 2500; ANALYZE t")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        !out.stdout.contains("no statistics") && out.stdout.contains("of ≈ 5000 rows"),
+        "{}",
+        out.stdout
+    );
+}
+
 /// `check` asks whether the read path *can* walk an index, not which plan
 /// the planner prefers today: on a tiny or empty table a seq scan is the
 /// cheaper plan and no problem, an empty table is 0 rows pending, and only

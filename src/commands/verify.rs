@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 
@@ -7,10 +5,6 @@ use crate::cli::{VerifyArgs, exit};
 use crate::executor::target::Target;
 use crate::policy::Policy;
 use crate::store::{Fail, Store, database_url};
-
-/// Pause between two counting chunks, so verifying a huge table is a
-/// trickle of small index walks rather than one big scan.
-const CHUNK_PAUSE: Duration = Duration::from_millis(5);
 
 pub fn run(args: &VerifyArgs) -> u8 {
     let policy = match super::load_policy(&args.policy.policy) {
@@ -42,51 +36,14 @@ pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
     let mut conn = crate::store::connect(&url, "pacer-cli").await?;
     let target = Target::resolve(&mut conn, policy).await?;
     let chunk = policy.limits.read_chunk.max(1000) as i64;
-    let (k, t, p) = (&target.key_q, &target.table_q, &target.pending);
+    let (k, t) = (&target.key_q, &target.table_q);
     let coll = target
         .collation
         .as_ref()
         .map(|c| format!(" COLLATE {c}"))
         .unwrap_or_default();
-    // Built per condition, not by replacing text: job.pending may contain
-    // the very text a replacement would look for.
-    let chunk_sql = |cond: &str| {
-        format!(
-            "SELECT count(*) FILTER (WHERE pend), count(*), (array_agg(k::text ORDER BY k))[count(*)::int] FROM
-               (SELECT {k} AS k, coalesce(({p}), false) AS pend FROM {t} WHERE {cond} ORDER BY {k} LIMIT $1) s"
-        )
-    };
-    let first = chunk_sql(&format!("{k} IS NOT NULL"));
-    let next = chunk_sql(&format!("{k} > ($2::{}{coll})", target.key_type.sql()));
-    let mut cursor: Option<String> = None;
-    let mut pending = 0i64;
-    let mut total = 0i64;
-    let mut boundaries = Vec::new();
-    loop {
-        let q = if cursor.is_some() { &next } else { &first };
-        let mut query =
-            sqlx::query_as::<_, (i64, i64, Option<String>)>(AssertSqlSafe(q.clone())).bind(chunk);
-        if let Some(c) = &cursor {
-            query = query.bind(c.clone());
-        }
-        let (p_n, n, last) = query.fetch_one(&mut conn).await?;
-        pending += p_n;
-        total += n;
-        if n < chunk || last.is_none() {
-            break;
-        }
-        boundaries.push(last.clone().unwrap_or_default());
-        cursor = last;
-        tokio::time::sleep(CHUNK_PAUSE).await;
-    }
-    if target.nullable {
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT count(*) FROM {t} WHERE {k} IS NULL AND coalesce(({p}), false)"
-        )))
-        .fetch_one(&mut conn)
-        .await?;
-        pending += n;
-    }
+    let walked = target.tally_pending(&mut conn, chunk, None).await?;
+    let (pending, total, boundaries) = (walked.pending, walked.rows, walked.boundaries);
     let store = Store::for_policy(policy);
     let rows_by_pacer = if store.exists(&mut conn).await? {
         store.progress_totals(&mut conn, &policy.job.name).await?.0

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod failpoint;
 pub mod keys;
 pub mod runner;
+pub mod tally;
 pub mod target;
 pub mod worker;
 
