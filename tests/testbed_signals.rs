@@ -348,9 +348,22 @@ async fn blocked_by_pacer_ddl_waiting_and_lock_waiters_match_a_lock_chain() {
         "SELECT * FROM public.locks_t WHERE id = 5",
     );
     let unrelated = spawn("other-victim", "SELECT * FROM public.other_t");
+    // pacer's own waits are not traffic suffering: a standby blocked on the
+    // runner lock the worker's session holds, and pacer's own DDL-like wait.
+    sqlx::query("SELECT pg_advisory_lock(4242)")
+        .execute(&mut worker)
+        .await
+        .unwrap();
+    let standby = spawn("pacer:locktest:standby", "SELECT pg_advisory_lock(4242)");
     wait_waiting(
         &pool,
-        &["app-direct", "migration", "app-behind-ddl", "other-victim"],
+        &[
+            "app-direct",
+            "migration",
+            "app-behind-ddl",
+            "other-victim",
+            "pacer:locktest:standby",
+        ],
     )
     .await;
 
@@ -371,7 +384,11 @@ async fn blocked_by_pacer_ddl_waiting_and_lock_waiters_match_a_lock_chain() {
 
     // pacer's batch ends: its victims proceed; only the unrelated chain remains.
     sqlx::query("ROLLBACK").execute(&mut worker).await.unwrap();
-    for h in [direct, ddl, behind_ddl] {
+    sqlx::query("SELECT pg_advisory_unlock(4242)")
+        .execute(&mut worker)
+        .await
+        .unwrap();
+    for h in [direct, ddl, behind_ddl, standby] {
         h.await.unwrap().unwrap();
     }
     let r = s.sample().await;

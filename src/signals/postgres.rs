@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use super::{Reading, Source, chain, worker_application_name};
 use crate::policy::Policy;
@@ -143,10 +143,10 @@ impl Builtin {
                 Ok(worst.unwrap_or(0.0))
             }
             Kind::LockWaiters => {
-                let n: i64 = sqlx::query_scalar(
+                let n: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT count(*) FROM pg_stat_activity \
-                     WHERE wait_event_type = 'Lock' AND datname = current_database()",
-                )
+                     WHERE wait_event_type = 'Lock' AND datname = current_database() AND NOT {OWN_SESSION}"
+                )))
                 .fetch_one(pool)
                 .await
                 .map_err(q)?;
@@ -244,6 +244,13 @@ impl Source for Builtin {
     }
 }
 
+/// A `pg_stat_activity` row that is one of pacer's own sessions (workers
+/// `pacer:<job>`, `pacer:<job>:control`, a standby, `pacer-signals:…`,
+/// `pacer-cli`): pacer waiting on a lock, or a standby polling for the
+/// runner lock, is not live traffic suffering, and counting it would keep a
+/// job slowed down or paused by itself.
+const OWN_SESSION: &str = "(application_name LIKE 'pacer:%' OR application_name LIKE 'pacer-%')";
+
 /// Sessions blocked by pacer's backends (`application_name = app`),
 /// directly or through other blocked sessions, e.g. an application query
 /// queued behind an `ALTER TABLE` that itself waits for pacer. Pacer's own
@@ -251,11 +258,11 @@ impl Source for Builtin {
 /// locks, so it is only called for sessions that are actually waiting on a
 /// lock, as its documentation advises.
 pub async fn blocked_by_pacer_pids(pool: &PgPool, app: &str) -> Result<BTreeSet<i32>, sqlx::Error> {
-    let rows: Vec<(i32, bool, Vec<i32>)> = sqlx::query_as(
+    let rows: Vec<(i32, bool, Vec<i32>)> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT pid, application_name = $1, \
-                CASE WHEN wait_event_type = 'Lock' THEN pg_blocking_pids(pid) ELSE '{}'::int[] END \
-         FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (wait_event_type = 'Lock' OR application_name = $1)",
-    )
+                CASE WHEN wait_event_type = 'Lock' AND NOT {OWN_SESSION} THEN pg_blocking_pids(pid) ELSE '{{}}'::int[] END \
+         FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND (wait_event_type = 'Lock' OR application_name = $1)"
+    )))
     .bind(app)
     .fetch_all(pool)
     .await?;
@@ -308,12 +315,12 @@ pub async fn ddl_waiting(pool: &PgPool, table: &str) -> Result<i64, sqlx::Error>
             .await?;
         return Ok(0);
     }
-    sqlx::query_scalar(
-        "SELECT count(DISTINCT pid) FROM pg_locks \
-         WHERE NOT granted AND locktype = 'relation' \
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-           AND relation = $1::regclass AND mode = ANY($2)",
-    )
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND l.locktype = 'relation' \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+           AND l.relation = $1::regclass AND l.mode = ANY($2) AND NOT {OWN_SESSION}"
+    )))
     .bind(table)
     .bind(STRONG_LOCK_MODES)
     .fetch_one(pool)
