@@ -387,7 +387,7 @@ struct Scene<'a> {
     url: String,
     rows: i64,
     job: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     policy: PathBuf,
     logs: Vec<PathBuf>,
 }
@@ -430,7 +430,7 @@ impl<'a> Scene<'a> {
             url,
             rows,
             job,
-            _dir: dir,
+            dir,
             policy,
             logs: Vec::new(),
         })
@@ -1606,15 +1606,12 @@ async fn two_jobs(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Outcome> {
     let mut s = Scene::new(cfg, cluster, "two-jobs", 80_000, None).await?;
     let live = Live::start(&s.url, &s.job, s.rows, cfg.seed + 7);
     let child = s.start(&mut out).await?;
-    let second = s._dir.path().join("second.toml");
+    let second = s.dir.path().join("second.toml");
     std::fs::write(&second, policy_for(cfg, "two-jobs-second", &s.url, None))?;
     let injected = Instant::now();
     let mut other = s.spawn(&second, false)?;
     let code = wait_exit(&mut other, Duration::from_secs(60)).await;
     let log2 = s.log().to_path_buf();
-    // The first run's log again for `finish`.
-    let first_log = s.logs[s.logs.len() - 2].clone();
-    s.logs.push(first_log);
     let msg = last_error(&log2);
     match code {
         Some(code) => {
