@@ -13,6 +13,7 @@ pub mod batch;
 pub mod control;
 pub mod dispatch;
 pub mod failpoint;
+pub mod job;
 pub mod keys;
 pub mod runner;
 pub mod target;
