@@ -642,3 +642,81 @@ proptest! {
         }
     }
 }
+
+fn all_pending(n: i64) -> Vec<(i64, bool)> {
+    (0..n).map(|k| (k, true)).collect()
+}
+
+/// The switch unreadable and an HTTP pause, with attempts in flight: those
+/// finish, nothing new starts however long it lasts, and nothing is lost.
+#[test]
+fn a_pause_with_no_connection_stops_new_attempts_at_once() {
+    let mut w = World::new(&all_pending(20), 4, 2, false);
+    w.poll(4);
+    assert!(!w.flights.is_empty(), "attempts in flight");
+    w.step(&Op::LinkDown);
+    w.step(&Op::LocalPause(true));
+    while !w.flights.is_empty() {
+        w.answer(0, Answer::Commit);
+    }
+    let applies = w.applies;
+    for _ in 0..20 {
+        w.tick(1000);
+        w.poll(5);
+    }
+    assert_eq!(w.applies, applies, "no attempt while held");
+    assert!(w.violations.is_empty(), "{:?}", w.violations);
+    w.drain().unwrap();
+    assert!(w.db.rows.values().all(|r| r.applied == 1));
+}
+
+/// Another runner bumped the epoch: the attempt in flight is refused by
+/// the database, the Job stands down and hands out nothing more.
+#[test]
+fn a_fenced_attempt_stands_the_job_down() {
+    let mut w = World::new(&all_pending(20), 8, 3, false);
+    w.poll(3);
+    let n = w.flights.len();
+    assert!(n >= 1);
+    w.db.epoch += 1;
+    w.answer(0, Answer::Commit);
+    assert!(
+        matches!(w.job.end(), Some(End::StoodDown(_))),
+        "{:?}",
+        w.job.end()
+    );
+    w.poll(5);
+    assert_eq!(w.flights.len(), n - 1, "nothing new after standing down");
+    while !w.flights.is_empty() {
+        w.answer(0, Answer::Commit);
+    }
+    assert!(
+        w.db.rows.values().all(|r| r.applied == 0),
+        "a stale epoch committed"
+    );
+    assert!(w.job.is_finished());
+    assert_eq!(
+        w.job.position(),
+        None,
+        "a runner that stood down records nothing"
+    );
+}
+
+/// Our own re-acquisition of the runner lock after an outage fences our
+/// older attempts: they are tried again under the new epoch, not a reason
+/// to stand down.
+#[test]
+fn our_own_new_epoch_retries_older_attempts() {
+    let mut w = World::new(&all_pending(10), 8, 5, false);
+    w.poll(2);
+    assert_eq!(w.flights.len(), 1);
+    w.step(&Op::LinkDown);
+    w.step(&Op::LinkUp);
+    w.answer(0, Answer::Commit);
+    assert_eq!(w.job.end(), None);
+    w.poll(1);
+    assert_eq!(w.flights.len(), 1);
+    assert_eq!(w.flights[0].apply.epoch, w.db.epoch);
+    w.drain().unwrap();
+    assert!(w.db.rows.values().all(|r| r.applied == 1));
+}

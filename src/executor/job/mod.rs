@@ -269,6 +269,12 @@ impl Job {
         self.set_end(End::StoodDown(msg));
     }
 
+    /// The driver cannot go on (a worker crashed; whether a batch
+    /// committed cannot be told within `max_outage`).
+    pub fn handle_failure(&mut self, msg: String) {
+        self.set_end(End::Failed(msg));
+    }
+
     /// SIGINT/SIGTERM: no new batches; attempts in flight finish.
     pub fn handle_stop(&mut self) {
         self.set_end(End::Stopped);
