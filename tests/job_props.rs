@@ -298,6 +298,17 @@ impl World {
             return;
         }
         let f = self.flights.remove(i % self.flights.len());
+        // The driver's last check before BEGIN.
+        let held = self.ctrl_paused || self.local_paused || !self.link_up;
+        if !self.job.confirm(self.now, f.apply.batch_id) {
+            return;
+        }
+        if held {
+            self.violation(format!(
+                "attempt {} confirmed while paused or the link is down",
+                f.apply.batch_id
+            ));
+        }
         let gate = if f.incarnation != self.incarnation {
             Some(Outcome::NewIncarnation)
         } else if f.apply.epoch != self.db.epoch {

@@ -1,6 +1,11 @@
 //! The run loop: preflight, job identity and resume, then one controller
-//! tick after another until the work is done, the job fails, or a stop
-//! signal arrives.
+//! tick after another until the `Job` ends (done, failed, stopped, stood
+//! down). The coordinator is the Job's driver for everything that is not a
+//! batch: it holds the control connection (runner lock, pause switch) and
+//! tells the Job when it is lost or back, and on which server incarnation;
+//! it feeds the controller's decision to the Job, serves `poll_store` (the
+//! stored position after a restart), saves `Job::position` every tick, and
+//! records the Job's end. It decides nothing about batches itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +52,9 @@ const STALE_WAIT: Duration = Duration::from_secs(15);
 /// connection must not stall the tick, since the tick is what enforces a
 /// pause.
 const CTL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Who holds a lock that was taken when we tried but free when we looked.
+const HOLDER_UNKNOWN: &str = "holder unknown";
 
 /// Longest wait between two reconnection attempts during an outage.
 const RECONNECT_CAP: Duration = Duration::from_secs(2);
@@ -166,8 +174,12 @@ impl Link {
                     }
                 }
             }
-            Ok(Some(holder)) if holder.contains(&format!("pid {} ", self.pid)) => {
-                // Our previous session has not ended yet; it will.
+            Ok(Some(holder))
+                if holder.contains(&format!("pid {} ", self.pid)) || holder == HOLDER_UNKNOWN =>
+            {
+                // Our previous session has not ended yet; it will. (No
+                // holder found: it ended between the two queries; a
+                // genuine other runner is named on the next attempt.)
                 d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
                 return Reconnect::StillDown;
             }
@@ -686,6 +698,18 @@ pub async fn run(
             app_limited: sh.app_limited.swap(false, Ordering::Relaxed),
         };
         let decision = controller.step(now, &inputs);
+        // The Job and the workers hear of a pause before anyone else (the
+        // log, the decisions table): once it is announced, it holds.
+        let paused = decision.state == State::Paused;
+        engine
+            .lock()
+            .await
+            .job
+            .handle_command(Instant::now(), paused, decision.knobs.batch_size);
+        cmd_tx.send_replace(Command {
+            knobs: decision.knobs,
+            paused,
+        });
         telemetry.decision(&decision);
         if decision.changed() {
             // Decisions made while the store was unreachable (the outage's
@@ -708,15 +732,6 @@ pub async fn run(
             }
         }
         state = decision.state;
-        cmd_tx.send_replace(Command {
-            knobs: decision.knobs,
-            paused: state == State::Paused,
-        });
-        engine.lock().await.job.handle_command(
-            Instant::now(),
-            state == State::Paused,
-            decision.knobs.batch_size,
-        );
         if state == State::Paused {
             if paused_since.is_none() {
                 paused_since = Some(now);
@@ -852,8 +867,8 @@ pub async fn run(
     // Everything is committed or rolled back; record the end.
     let total_done = rows_before as u64 + rows_now;
     // No position while the state is being rebuilt after a restart: the
-    // stored one stands.
-    let (pass, cursor) = position.unwrap_or((row.pass, row.cursor_key.clone()));
+    // stored one stands, and only the state is recorded.
+    let pass = position.as_ref().map_or(row.pass, |p| p.0);
     let max_pause_exceeded = matches!(end, Some(End::MaxPause));
     let knobs = controller.knobs();
     let rate = rows_now as f64 / elapsed.as_secs_f64().max(1e-3);
@@ -861,9 +876,11 @@ pub async fn run(
     let resume = format!("pacer run --policy {}", opts.policy_path.display());
     let outcome = match &end {
         Some(End::Failed(msg)) => {
-            store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
-                .await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
             store.finish(&mut ctl, &job, "failed", msg).await?;
             RunOutcome {
                 code: exit::FAILED,
@@ -910,9 +927,11 @@ pub async fn run(
                 "{keys} rows still match job.pending after job.update was applied to them, and the update changed none: \
                  the update does not clear the pending condition"
             );
-            store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
-                .await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
             store.finish(&mut ctl, &job, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
@@ -927,9 +946,11 @@ pub async fn run(
             } else {
                 "stopped"
             };
-            store
-                .save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs)
-                .await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "stopped", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
             store.finish(&mut ctl, &job, "stopped", why).await?;
             let left = left
                 .map(|n| format!("~{n}"))
@@ -1096,7 +1117,7 @@ async fn try_advisory_lock(ctl: &mut PgConnection, key: &str) -> anyhow::Result<
     .fetch_one(&mut *ctl)
     .await
     .unwrap_or(None);
-    Ok(Some(holder.unwrap_or_else(|| "holder unknown".into())))
+    Ok(Some(holder.unwrap_or_else(|| HOLDER_UNKNOWN.into())))
 }
 
 /// Refuse to start while backends of an earlier run still live (a killed

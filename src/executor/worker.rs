@@ -72,12 +72,22 @@ pub async fn run(
         let Some(apply) = apply else { continue };
         // A stop during a long wait for quota drops the attempt unapplied:
         // the stored cursor is still below it, so the next run reads it
-        // again (the Job, stopping, does not retry it).
+        // again.
         let mut stop = sh.stop_rx();
         let stopped = tokio::select! {
             _ = wait_for_quota(&sh, apply.keys.len()) => false,
             _ = stop.wait_for(|s| *s) => true,
         };
+        // The last word before BEGIN is the Job's: a pause, an outage or a
+        // stop that came during the wait takes the attempt back unstarted.
+        if !engine
+            .lock()
+            .await
+            .job
+            .confirm(Instant::now(), apply.batch_id)
+        {
+            continue;
+        }
         let outcome = if stopped {
             Ok(Outcome::Lost("stopping before the batch started".into()))
         } else {
