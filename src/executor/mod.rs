@@ -1,18 +1,22 @@
 //! The executor: runs a policy's backfill against PostgreSQL under the
 //! controller's command.
 //!
-//! `run` is a thin async shell around the pure `Controller`: every tick it
-//! samples the signals, gathers the batch outcomes since the last tick,
-//! reads the pause switch, steps the controller, records and logs changed
-//! decisions, and hands the knobs to the workers. The workers
-//! (`worker`) take batches from the dispatcher (`dispatch`) and apply them
-//! (`batch`), each with its progress record in the same transaction.
+//! Two pure state machines decide; a thin async shell does the I/O. The
+//! `Controller` turns signals into knobs; the `Job` (`job`) owns every
+//! decision of the run itself: which keys, retries, set-aside keys,
+//! sweeps, pauses and outages, restarts, fencing, the end. `run`
+//! (`runner`) samples the signals every tick, reads the pause switch,
+//! steps the controller, feeds the Job, and saves the Job's position; the
+//! workers (`worker`) ask the Job (shared with them through `engine`) for
+//! reads and attempts and run them (`batch`), each batch with its progress
+//! record in the same transaction.
 //! See docs/EXECUTOR.md for the guarantees.
 
 pub mod batch;
 pub mod control;
-pub mod dispatch;
+pub mod engine;
 pub mod failpoint;
+pub mod job;
 pub mod keys;
 pub mod runner;
 pub mod tally;
@@ -20,7 +24,7 @@ pub mod target;
 pub mod worker;
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -38,13 +42,6 @@ pub struct Command {
     pub paused: bool,
 }
 
-/// How the workers ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum End {
-    Finished(dispatch::Finish),
-    Failed(String),
-}
-
 /// State shared by the coordinator and the workers.
 pub struct Shared {
     pub url: String,
@@ -53,36 +50,24 @@ pub struct Shared {
     pub job: String,
     pub target: std::sync::Arc<target::Target>,
     pub limits: Limits,
-    pub next_batch_id: AtomicI64,
-    pub rows_done: AtomicU64,
     /// Set by workers that waited on the rate cap or the reader or had no
     /// work since the last tick; the coordinator takes it each tick.
     pub app_limited: AtomicBool,
-    pub read_errors: AtomicU32,
     pub governor: Option<DefaultDirectRateLimiter>,
     pub outcomes: mpsc::UnboundedSender<BatchOutcome>,
     /// Batch lines at INFO (`--log-batches`) instead of DEBUG.
     pub log_batches: bool,
-    /// Workers take no new batch while set: the coordinator cannot read
-    /// the pause switch (fail-safe), or the server restarted and the
-    /// dispatch state is being rebuilt.
-    pub hold: AtomicBool,
     /// A pause asked for over HTTP, honoured here at once even when the
     /// store cannot be written; the coordinator stores it when it can.
     pub local_pause: std::sync::Arc<LocalPause>,
-    /// `pg_postmaster_start_time()` (µs) of the server the in-memory
-    /// dispatch state belongs to: after a restart or a failover, batches
+    /// `pg_postmaster_start_time()` (µs) of the server the Job's state
+    /// belongs to (a copy of `Job::incarnation` the writers can read): after a restart or a failover, batches
     /// acknowledged before may be gone, so that state is worthless.
     pub incarnation: AtomicI64,
-    /// Set by a worker that met another server incarnation.
+    /// Set by a writer that met another server incarnation (the Job
+    /// learns of it from the attempt's `NewIncarnation` outcome).
     pub restart_seen: AtomicBool,
-    /// Bumped when the dispatch state is rebuilt; a batch taken under an
-    /// older generation is dropped, never retried or completed.
-    pub generation: AtomicU64,
-    /// Batches taken and not yet completed or dropped.
-    pub busy: AtomicUsize,
     stop: watch::Sender<bool>,
-    end: Mutex<Option<End>>,
 }
 
 /// The in-process half of the pause switch (see `Shared::local_pause`).
@@ -114,7 +99,6 @@ impl Shared {
         job: String,
         target: std::sync::Arc<target::Target>,
         limits: Limits,
-        next_batch_id: i64,
         outcomes: mpsc::UnboundedSender<BatchOutcome>,
     ) -> Shared {
         let governor = limits
@@ -128,25 +112,18 @@ impl Shared {
             job,
             target,
             limits,
-            next_batch_id: AtomicI64::new(next_batch_id),
-            rows_done: AtomicU64::new(0),
             app_limited: AtomicBool::new(false),
-            read_errors: AtomicU32::new(0),
             governor,
             outcomes,
             log_batches: false,
-            hold: AtomicBool::new(false),
             local_pause: Default::default(),
             incarnation: AtomicI64::new(0),
             restart_seen: AtomicBool::new(false),
-            generation: AtomicU64::new(0),
-            busy: AtomicUsize::new(0),
             stop: watch::channel(false).0,
-            end: Mutex::new(None),
         }
     }
 
-    /// Stop taking new batches (graceful stop, failure, or the end).
+    /// Interrupt waits (rate cap, knob sleep): the Job has ended.
     pub fn request_stop(&self) {
         self.stop.send_replace(true);
     }
@@ -159,37 +136,7 @@ impl Shared {
         self.stop.subscribe()
     }
 
-    pub fn finish(&self, f: dispatch::Finish) {
-        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
-        e.get_or_insert(End::Finished(f));
-        drop(e);
-        self.request_stop();
-    }
-
-    pub fn fail(&self, msg: String) {
-        tracing::error!(error = %msg, "stopping the job");
-        let mut e = self.end.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(*e, Some(End::Failed(_))) {
-            *e = Some(End::Failed(msg));
-        }
-        drop(e);
-        self.request_stop();
-    }
-
-    pub fn end(&self) -> Option<End> {
-        self.end.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Whether workers must not take a new batch, whatever the controller says.
-    pub fn held(&self) -> bool {
-        self.hold.load(Ordering::SeqCst) || self.local_pause.get().is_some()
-    }
-
     pub fn max_outage(&self) -> Duration {
         self.limits.max_outage
-    }
-
-    pub fn rows(&self) -> u64 {
-        self.rows_done.load(Ordering::Relaxed)
     }
 }

@@ -1,6 +1,11 @@
 //! The run loop: preflight, job identity and resume, then one controller
-//! tick after another until the work is done, the job fails, or a stop
-//! signal arrives.
+//! tick after another until the `Job` ends (done, failed, stopped, stood
+//! down). The coordinator is the Job's driver for everything that is not a
+//! batch: it holds the control connection (runner lock, pause switch) and
+//! tells the Job when it is lost or back, and on which server incarnation;
+//! it feeds the controller's decision to the Job, serves `poll_store` (the
+//! stored position after a restart), saves `Job::position` every tick, and
+//! records the Job's end. It decides nothing about batches itself.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,16 +17,16 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::{Mutex, mpsc, watch};
 use tracing::Instrument as _;
 
-use super::dispatch::{Dispatch, Finish};
+use super::engine::Engine;
+use super::job::{self, End, Finish, Job, StoreIo, Stored};
 use super::target::Target;
-use super::{Command, End, Shared};
+use super::{Command, Shared};
 use crate::cli::exit;
 use crate::controller::{Controller, Inputs, ManualPause, State};
 use crate::policy::Policy;
 use crate::store::jobs::NewJob;
 use crate::store::{Fail, Store, database_url, runner_app_name};
 use crate::telemetry::http::{self, HttpError, HttpServer};
-use crate::telemetry::pause_watch::PauseVerdict;
 use crate::telemetry::{JobTelemetry, TelemetryOptions};
 
 #[derive(Debug, Clone)]
@@ -47,6 +52,9 @@ const STALE_WAIT: Duration = Duration::from_secs(15);
 /// connection must not stall the tick, since the tick is what enforces a
 /// pause.
 const CTL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Who holds a lock that was taken when we tried but free when we looked.
+const HOLDER_UNKNOWN: &str = "holder unknown";
 
 /// Longest wait between two reconnection attempts during an outage.
 const RECONNECT_CAP: Duration = Duration::from_secs(2);
@@ -166,8 +174,12 @@ impl Link {
                     }
                 }
             }
-            Ok(Some(holder)) if holder.contains(&format!("pid {} ", self.pid)) => {
-                // Our previous session has not ended yet; it will.
+            Ok(Some(holder))
+                if holder.contains(&format!("pid {} ", self.pid)) || holder == HOLDER_UNKNOWN =>
+            {
+                // Our previous session has not ended yet; it will. (No
+                // holder found: it ended between the two queries; a
+                // genuine other runner is named on the next attempt.)
                 d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
                 return Reconnect::StillDown;
             }
@@ -250,18 +262,14 @@ fn plain_any(e: &anyhow::Error) -> String {
     }
 }
 
-/// The dispatch state rebuilt from what the (new) server has: the stored
-/// cursor and pass, the progress records. Returns it with rows done, the
-/// next batch id and the server's incarnation.
+/// What the (new) server has, for the Job to start again from: the stored
+/// cursor and pass, the next progress record id, the server's incarnation;
+/// with the rows done so far.
 async fn restart_from_store(
     c: &mut PgConnection,
     store: &Store,
     job: &str,
-    url: &str,
-    app: &str,
-    target: &Arc<Target>,
-    policy: &Policy,
-) -> anyhow::Result<(Dispatch, i64, i64, i64)> {
+) -> anyhow::Result<(Stored, i64)> {
     let row = store.job(c, job).await?.ok_or_else(|| {
         Fail::failed(format!(
             "job {job:?} is missing from pacer's tables after the restart"
@@ -271,15 +279,13 @@ async fn restart_from_store(
     let (_, inc): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
         .fetch_one(&mut *c)
         .await?;
-    let reader = crate::store::connect(url, app).await?;
-    let d = Dispatch::new(
-        target.clone(),
-        reader,
-        policy.limits.read_chunk,
-        row.pass,
-        row.cursor_key,
-    );
-    Ok((d, done, next_id, inc))
+    let stored = Stored {
+        pass: row.pass,
+        cursor: row.cursor_key,
+        next_batch_id: next_id,
+        incarnation: inc,
+    };
+    Ok((stored, done))
 }
 
 /// Hash of what may change between runs (limits, controller, signals,
@@ -447,7 +453,6 @@ pub async fn run(
         job.clone(),
         target.clone(),
         policy.limits.clone(),
-        next_id,
         out_tx,
     );
     shared.log_batches = opts.log_batches;
@@ -455,15 +460,30 @@ pub async fn run(
     shared.incarnation.store(incarnation, Ordering::SeqCst);
     let sh = Arc::new(shared);
     let reader = crate::store::connect(&url, &app).await?;
-    let dispatch = Arc::new(Mutex::new(Dispatch::new(
-        target.clone(),
-        reader,
-        policy.limits.read_chunk,
-        row.pass,
-        row.cursor_key.clone(),
-    )));
-    // Workers hold still until the first tick has read the pause switch: a
-    // job paused before it started must not write a single batch.
+    // The Job holds every batch until the first tick has read the pause
+    // switch: a job paused before it started must not write a single batch.
+    let the_job = Job::new(
+        job::Config {
+            key_type: target.key_type,
+            read_chunk: policy.limits.read_chunk,
+            max_retries: policy.limits.max_retries,
+            max_outage: policy.limits.max_outage,
+            max_pause: policy.job.max_pause,
+            stop_after_max_pause: policy.job.stop_after_max_pause,
+        },
+        Stored {
+            pass: row.pass,
+            cursor: row.cursor_key.clone(),
+            next_batch_id: next_id,
+            incarnation,
+        },
+        0,
+        controller.knobs().batch_size,
+    );
+    let engine = Arc::new(Mutex::new(Engine {
+        job: the_job,
+        reader: Some(reader),
+    }));
     let (cmd_tx, cmd_rx) = watch::channel(Command {
         knobs: controller.knobs(),
         paused: true,
@@ -471,7 +491,7 @@ pub async fn run(
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..policy.limits.workers.max {
         workers.spawn(
-            super::worker::run(i, sh.clone(), dispatch.clone(), cmd_rx.clone())
+            super::worker::run(i, sh.clone(), engine.clone(), cmd_rx.clone())
                 .instrument(telemetry.span().clone()),
         );
     }
@@ -485,7 +505,6 @@ pub async fn run(
     let mut pause_reason = String::new();
     let signal_names: Vec<&str> = policy.signals.iter().map(|s| s.name.as_str()).collect();
     let mut stopped_by_signal = false;
-    let mut max_pause_exceeded = false;
     let mut last_switch: Option<bool> = None;
     let mut link = Link {
         conn: Some(ctl),
@@ -493,15 +512,15 @@ pub async fn run(
         down: None,
         table: (!policy.job.share_table).then(|| target.table_q.clone()),
     };
-    let mut restart_pending = false;
-    let mut stood_down: Option<String> = None;
     let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             r = workers.join_next(), if !workers.is_empty() => {
                 if let Some(Err(e)) = r {
-                    sh.fail(format!("a worker crashed: {e}"));
+                    tracing::error!(error = %e, "stopping the job: a worker crashed");
+                    engine.lock().await.job.handle_failure(format!("a worker crashed: {e}"));
+                    sh.request_stop();
                 }
                 if !workers.is_empty() { continue; }
             }
@@ -509,6 +528,7 @@ pub async fn run(
                 if *stop_signal.borrow() {
                     stopped_by_signal = true;
                     tracing::info!(job = %job, "stop requested: no new batches; letting in-flight batches commit");
+                    engine.lock().await.job.handle_stop();
                     sh.request_stop();
                 }
                 continue;
@@ -535,16 +555,18 @@ pub async fn run(
             match link.reconnect(&url, &app, &store, &job).await {
                 Reconnect::StillDown => {}
                 Reconnect::Up { incarnation } => {
-                    if incarnation != sh.incarnation.load(Ordering::SeqCst) {
-                        restart_pending = true;
-                    }
+                    // A new incarnation makes the Job discard its state.
+                    engine
+                        .lock()
+                        .await
+                        .job
+                        .handle_link_up(Instant::now(), incarnation, 0);
                 }
                 Reconnect::StandDown(msg) => {
                     tracing::error!(job = %job, "{msg}");
-                    stood_down = Some(msg);
                     // Batches in hand are dropped, not retried: another
                     // runner owns the job now.
-                    sh.generation.fetch_add(1, Ordering::SeqCst);
+                    engine.lock().await.job.handle_stand_down(msg);
                     sh.request_stop();
                 }
             }
@@ -566,40 +588,31 @@ pub async fn run(
             },
             None => None,
         };
-        if sh.restart_seen.load(Ordering::SeqCst)
-            && !restart_pending
-            && let Some(c) = link.conn.as_mut()
-        {
-            match sqlx::query_as::<_, (i32, i64)>(super::batch::INCARNATION_SQL)
-                .fetch_one(c)
-                .await
-            {
-                Ok((_, inc)) if inc != sh.incarnation.load(Ordering::SeqCst) => {
-                    restart_pending = true
-                }
-                Ok(_) => sh.restart_seen.store(false, Ordering::SeqCst),
-                Err(e) => link.lose(format!("control connection lost: {e}")),
-            }
-        }
-        if restart_pending
-            && sh.busy.load(Ordering::SeqCst) == 0
-            && let Some(c) = link.conn.as_mut()
-        {
-            // As after a crash: batches acknowledged by the old server may
-            // be gone (asynchronous replication), so nothing in memory is
-            // trusted; the stored cursor and progress records are.
-            match restart_from_store(c, &store, &job, &url, &app, &target, policy).await {
-                Ok((d, done, next_id, inc)) => {
-                    let mut guard = dispatch.lock().await;
-                    *guard = d;
-                    sh.generation.fetch_add(1, Ordering::SeqCst);
-                    sh.next_batch_id.store(next_id, Ordering::SeqCst);
-                    sh.rows_done.store(0, Ordering::SeqCst);
-                    sh.incarnation.store(inc, Ordering::SeqCst);
+        // As after a crash: batches acknowledged by an old server
+        // incarnation may be gone (asynchronous replication), so the Job
+        // trusts nothing in memory; the stored cursor and progress records
+        // are. It asks for them once no attempt is in flight.
+        let load = engine.lock().await.job.poll_store();
+        if let (Some(StoreIo::LoadPosition), Some(c)) = (load, link.conn.as_mut()) {
+            // The reader reconnects at once, as at the start: its backend
+            // is what tells `pacer status` a runner is alive while paused.
+            let reloaded = async {
+                let r = restart_from_store(c, &store, &job).await?;
+                let reader = tokio::time::timeout(CTL_TIMEOUT, crate::store::connect(&url, &app))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("connecting the reader timed out"))??;
+                anyhow::Ok((r, reader))
+            };
+            match reloaded.await {
+                Ok(((stored, done), reader)) => {
+                    let mut e = engine.lock().await;
+                    sh.incarnation.store(stored.incarnation, Ordering::SeqCst);
                     sh.restart_seen.store(false, Ordering::SeqCst);
-                    drop(guard);
+                    e.reader = Some(reader);
+                    e.job.handle_position(Instant::now(), stored);
+                    e.log_events();
+                    drop(e);
                     rows_before = done;
-                    restart_pending = false;
                     tracing::warn!(
                         job = %job,
                         rows_done = done,
@@ -610,21 +623,18 @@ pub async fn run(
                 Err(e) => link.lose(format!("control connection lost: {e:#}")),
             }
         }
-        sh.hold.store(
-            link.down.is_some() || restart_pending || stood_down.is_some(),
-            Ordering::SeqCst,
-        );
-        if let Some(d) = &link.down
-            && d.since.elapsed() > policy.limits.max_outage
-            && !sh.stopping()
-        {
-            sh.fail(format!(
-                "the database was unreachable for {} (limits.max_outage {}): {}",
-                fmt_dur(Duration::from_secs(d.since.elapsed().as_secs())),
-                fmt_dur(policy.limits.max_outage),
-                d.cause
-            ));
-        }
+        // Fail-safe: from the moment the switch cannot be read, the Job
+        // hands out no batch; it also bounds the outage (max_outage).
+        let restarting = {
+            let mut e = engine.lock().await;
+            if let Some(d) = &link.down {
+                e.job.handle_link_down(Instant::now(), d.cause.clone());
+            }
+            e.job.handle_local_pause(sh.local_pause.get().is_some());
+            e.job.handle_tick(Instant::now());
+            e.log_events();
+            e.job.restarting()
+        };
         // A pause asked for over HTTP while the store could not be written
         // is stored as soon as it can be, so it survives this process.
         let local = sh.local_pause.get();
@@ -644,7 +654,7 @@ pub async fn run(
             by: "pacer".into(),
             reason: d.cause.clone(),
         });
-        let rebuilding = restart_pending.then(|| ManualPause {
+        let rebuilding = restarting.then(|| ManualPause {
             by: "pacer".into(),
             reason: "the database server restarted; waiting for in-flight batches before resuming from the stored progress".into(),
         });
@@ -688,6 +698,18 @@ pub async fn run(
             app_limited: sh.app_limited.swap(false, Ordering::Relaxed),
         };
         let decision = controller.step(now, &inputs);
+        // The Job and the workers hear of a pause before anyone else (the
+        // log, the decisions table): once it is announced, it holds.
+        let paused = decision.state == State::Paused;
+        engine
+            .lock()
+            .await
+            .job
+            .handle_command(Instant::now(), paused, decision.knobs.batch_size);
+        cmd_tx.send_replace(Command {
+            knobs: decision.knobs,
+            paused,
+        });
         telemetry.decision(&decision);
         if decision.changed() {
             // Decisions made while the store was unreachable (the outage's
@@ -710,10 +732,6 @@ pub async fn run(
             }
         }
         state = decision.state;
-        cmd_tx.send_replace(Command {
-            knobs: decision.knobs,
-            paused: state == State::Paused,
-        });
         if state == State::Paused {
             if paused_since.is_none() {
                 paused_since = Some(now);
@@ -727,23 +745,32 @@ pub async fn run(
         } else {
             paused_since = None;
         }
-        // Once stopping, the alarm has done its job: no WARN per tick.
-        if !max_pause_exceeded
-            && !sh.stopping()
-            && let PauseVerdict::Stop { .. } =
-                telemetry.pause_check(now, paused_since, &pause_reason)
-        {
-            max_pause_exceeded = true;
-            sh.request_stop();
-        }
-        let rows_done = rows_before as u64 + sh.rows();
+        // The long-pause warnings are telemetry's; the stop after
+        // job.max_pause is the Job's. Once it has ended, no WARN per tick.
+        let (job_rows, position) = {
+            let mut e = engine.lock().await;
+            if e.job.end().is_none() {
+                let _ = telemetry.pause_check(now, paused_since, &pause_reason);
+            }
+            e.job.handle_tick(Instant::now());
+            if let Some(end) = e.job.end() {
+                if !sh.stopping()
+                    && let End::Failed(msg) = end
+                {
+                    tracing::error!(error = %msg, "stopping the job");
+                }
+                sh.request_stop();
+            }
+            (e.job.rows(), e.job.position())
+        };
+        let rows_done = rows_before as u64 + job_rows;
         let pending = row
             .rows_at_start
             .map(|n| (n.max(0) as u64).saturating_sub(rows_done));
         let line = telemetry.progress(now, rows_done, pending, state.as_str(), decision.knobs);
-        // Nothing is saved on a new server incarnation until the dispatch
+        // Nothing is saved on a new server incarnation until the Job's
         // state has been rebuilt from what that server has.
-        let Some(c) = link.conn.as_mut().filter(|_| !restart_pending) else {
+        let Some(((pass, cursor), c)) = position.zip(link.conn.as_mut()) else {
             if workers.is_empty() {
                 break;
             }
@@ -772,7 +799,6 @@ pub async fn run(
                 continue;
             }
         }
-        let (pass, cursor) = dispatch.lock().await.position();
         if let Err(e) = store
             .save_position(
                 c,
@@ -795,7 +821,11 @@ pub async fn run(
     }
 
     let elapsed = started.elapsed();
-    if let Some(msg) = stood_down {
+    let (end, position, rows_now) = {
+        let e = engine.lock().await;
+        (e.job.end().cloned(), e.job.position(), e.job.rows())
+    };
+    if let Some(End::StoodDown(msg)) = &end {
         // The job belongs to the other runner now: record nothing.
         let _ = server.shutdown().await;
         return Ok(RunOutcome {
@@ -815,8 +845,8 @@ pub async fn run(
             None => {
                 let _ = server.shutdown().await;
                 let cause = link.down.map(|d| d.cause).unwrap_or_default();
-                let why = match sh.end() {
-                    Some(End::Failed(msg)) => msg,
+                let why = match &end {
+                    Some(End::Failed(msg)) => msg.clone(),
                     _ => format!(
                         "the database was unreachable for {} (limits.max_outage {}): {cause}",
                         fmt_dur(elapsed.min(policy.limits.max_outage)),
@@ -836,19 +866,23 @@ pub async fn run(
     };
 
     // Everything is committed or rolled back; record the end.
-    let rows_now = sh.rows();
     let total_done = rows_before as u64 + rows_now;
-    let (pass, cursor) = dispatch.lock().await.position();
+    // No position while the state is being rebuilt after a restart: the
+    // stored one stands, and only the state is recorded.
+    let pass = position.as_ref().map_or(row.pass, |p| p.0);
+    let max_pause_exceeded = matches!(end, Some(End::MaxPause));
     let knobs = controller.knobs();
     let rate = rows_now as f64 / elapsed.as_secs_f64().max(1e-3);
     let left = row.rows_at_start.map(|n| (n - total_done as i64).max(0));
     let resume = format!("pacer run --policy {}", opts.policy_path.display());
-    let outcome = match sh.end() {
+    let outcome = match &end {
         Some(End::Failed(msg)) => {
-            store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
-                .await?;
-            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
+            store.finish(&mut ctl, &job, "failed", msg).await?;
             RunOutcome {
                 code: exit::FAILED,
                 summary: format!(
@@ -895,16 +929,18 @@ pub async fn run(
                 "{keys} rows still match job.pending after job.update was applied to them, and the update changed none: \
                  the update does not clear the pending condition"
             );
-            store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
-                .await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
             store.finish(&mut ctl, &job, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
                 summary: format!("job {job} failed: {msg}"),
             }
         }
-        None => {
+        _ => {
             let why = if max_pause_exceeded {
                 "stopped after job.max_pause"
             } else if stopped_by_signal {
@@ -912,9 +948,11 @@ pub async fn run(
             } else {
                 "stopped"
             };
-            store
-                .save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs)
-                .await?;
+            if let Some((pass, cursor)) = &position {
+                store
+                    .save_position(&mut ctl, &job, "stopped", *pass, cursor.as_deref(), &knobs)
+                    .await?;
+            }
             store.finish(&mut ctl, &job, "stopped", why).await?;
             let left = left
                 .map(|n| format!("~{n}"))
@@ -931,7 +969,7 @@ pub async fn run(
             }
         }
     };
-    if outcome.code == exit::OK && matches!(sh.end(), Some(End::Finished(Finish::Done))) {
+    if outcome.code == exit::OK && matches!(end, Some(End::Finished(Finish::Done))) {
         telemetry.finish(&outcome.summary);
     }
     if let Err(e) = server.shutdown().await {
@@ -1081,7 +1119,7 @@ async fn try_advisory_lock(ctl: &mut PgConnection, key: &str) -> anyhow::Result<
     .fetch_one(&mut *ctl)
     .await
     .unwrap_or(None);
-    Ok(Some(holder.unwrap_or_else(|| "holder unknown".into())))
+    Ok(Some(holder.unwrap_or_else(|| HOLDER_UNKNOWN.into())))
 }
 
 /// Refuse to start while backends of an earlier run still live (a killed

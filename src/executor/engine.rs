@@ -1,0 +1,125 @@
+//! The `Job` as the Postgres driver shares it: one `Job` behind one async
+//! mutex, with the reader's connection beside it.
+//!
+//! Why a mutex shared by the worker tasks rather than one driver task that
+//! owns the Job and hands attempts to workers over channels: each worker
+//! already owns its own connection and runs one attempt at a time, so
+//! "lock, poll, unlock, apply, lock, report" keeps the worker loop a
+//! straight line; the Job is only ever touched for microseconds, except
+//! while a chunk of keys is read (the reader holds the lock then, so the
+//! next batch waits for the keys it needs, as before). The coordinator
+//! (`runner`) takes the same lock once a tick to feed the pause switch,
+//! the link state and the controller's knobs, and to serve `poll_store`.
+
+use std::time::Instant;
+
+use sqlx::postgres::PgConnection;
+
+use super::Shared;
+use super::job::{Chunk, Event, Job};
+use super::keys::Keys;
+
+pub struct Engine {
+    pub job: Job,
+    /// The reader's own connection; `None` after it broke.
+    pub reader: Option<PgConnection>,
+}
+
+/// What reading a chunk came to: `Err((lost, message))` on failure.
+pub type ReadResult = Result<(Option<String>, usize, Keys), (bool, String)>;
+
+/// Answer `Io::ReadChunk` on the reader's connection (connecting it if it
+/// broke), without the lock: the connection comes back with the result.
+pub async fn read(
+    sh: &Shared,
+    reader: Option<PgConnection>,
+    after: Option<String>,
+    limit: u32,
+) -> (Option<PgConnection>, ReadResult) {
+    let mut conn = match reader {
+        Some(c) => c,
+        None => match crate::store::connect(&sh.url, &sh.app_name).await {
+            Ok(c) => c,
+            Err(e) => return (None, Err((true, format!("{e:#}")))),
+        },
+    };
+    match sh
+        .target
+        .read_chunk(&mut conn, after.as_deref(), limit)
+        .await
+    {
+        Ok(r) => (Some(conn), Ok(r)),
+        Err(e) => {
+            let lost = super::batch::classify(&e).is_lost();
+            let msg = if lost {
+                super::batch::plain_error(&e)
+            } else {
+                super::target::db_message(&e)
+            };
+            (if lost { None } else { Some(conn) }, Err((lost, msg)))
+        }
+    }
+}
+
+impl Engine {
+    /// Hand the result of `read` to the Job.
+    pub fn read_done(&mut self, reader: Option<PgConnection>, r: ReadResult) {
+        if self.reader.is_none() {
+            self.reader = reader;
+        }
+        match r {
+            Ok((last, read, pending)) => {
+                self.job.handle_chunk(
+                    Instant::now(),
+                    Chunk {
+                        last,
+                        read,
+                        pending,
+                    },
+                );
+            }
+            Err((lost, msg)) => {
+                let n = self.job.handle_read_error(Instant::now(), lost, &msg);
+                tracing::warn!(error = %msg, attempt = n, "reading keys failed; retrying");
+            }
+        }
+        self.log_events();
+    }
+
+    /// Log what the Job has to say.
+    pub fn log_events(&mut self) {
+        while let Some(e) = self.job.poll_event() {
+            match e {
+                Event::SetAside {
+                    keys,
+                    first,
+                    retry_in,
+                } => tracing::info!(
+                    keys,
+                    first = %first,
+                    retry_in = ?retry_in,
+                    "rows locked by another session: set aside, will retry"
+                ),
+                Event::Sweep {
+                    pass,
+                    found,
+                    changed,
+                } => tracing::info!(
+                    pass,
+                    pending_found = found,
+                    rows_changed = changed,
+                    "pass complete; sweeping again from the start for rows inserted behind the cursor or set aside"
+                ),
+                Event::Restarted => tracing::warn!(
+                    "the database server restarted (pg_postmaster_start_time changed): dropping the batches in hand; \
+                     waiting for in-flight batches before resuming from the stored progress"
+                ),
+                Event::Reloaded { pass, cursor } => tracing::info!(
+                    pass,
+                    cursor = ?cursor,
+                    "dispatch state rebuilt from the stored cursor and progress"
+                ),
+            }
+        }
+    }
+}
