@@ -80,6 +80,14 @@ pub struct Shared {
     pub generation: AtomicU64,
     /// Batches taken and not yet completed or dropped.
     pub busy: AtomicUsize,
+    /// The job epoch this runner took with the runner lock; every batch
+    /// commits only while the job's row still carries it (fencing). 0
+    /// while the coordinator is taking a new one after an outage, so a
+    /// batch fenced meanwhile knows the new epoch is its own runner's.
+    pub epoch: AtomicI64,
+    /// Set when a batch found another runner's epoch on the job: this
+    /// runner stands down and records nothing.
+    fenced: Mutex<Option<String>>,
     stop: watch::Sender<bool>,
     end: Mutex<Option<End>>,
 }
@@ -140,6 +148,8 @@ impl Shared {
             restart_seen: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            epoch: AtomicI64::new(0),
+            fenced: Mutex::new(None),
             stop: watch::channel(false).0,
             end: Mutex::new(None),
         }
@@ -173,6 +183,27 @@ impl Shared {
         }
         drop(e);
         self.request_stop();
+    }
+
+    /// Another runner owns the job: drop the batches in hand (never retry
+    /// them: their keys are the other runner's now) and stop.
+    pub fn stand_down(&self, msg: String) {
+        let mut f = self.fenced.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %msg, "fenced off: standing down");
+            *f = Some(msg);
+        }
+        drop(f);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.request_stop();
+    }
+
+    /// Why this runner stood down, if it did.
+    pub fn fenced(&self) -> Option<String> {
+        self.fenced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn end(&self) -> Option<End> {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -62,6 +62,9 @@ struct Link {
     /// The target table whose lock the run holds with the runner lock
     /// (`None` with `[job] share_table = true`).
     table: Option<String>,
+    /// The job epoch taken with the runner lock (fencing): the job's row
+    /// is written only while it still carries it.
+    epoch: i64,
 }
 
 struct Down {
@@ -110,8 +113,16 @@ impl Link {
     }
 
     /// One reconnection attempt if its backoff has passed: connect, check
-    /// the server is a primary, re-take the runner lock.
-    async fn reconnect(&mut self, url: &str, app: &str, store: &Store, job: &str) -> Reconnect {
+    /// the server is a primary, re-take the runner lock and take a new
+    /// epoch (published to the workers through `epoch`).
+    async fn reconnect(
+        &mut self,
+        url: &str,
+        app: &str,
+        store: &Store,
+        job: &str,
+        epoch: &AtomicI64,
+    ) -> Reconnect {
         let Some(d) = &mut self.down else {
             return Reconnect::StillDown;
         };
@@ -182,13 +193,40 @@ impl Link {
                 return Reconnect::StillDown;
             }
         }
+        // Every acquisition of the runner lock takes a new epoch: a runner
+        // that held the job before, this one included, commits nothing
+        // more under the old one. 0 meanwhile tells a worker fenced by
+        // this very bump that the new epoch is its own runner's.
+        epoch.store(0, Ordering::SeqCst);
+        let bumped =
+            tokio::time::timeout(2 * CTL_TIMEOUT, store.bump_epoch(&mut c, job, CTL_TIMEOUT)).await;
+        let new_epoch = match bumped {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                d.set_cause(format!(
+                    "control connection lost: taking a new job epoch failed: {}",
+                    plain_any(&e)
+                ));
+                return Reconnect::StillDown;
+            }
+            Err(_) => {
+                d.set_cause(format!(
+                    "control connection lost: taking a new job epoch took longer than {}",
+                    fmt_dur(2 * CTL_TIMEOUT)
+                ));
+                return Reconnect::StillDown;
+            }
+        };
+        epoch.store(new_epoch, Ordering::SeqCst);
         let outage = d.since.elapsed();
         tracing::info!(
             outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
+            epoch = new_epoch,
             "database reachable again; runner lock re-taken"
         );
         self.conn = Some(c);
         self.pid = pid;
+        self.epoch = new_epoch;
         self.down = None;
         Reconnect::Up { incarnation: inc }
     }
@@ -312,6 +350,9 @@ pub async fn run(
     // is named apart from the workers, so `pacer:<job>` in pg_stat_activity
     // means exactly the backends writing the target table.
     let mut ctl = crate::store::connect(&url, &format!("{app}:control")).await?;
+    if let Some(problem) = crate::store::pooler::transaction_pooler(&mut ctl, &url).await? {
+        return Err(Fail::invalid(problem));
+    }
     let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;
@@ -422,6 +463,12 @@ pub async fn run(
         }
     };
     store.mark_started(&mut ctl, &job, &settings).await?;
+    // Before the progress totals are read: batches of a runner that lost
+    // the job commit before this (or not at all), so the next batch id and
+    // rows done below include them.
+    let epoch = store
+        .bump_epoch(&mut ctl, &job, policy.limits.statement_timeout)
+        .await?;
 
     let sampler =
         crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
@@ -453,6 +500,7 @@ pub async fn run(
     shared.log_batches = opts.log_batches;
     shared.local_pause = local_pause.clone();
     shared.incarnation.store(incarnation, Ordering::SeqCst);
+    shared.epoch.store(epoch, Ordering::SeqCst);
     let sh = Arc::new(shared);
     let reader = crate::store::connect(&url, &app).await?;
     let dispatch = Arc::new(Mutex::new(Dispatch::new(
@@ -492,6 +540,7 @@ pub async fn run(
         pid: ctl_pid,
         down: None,
         table: (!policy.job.share_table).then(|| target.table_q.clone()),
+        epoch,
     };
     let mut restart_pending = false;
     let mut stood_down: Option<String> = None;
@@ -527,12 +576,18 @@ pub async fn run(
             }
             batches.push(b);
         }
+        // A batch found another runner's epoch on the job: stand down.
+        if stood_down.is_none()
+            && let Some(msg) = sh.fenced()
+        {
+            stood_down = Some(msg);
+        }
         // The pause switch must be readable before any batch is taken:
         // when it is not, the workers hold at once (fail-safe) and the
         // coordinator reconnects, re-takes the runner lock and checks the
         // server has not restarted before they go on.
         if link.conn.is_none() && !sh.stopping() {
-            match link.reconnect(&url, &app, &store, &job).await {
+            match link.reconnect(&url, &app, &store, &job, &sh.epoch).await {
                 Reconnect::StillDown => {}
                 Reconnect::Up { incarnation } => {
                     if incarnation != sh.incarnation.load(Ordering::SeqCst) {
@@ -694,7 +749,10 @@ pub async fn run(
             // own pause) are recorded once it is back.
             unrecorded.push(decision.clone());
         }
-        while let (Some(d), Some(c)) = (unrecorded.first(), link.conn.as_mut()) {
+        while let (Some(d), Some(c)) = (
+            unrecorded.first(),
+            link.conn.as_mut().filter(|_| stood_down.is_none()),
+        ) {
             match store.record_decision(c, &job, d).await {
                 Ok(()) => {
                     unrecorded.remove(0);
@@ -743,7 +801,12 @@ pub async fn run(
         let line = telemetry.progress(now, rows_done, pending, state.as_str(), decision.knobs);
         // Nothing is saved on a new server incarnation until the dispatch
         // state has been rebuilt from what that server has.
-        let Some(c) = link.conn.as_mut().filter(|_| !restart_pending) else {
+        // Nor anything once another runner owns the job.
+        let Some(c) = link
+            .conn
+            .as_mut()
+            .filter(|_| !restart_pending && stood_down.is_none())
+        else {
             if workers.is_empty() {
                 break;
             }
@@ -776,6 +839,7 @@ pub async fn run(
             .save_position(
                 c,
                 &job,
+                link.epoch,
                 state.as_str(),
                 pass,
                 cursor.as_deref(),
@@ -783,9 +847,15 @@ pub async fn run(
             )
             .await
         {
-            tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
-            if is_lost(&e) {
-                link.lose(format!("control connection lost: {e:#}"));
+            if crate::store::jobs::Fenced::is(&e) {
+                let msg = e.to_string();
+                sh.stand_down(msg.clone());
+                stood_down = Some(msg);
+            } else {
+                tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
+                if is_lost(&e) {
+                    link.lose(format!("control connection lost: {e:#}"));
+                }
             }
         }
         if workers.is_empty() {
@@ -794,7 +864,7 @@ pub async fn run(
     }
 
     let elapsed = started.elapsed();
-    if let Some(msg) = stood_down {
+    if let Some(msg) = stood_down.or_else(|| sh.fenced()) {
         // The job belongs to the other runner now: record nothing.
         let _ = server.shutdown().await;
         return Ok(RunOutcome {
@@ -803,7 +873,10 @@ pub async fn run(
         });
     }
     // The end is recorded on the database, which may be down right now:
-    // wait for it (within max_outage) rather than lose the outcome.
+    // wait for it (within max_outage) rather than lose the outcome. Only
+    // under this runner's epoch: the connection may not hold the runner
+    // lock any more, and another runner may own the job by now.
+    let epoch = link.epoch;
     let mut ctl = match link.conn.take() {
         Some(c) => c,
         None => match link
@@ -845,9 +918,17 @@ pub async fn run(
     let outcome = match sh.end() {
         Some(End::Failed(msg)) => {
             store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .save_position(
+                    &mut ctl,
+                    &job,
+                    epoch,
+                    "failed",
+                    pass,
+                    cursor.as_deref(),
+                    &knobs,
+                )
                 .await?;
-            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            store.finish(&mut ctl, &job, epoch, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
                 summary: format!(
@@ -857,9 +938,11 @@ pub async fn run(
         }
         Some(End::Finished(Finish::Done)) => {
             store
-                .save_position(&mut ctl, &job, "done", pass, None, &knobs)
+                .save_position(&mut ctl, &job, epoch, "done", pass, None, &knobs)
                 .await?;
-            store.finish(&mut ctl, &job, "done", "complete").await?;
+            store
+                .finish(&mut ctl, &job, epoch, "done", "complete")
+                .await?;
             // The timeline ends with the job's end, not its last tick.
             let last = store
                 .record_sample(
@@ -894,9 +977,17 @@ pub async fn run(
                  the update does not clear the pending condition"
             );
             store
-                .save_position(&mut ctl, &job, "failed", pass, cursor.as_deref(), &knobs)
+                .save_position(
+                    &mut ctl,
+                    &job,
+                    epoch,
+                    "failed",
+                    pass,
+                    cursor.as_deref(),
+                    &knobs,
+                )
                 .await?;
-            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            store.finish(&mut ctl, &job, epoch, "failed", &msg).await?;
             RunOutcome {
                 code: exit::FAILED,
                 summary: format!("job {job} failed: {msg}"),
@@ -911,9 +1002,17 @@ pub async fn run(
                 "stopped"
             };
             store
-                .save_position(&mut ctl, &job, "stopped", pass, cursor.as_deref(), &knobs)
+                .save_position(
+                    &mut ctl,
+                    &job,
+                    epoch,
+                    "stopped",
+                    pass,
+                    cursor.as_deref(),
+                    &knobs,
+                )
                 .await?;
-            store.finish(&mut ctl, &job, "stopped", why).await?;
+            store.finish(&mut ctl, &job, epoch, "stopped", why).await?;
             let left = left
                 .map(|n| format!("~{n}"))
                 .unwrap_or_else(|| "unknown".into());
@@ -965,10 +1064,11 @@ async fn serve_http(
 
 /// Before the first write: apply one batch twice in a rolled-back
 /// transaction. An update that leaves its rows pending is refused (the job
-/// would never end); a non-idempotent one is only warned about, since
-/// exactly-once batches keep it safe (`pacer check` refuses it). Rows that
-/// are locked right now, or a probe that hits a transient error, are no
-/// reason to refuse a job: the batches themselves cope with both.
+/// would never end); so is a non-idempotent one, unless the policy says
+/// `[job] idempotent = false` (exactly-once batches keep it safe, but the
+/// user must know they rely on them). Rows that are locked right now, or a
+/// probe that hits a transient error, are no reason to refuse a job: the
+/// batches themselves cope with both.
 async fn probe_update(
     ctl: &mut PgConnection,
     policy: &Policy,
@@ -980,11 +1080,14 @@ async fn probe_update(
             if let Some(msg) = crate::preflight::still_pending_problem(&p) {
                 return Err(Fail::invalid(msg));
             }
+            if let Some(msg) = crate::preflight::not_idempotent_problem(&p, policy) {
+                return Err(Fail::invalid(msg));
+            }
             if p.second > 0 {
                 tracing::warn!(
                     rows = p.second,
-                    "job.update is not idempotent (a second application changes rows); pacer applies each batch once, \
-                     but anyone re-running it by hand would double-apply. `pacer check` explains"
+                    "job.update is not idempotent (a second application changes rows); accepted ([job] idempotent = false): \
+                     pacer applies each batch once, but anyone re-running it by hand would double-apply"
                 );
             }
             Ok(())

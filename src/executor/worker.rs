@@ -43,7 +43,14 @@ pub async fn run(
             if sh.held() {
                 continue;
             }
-            let next = d.next(c.knobs.batch_size).await;
+            // A half-open reader connection must not hold the dispatch
+            // (and so every worker) forever; the reader is reconnected.
+            let next = super::batch::within(
+                super::batch::client_deadline(&sh.limits),
+                "reading keys",
+                d.next(c.knobs.batch_size),
+            )
+            .await;
             if matches!(next, Ok(Next::Batch(_))) {
                 sh.busy.fetch_add(1, Ordering::SeqCst);
             }
@@ -77,8 +84,13 @@ pub async fn run(
                 tokio::time::sleep(crate::store::backoff(n, Duration::from_secs(2))).await;
                 if lost {
                     let mut d = dispatch.lock().await;
-                    if let Err(e) = d.reconnect(&sh).await {
-                        tracing::debug!(error = %format!("{e:#}"), "reconnecting the reader failed");
+                    let deadline = super::batch::client_deadline(&sh.limits);
+                    match tokio::time::timeout(deadline, d.reconnect(&sh)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %format!("{e:#}"), "reconnecting the reader failed")
+                        }
+                        Err(_) => tracing::debug!("reconnecting the reader timed out"),
                     }
                 }
                 continue;
@@ -273,6 +285,25 @@ async fn apply(
                     }
                 }
                 Attempt::NewIncarnation => return Ok(None),
+                Attempt::Fenced { epoch } => {
+                    if epoch != 0 && sh.epoch.load(Ordering::SeqCst) == epoch {
+                        // Nobody in this process moved the epoch: another
+                        // runner took the job. The batch was rolled back.
+                        sh.stand_down(
+                            crate::store::jobs::Fenced {
+                                job: sh.job.clone(),
+                                epoch,
+                            }
+                            .to_string(),
+                        );
+                        return Ok(None);
+                    }
+                    // This runner re-took the runner lock after an outage
+                    // (a new epoch, or one being taken): the batch is
+                    // applied again under the new epoch, not counted.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
                 Attempt::Lost(msg) => {
                     report(0, Some(BatchError::ConnectionLost));
                     let since = *lost_since.get_or_insert_with(Instant::now);
