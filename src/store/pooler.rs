@@ -54,16 +54,17 @@ pub async fn transaction_pooler(
         if let Err(e) = sqlx::raw_sql("BEGIN").execute(&mut x).await {
             let msg = e.to_string();
             if msg.to_lowercase().contains("statement pooling") {
-                return Ok(Some(problem(&format!(
-                    "the server refused a transaction: {msg}"
-                ))));
+                tracing::debug!(error = %msg, "BEGIN refused");
+                return Ok(Some(problem(
+                    "it refused a transaction block (statement pooling)",
+                )));
             }
             return Err(e.into());
         }
         let (pid, tok) = pid_and_token(&mut x, PROBE_SQL).await?;
         if pid == pid1 || tok == token {
             return Ok(Some(problem(&format!(
-                "another connection was served by this one's backend (pid {pid1})"
+                "another connection got this one's backend (pid {pid1})"
             ))));
         }
         seen.push(pid);
@@ -103,8 +104,7 @@ async fn pid_and_token(c: &mut PgConnection, sql: &str) -> anyhow::Result<(i32, 
 fn problem(evidence: &str) -> String {
     // Kept under the 300 characters of an error line.
     format!(
-        "database.url leads to a connection pooler in transaction or statement mode (pgbouncer pool_mode = \
-         transaction/statement): {evidence}. pacer's runner locks and session timeouts need a session per connection: \
-         connect directly or use pool_mode = session"
+        "database.url leads to a pooler in transaction or statement mode (pgbouncer pool_mode = transaction/statement): \
+         {evidence}. pacer's session locks and timeouts would not hold: connect directly or use pool_mode = session"
     )
 }
