@@ -126,3 +126,81 @@ async fn a_runner_fenced_off_by_a_new_epoch_commits_nothing_more(pool: PgPool) {
     .unwrap();
     assert_eq!(epochs, vec![old + 2], "the next runner's own epoch");
 }
+
+/// The job's row is fenced too: a paused runner (no batch to notice the
+/// new epoch) learns it from its next save of the position, records
+/// nothing, and stands down.
+#[sqlx::test(migrations = false)]
+async fn a_paused_runner_learns_it_was_fenced_from_its_own_save(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 30_000).await;
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            batch: (200, 100, 300),
+            workers: (2, 2, 2),
+            ..Spec::default()
+        },
+    );
+    let mut run = spawn(capped(pacer(&["run"], &p)));
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(&pool, "t").await.1 > 1000
+        })
+        .await,
+        "the run did not start"
+    );
+    let out = output(pacer(&["pause"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            sqlx::query_scalar::<_, String>("SELECT state FROM pacer.jobs WHERE name = 't'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                == "paused"
+        })
+        .await,
+        "the job did not pause"
+    );
+    let frozen = counters(&pool, "t").await;
+    let (old,): (i64,) = sqlx::query_as(
+        "WITH l AS (SELECT name FROM pacer.jobs WHERE name = 't' FOR UPDATE)
+         UPDATE pacer.jobs j SET epoch = j.epoch + 1 FROM l WHERE j.name = l.name RETURNING j.epoch - 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let row_after_bump: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), run.wait())
+        .await
+        .expect("the fenced runner did not stand down within 20 s")
+        .unwrap();
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!("its epoch moved past {old}")) && stdout.contains("standing down"),
+        "{stdout}"
+    );
+    let row_now: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        row_now, row_after_bump,
+        "the fenced runner wrote the job's row"
+    );
+    assert_eq!(
+        counters(&pool, "t").await,
+        frozen,
+        "rows changed after the bump"
+    );
+}
