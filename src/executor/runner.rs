@@ -51,6 +51,10 @@ const CTL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait between two reconnection attempts during an outage.
 const RECONNECT_CAP: Duration = Duration::from_secs(2);
 
+/// How long the coordinator lets its own previous control session keep
+/// the runner lock before ending it (see `Link::reconnect`).
+const OWN_SESSION_GRACE: Duration = Duration::from_secs(5);
+
 /// The coordinator's connection: it holds the runner lock and reads the
 /// pause switch, so while it is down the job is paused.
 struct Link {
@@ -58,6 +62,9 @@ struct Link {
     /// Backend PID of the last connection, to tell our own lingering
     /// session from another runner holding the lock.
     pid: i32,
+    /// The server incarnation that PID belongs to: a PID of an earlier
+    /// incarnation is never waited on or ended.
+    incarnation: i64,
     down: Option<Down>,
     /// The target table whose lock the run holds with the runner lock
     /// (`None` with `[job] share_table = true`).
@@ -178,8 +185,27 @@ impl Link {
                 }
             }
             Ok(Some(holder)) if holder.contains(&format!("pid {} ", self.pid)) => {
-                // Our previous session has not ended yet; it will.
-                d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
+                // Our previous session has not ended yet. It ends by itself
+                // when pacer dropped a working socket, but not when the
+                // network half-opened: the server keeps it, and the runner
+                // lock with it. After a grace it is ended, like an
+                // ambiguous commit's backend; only on the same server
+                // incarnation.
+                if inc == self.incarnation && d.since.elapsed() > OWN_SESSION_GRACE {
+                    let _ = tokio::time::timeout(
+                        CTL_TIMEOUT,
+                        sqlx::query("SELECT pg_terminate_backend($1)")
+                            .bind(self.pid)
+                            .execute(&mut c),
+                    )
+                    .await;
+                    d.set_cause(format!(
+                        "control connection lost: ending the previous control session (pid {}), which still holds the runner lock",
+                        self.pid
+                    ));
+                } else {
+                    d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
+                }
                 return Reconnect::StillDown;
             }
             Ok(Some(holder)) => {
@@ -226,6 +252,7 @@ impl Link {
         );
         self.conn = Some(c);
         self.pid = pid;
+        self.incarnation = inc;
         self.epoch = new_epoch;
         self.down = None;
         Reconnect::Up { incarnation: inc }
@@ -538,6 +565,7 @@ pub async fn run(
     let mut link = Link {
         conn: Some(ctl),
         pid: ctl_pid,
+        incarnation,
         down: None,
         table: (!policy.job.share_table).then(|| target.table_q.clone()),
         epoch,
