@@ -309,10 +309,10 @@ pub struct PolicySpec<'a> {
     pub prometheus: Option<&'a str>,
 }
 
-/// Lines added to `[job]` of every chaos policy. The update below is
-/// deliberately not idempotent; when pacer gets the `[job] idempotent`
-/// key (required for such an update), this becomes `idempotent = false`.
-pub const JOB_EXTRA: &str = "";
+/// Lines added to `[job]` of every chaos policy: the update below is
+/// deliberately not idempotent (so a double shows), which pacer refuses
+/// unless the policy says it knows.
+pub const JOB_EXTRA: &str = "idempotent = false";
 
 /// The text of every chaos policy: the one place it is written.
 pub fn policy_text(s: &PolicySpec) -> String {

@@ -116,6 +116,19 @@ pub struct Job {
     /// one is already backfilling is refused at start.
     #[serde(default)]
     pub share_table: bool,
+    /// The update is idempotent: applied twice to a batch, the second
+    /// application changes nothing. On by default, and checked before the
+    /// first write (a rolled-back double apply): a run whose update is not
+    /// is refused unless this says `false`. A policy key rather than a
+    /// flag, because the knowledge must outlive one run: a resumed run, a
+    /// standby runner, or a person applying a batch by hand again must not
+    /// double-apply without having said so.
+    #[serde(default = "default_idempotent")]
+    pub idempotent: bool,
+}
+
+fn default_idempotent() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -319,6 +319,21 @@ pub fn still_pending_problem(p: &Probe) -> Option<String> {
     })
 }
 
+/// An update a second application changes rows with, in plain words: an
+/// error unless the policy says `[job] idempotent = false` (then `None`).
+pub fn not_idempotent_problem(p: &Probe, policy: &Policy) -> Option<String> {
+    (p.second > 0 && policy.job.idempotent).then(|| {
+        format!(
+            "job.update is not idempotent (set [job] idempotent = false if it must not be): applied twice to the same {} keys \
+             (rolled back), the second application changed {} rows. Add the pending condition to its WHERE (e.g. `AND {}`) \
+             so a second application changes nothing",
+            p.keys,
+            p.second,
+            crate::text::elide(&policy.job.pending, 60)
+        )
+    })
+}
+
 async fn idempotency(
     conn: &mut PgConnection,
     policy: &Policy,
@@ -349,14 +364,13 @@ async fn idempotency(
     if let Some(msg) = still_pending_problem(&p) {
         r.problems.push(msg);
     }
-    if p.second > 0 {
-        r.problems.push(format!(
-            "job.update is not idempotent: applied twice to the same {} keys, the second application changed {} rows \
-             (the first changed {}). Add the pending condition to its WHERE (e.g. `AND {}`), so a retried batch changes nothing",
-            p.keys,
-            p.second,
-            p.first,
-            crate::text::elide(&policy.job.pending, 80)
+    if let Some(msg) = not_idempotent_problem(&p, policy) {
+        r.problems.push(msg);
+    } else if p.second > 0 {
+        r.warnings.push(format!(
+            "job.update is not idempotent (a second application to the same {} keys changed {} rows); accepted because \
+             [job] idempotent = false: pacer applies each batch exactly once, but anyone re-running it by hand would double-apply",
+            p.keys, p.second
         ));
     } else {
         r.notes.push(format!(

@@ -13,15 +13,7 @@ use std::path::PathBuf;
 /// scenario, with a phrase their problem says: the test accepts them (and
 /// only them) so CI stays green while they are open; docs/RELIABILITY.md
 /// lists them. Remove an entry when its fix lands.
-const KNOWN_DEFECTS: &[(&str, &str)] = &[
-    // A read-only primary stops the run (exit 3) instead of pausing it...
-    ("read-only", "pacer gave up"),
-    // ... and the error it prints last is its failure to save its state.
-    (
-        "read-only",
-        "its last word is a failure to write its own state",
-    ),
-];
+const KNOWN_DEFECTS: &[(&str, &str)] = &[];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_faults_lose_nothing_and_double_nothing() {

@@ -131,11 +131,37 @@ async fn unusable_keys_are_refused(pool: PgPool) {
 async fn check_flags_a_non_idempotent_update_and_passes_a_good_one(pool: PgPool) {
     let url = url_of(&pool).await;
     counter_table(&pool, "t", 2000).await;
-    let (_d, p) = policy(&url, &Spec::default());
+    // Without `[job] idempotent = false`, check and run both refuse an
+    // update a second application changes, naming the key.
+    let strict = Spec {
+        idempotent: true,
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&url, &strict);
     let out = output(pacer(&["check"], &p)).await;
     assert_eq!(out.code, Some(1), "{}", out.all());
     assert!(out.stdout.contains("not idempotent"), "{}", out.stdout);
+    assert!(out.stdout.contains("idempotent = false"), "{}", out.stdout);
+    let out = run_expect(&p, 2, "not idempotent").await;
+    assert!(out.all().contains("idempotent = false"), "{}", out.all());
     nothing_written(&pool).await;
+    // Said on purpose: check warns, run applies every row exactly once.
+    let (_d, p) = policy(&url, &Spec::default());
+    let out = output(pacer(&["check"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("warning: job.update is not idempotent"),
+        "{}",
+        out.stdout
+    );
+    nothing_written(&pool).await;
+    let out = output(pacer(&["run"], &p)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 2000, 0));
+    sqlx::raw_sql("UPDATE t SET counter = 0; DROP SCHEMA pacer CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     let good = Spec {
         update: "UPDATE t SET counter = counter + 1 WHERE id = ANY($1) AND counter = 0",

@@ -44,6 +44,14 @@ pub fn run(args: &CheckArgs) -> u8 {
     };
     let result = super::block_on(async {
         let mut conn = crate::store::connect(&url, "pacer-cli").await?;
+        // Through a transaction-mode pooler nothing below would mean much
+        // (nor would `run` start).
+        if let Some(problem) = crate::store::pooler::transaction_pooler(&mut conn, &url).await? {
+            return Ok(crate::preflight::Report {
+                problems: vec![problem],
+                ..Default::default()
+            });
+        }
         crate::preflight::preflight(&mut conn, &p, args.force).await
     });
     match result {

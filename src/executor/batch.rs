@@ -29,6 +29,10 @@ pub enum Attempt {
     /// state belongs to (restart, failover): the batch must be dropped and
     /// the run resumed from the stored cursor, as after a crash.
     NewIncarnation,
+    /// Rolled back: the job's row no longer carries `epoch`, the one the
+    /// batch ran under. Unless this runner re-took the lock meanwhile
+    /// (the Job tells), another runner owns the job: never counted.
+    Fenced { epoch: i64 },
 }
 
 /// How an error should be handled.
@@ -47,7 +51,14 @@ pub fn classify(e: &sqlx::Error) -> Class {
             Some("57014") => Class::Retry(BatchError::StatementTimeout),
             // 25P03: the server ended a transaction left idle (pacer was
             // stalled); the session is gone and the batch was not applied.
-            Some(c) if c.starts_with("08") || c.starts_with("57P") || c == "25P03" => Class::Lost,
+            // 25006: the server takes no writes right now (read-only
+            // primary, a failover in progress): like an outage, a pause
+            // bounded by max_outage, not the end of the job.
+            Some(c)
+                if c.starts_with("08") || c.starts_with("57P") || c == "25P03" || c == "25006" =>
+            {
+                Class::Lost
+            }
             _ => Class::Fatal,
         },
         sqlx::Error::Io(_)
@@ -65,26 +76,84 @@ pub fn classify(e: &sqlx::Error) -> Class {
 pub const INCARNATION_SQL: &str =
     "SELECT pg_backend_pid(), (extract(epoch FROM pg_postmaster_start_time()) * 1e6)::int8";
 
-/// Bound the harm a stalled or cut-off pacer can do to live traffic: the
-/// server ends a worker's transaction left idle (pacer frozen between two
-/// statements of a batch) and notices a dead peer by itself, so row locks
-/// are never held for longer than these plus `statement_timeout`.
+/// Added to `statement_timeout` for the client-side deadline of every await
+/// on a worker's or the reader's connection. The server ends its own work
+/// by `statement_timeout`; an answer later than that plus this margin means
+/// the connection is dead or half-open, and awaiting it would stall the
+/// worker (and the batch's row locks, until the server notices) forever.
+pub const CLIENT_MARGIN: Duration = Duration::from_secs(5);
+
+/// The client-side deadline of one statement, COMMIT or connection attempt.
+pub fn client_deadline(l: &crate::policy::Limits) -> Duration {
+    l.statement_timeout + CLIENT_MARGIN
+}
+
+/// `f` within `d`, else a lost-connection error (`Class::Lost`): the
+/// connection is mid-protocol then and must be dropped, never reused.
+pub async fn within<T>(
+    d: Duration,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{what} timed out: no answer within {} (statement_timeout + {}; the connection is dead or half-open)",
+                humantime::format_duration(d),
+                humantime::format_duration(CLIENT_MARGIN)
+            ),
+        ))),
+    }
+}
+
+/// First PostgreSQL version with `transaction_timeout` (17).
+const TRANSACTION_TIMEOUT_SINCE: u32 = 170_000;
+
+/// The worker session's limits as one statement (the values are numbers
+/// pacer formats itself). They bound the harm a stalled or cut-off pacer
+/// can do to live traffic: the server ends a worker's transaction left
+/// idle (pacer frozen between two statements of a batch), and from
+/// PostgreSQL 17 any transaction outliving a batch's worst case (at most
+/// three statements, each within `statement_timeout`, with at most the
+/// idle timeout before each), and notices a dead peer by itself; so row
+/// locks are never held for longer than these. `tcp_*` are ignored on a
+/// Unix socket; `tcp_user_timeout` needs PostgreSQL 12.
+pub fn session_limits_sql(l: &crate::policy::Limits, server_version_num: u32) -> String {
+    let idle = l.idle_in_transaction_timeout.as_millis().max(1);
+    let mut sql = format!(
+        "SELECT set_config('idle_in_transaction_session_timeout', '{idle}', false),
+                set_config('tcp_keepalives_idle', '10', false),
+                set_config('tcp_keepalives_interval', '5', false),
+                set_config('tcp_keepalives_count', '3', false),
+                set_config('tcp_user_timeout', '30000', false)"
+    );
+    if server_version_num >= TRANSACTION_TIMEOUT_SINCE {
+        let tx = 3 * (l.statement_timeout.as_millis() + idle);
+        sql.push_str(&format!(
+            ",\n                set_config('transaction_timeout', '{tx}', false)"
+        ));
+    }
+    sql
+}
+
 async fn session_limits(
     c: &mut PgConnection,
     l: &crate::policy::Limits,
 ) -> Result<(), sqlx::Error> {
-    let idle = l.idle_in_transaction_timeout.as_millis().max(1).to_string();
-    // tcp_* are ignored on a Unix socket; tcp_user_timeout needs Postgres 12.
-    sqlx::query(
-        "SELECT set_config('idle_in_transaction_session_timeout', $1, false),
-                set_config('tcp_keepalives_idle', '10', false),
-                set_config('tcp_keepalives_interval', '5', false),
-                set_config('tcp_keepalives_count', '3', false),
-                set_config('tcp_user_timeout', '30000', false)",
-    )
-    .bind(idle)
-    .execute(&mut *c)
-    .await?;
+    let version = match c.server_version_num() {
+        Some(v) => v,
+        None => {
+            let v: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+                .fetch_one(&mut *c)
+                .await?;
+            v.max(0) as u32
+        }
+    };
+    sqlx::raw_sql(AssertSqlSafe(session_limits_sql(l, version)))
+        .execute(&mut *c)
+        .await?;
     Ok(())
 }
 
@@ -113,6 +182,12 @@ pub fn plain_error(e: &sqlx::Error) -> String {
         "the server is restarting"
     } else if lower.contains("timed out") {
         "no answer from the server (timed out)"
+    } else if e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "25006")
+    {
+        "the server takes no writes (read-only): waiting for a writable primary"
     } else {
         return raw;
     };
@@ -134,17 +209,31 @@ impl Writer {
     /// Connect if needed. `Ok(false)`: the server is a new incarnation.
     async fn ensure(&mut self, sh: &Shared) -> Result<bool, sqlx::Error> {
         if self.conn.is_none() {
-            let mut c = crate::store::connect(&sh.url, &sh.app_name)
-                .await
-                .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("{e:#}"))))?;
-            let (pid, incarnation): (i32, i64) =
-                sqlx::query_as(INCARNATION_SQL).fetch_one(&mut c).await?;
+            let d = client_deadline(&sh.limits);
+            let mut c = within(d, "connecting", async {
+                crate::store::connect(&sh.url, &sh.app_name)
+                    .await
+                    .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("{e:#}"))))
+            })
+            .await?;
+            let (pid, incarnation): (i32, i64) = within(
+                d,
+                "reading the server's incarnation",
+                sqlx::query_as(INCARNATION_SQL).fetch_one(&mut c),
+            )
+            .await?;
             if incarnation != sh.incarnation.load(Ordering::SeqCst) {
                 sh.restart_seen.store(true, Ordering::SeqCst);
-                let _ = c.close().await;
+                // Dropped, not closed: a close could hang on a dying server.
+                drop(c);
                 return Ok(false);
             }
-            session_limits(&mut c, &sh.limits).await?;
+            within(
+                d,
+                "setting the session's limits",
+                session_limits(&mut c, &sh.limits),
+            )
+            .await?;
             tracing::debug!(pid, "writer connected");
             self.conn = Some((c, pid));
         }
@@ -161,6 +250,7 @@ impl Writer {
         batch_id: i64,
         pass: i32,
         lock_free: bool,
+        epoch: i64,
     ) -> Attempt {
         match self.ensure(sh).await {
             Ok(true) => {}
@@ -172,7 +262,9 @@ impl Writer {
             .as_mut()
             .map(|(c, p)| (c, *p))
             .expect("connected above");
-        match run_tx(sh, conn, pid, keys, batch_id, pass, lock_free).await {
+        // The batch commits under the epoch the Job handed it out with,
+        // or not at all.
+        match run_tx(sh, conn, pid, keys, batch_id, pass, lock_free, epoch).await {
             Ok(Ok(a)) => a,
             Ok(Err(commit_err)) => {
                 self.conn = None;
@@ -192,7 +284,15 @@ impl Writer {
                 } else {
                     super::target::db_message(&e)
                 };
-                if matches!(class, Class::Lost) || conn.execute("ROLLBACK").await.is_err() {
+                if matches!(class, Class::Lost)
+                    || within(
+                        client_deadline(&sh.limits),
+                        "ROLLBACK",
+                        conn.execute("ROLLBACK"),
+                    )
+                    .await
+                    .is_err()
+                {
                     self.conn = None;
                 }
                 match class {
@@ -204,16 +304,19 @@ impl Writer {
         }
     }
 
-    /// Close the connection politely (graceful stop).
+    /// Close the connection politely (graceful stop), but never wait on a
+    /// half-open one for long.
     pub async fn close(self) {
         if let Some((c, _)) = self.conn {
-            let _ = c.close().await;
+            let _ = tokio::time::timeout(CLIENT_MARGIN, c.close()).await;
         }
     }
 }
 
 /// The transaction. Outer error: failed before COMMIT (rolled back or
-/// connection gone). Inner error: COMMIT itself failed.
+/// connection gone). Inner error: COMMIT itself failed. Every await has a
+/// client-side deadline (`client_deadline`).
+#[allow(clippy::too_many_arguments)]
 async fn run_tx(
     sh: &Shared,
     conn: &mut PgConnection,
@@ -222,20 +325,29 @@ async fn run_tx(
     batch_id: i64,
     pass: i32,
     lock_free: bool,
+    epoch: i64,
 ) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
+    let d = client_deadline(&sh.limits);
     // One round trip: the timeouts are numbers pacer formats itself.
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
-        sh.limits.lock_timeout.as_millis(),
-        sh.limits.statement_timeout.as_millis()
-    )))
-    .execute(&mut *conn)
+    within(
+        d,
+        "BEGIN",
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
+            sh.limits.lock_timeout.as_millis(),
+            sh.limits.statement_timeout.as_millis()
+        )))
+        .execute(&mut *conn),
+    )
     .await?;
     let (apply, deferred) = if lock_free {
-        let rows = keys
-            .bind(sqlx::query(AssertSqlSafe(sh.target.lock_free_sql())))
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = within(
+            d,
+            "locking the free rows",
+            keys.bind(sqlx::query(AssertSqlSafe(sh.target.lock_free_sql())))
+                .fetch_all(&mut *conn),
+        )
+        .await?;
         let mut free = sh.target.key_type.empty();
         for r in &rows {
             free.push_from(r, 0)?;
@@ -246,27 +358,39 @@ async fn run_tx(
         (keys.clone(), sh.target.key_type.empty())
     };
     if apply.is_empty() {
-        conn.execute("ROLLBACK").await?;
+        within(d, "ROLLBACK", conn.execute("ROLLBACK")).await?;
         return Ok(Ok(Attempt::Committed { rows: 0, deferred }));
     }
-    let rows = apply
-        .bind(sqlx::query(AssertSqlSafe(sh.target.update.clone())))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {} (job, batch_id, pass, first_key, last_key, keys, rows) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        sh.store.t("progress")
-    )))
-    .bind(&sh.job)
-    .bind(batch_id)
-    .bind(pass)
-    .bind(apply.first_text().unwrap_or_default())
-    .bind(apply.last_text().unwrap_or_default())
-    .bind(apply.len() as i32)
-    .bind(rows as i64)
-    .execute(&mut *conn)
-    .await?;
+    let rows = within(
+        d,
+        "job.update",
+        apply
+            .bind(sqlx::query(AssertSqlSafe(sh.target.update.clone())))
+            .execute(&mut *conn),
+    )
+    .await?
+    .rows_affected();
+    // The fencing check rides on the progress record: no extra round trip.
+    let recorded = within(
+        d,
+        "writing the progress record",
+        sqlx::query(AssertSqlSafe(sh.store.progress_insert_sql()))
+            .bind(&sh.job)
+            .bind(batch_id)
+            .bind(pass)
+            .bind(apply.first_text().unwrap_or_default())
+            .bind(apply.last_text().unwrap_or_default())
+            .bind(apply.len() as i32)
+            .bind(rows as i64)
+            .bind(epoch)
+            .execute(&mut *conn),
+    )
+    .await?
+    .rows_affected();
+    if recorded == 0 {
+        within(d, "ROLLBACK", conn.execute("ROLLBACK")).await?;
+        return Ok(Ok(Attempt::Fenced { epoch }));
+    }
 
     let armed = failpoint::arm();
     if armed.contains(&Point::BeforeCommit) {
@@ -280,9 +404,12 @@ async fn run_tx(
         });
     }
     if armed.contains(&Point::TerminateInCommit) {
-        let mut killer = crate::store::connect(&sh.url, "pacer-failpoint")
-            .await
-            .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))?;
+        let mut killer = within(d, "connecting", async {
+            crate::store::connect(&sh.url, "pacer-failpoint")
+                .await
+                .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))
+        })
+        .await?;
         let d = failpoint::delay();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
@@ -292,7 +419,7 @@ async fn run_tx(
                 .await;
         });
     }
-    let committed = conn.execute("COMMIT").await;
+    let committed = within(d, "COMMIT", conn.execute("COMMIT")).await;
     if let Err(e) = committed {
         return Ok(Err(e));
     }
@@ -328,9 +455,13 @@ pub async fn resolve_ambiguous(
     batch_id: i64,
 ) -> anyhow::Result<Resolved> {
     let t0 = std::time::Instant::now();
+    let d = client_deadline(&sh.limits);
     let mut tries = 0u32;
     let mut conn = loop {
-        match crate::store::connect(&sh.url, &sh.app_name).await {
+        let c = tokio::time::timeout(d, crate::store::connect(&sh.url, &sh.app_name))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("connecting timed out after {d:?}")));
+        match c {
             Ok(c) => break c,
             Err(e) => {
                 tries += 1;
@@ -341,36 +472,51 @@ pub async fn resolve_ambiguous(
             }
         }
     };
-    let (_, incarnation): (i32, i64) = sqlx::query_as(INCARNATION_SQL).fetch_one(&mut conn).await?;
+    let (_, incarnation): (i32, i64) = within(
+        d,
+        "reading the server's incarnation",
+        sqlx::query_as(INCARNATION_SQL).fetch_one(&mut conn),
+    )
+    .await?;
     if incarnation != sh.incarnation.load(Ordering::SeqCst) {
         // The old PID may belong to someone else now: never wait on it.
         sh.restart_seen.store(true, Ordering::SeqCst);
-        let _ = conn.close().await;
+        drop(conn);
         return Ok(Resolved::NewIncarnation);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let alive: bool =
+        let alive: bool = within(
+            d,
+            "looking for the old backend",
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
                 .bind(old_pid)
-                .fetch_one(&mut conn)
-                .await?;
+                .fetch_one(&mut conn),
+        )
+        .await?;
         if !alive {
             break;
         }
         if std::time::Instant::now() > deadline {
-            let _ = sqlx::query("SELECT pg_terminate_backend($1)")
-                .bind(old_pid)
-                .execute(&mut conn)
-                .await;
+            let _ = within(
+                d,
+                "ending the old backend",
+                sqlx::query("SELECT pg_terminate_backend($1)")
+                    .bind(old_pid)
+                    .execute(&mut conn),
+            )
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rows = sh
-        .store
-        .batch_committed(&mut conn, &sh.job, batch_id)
-        .await?;
-    let _ = conn.close().await;
+    let rows = tokio::time::timeout(d, sh.store.batch_committed(&mut conn, &sh.job, batch_id))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "looking the batch up timed out after {d:?}"
+            ))
+        })?;
+    let _ = tokio::time::timeout(CLIENT_MARGIN, conn.close()).await;
     Ok(match rows {
         Some(r) => Resolved::Committed(r as u64),
         None => Resolved::NotCommitted,
@@ -380,5 +526,63 @@ pub async fn resolve_ambiguous(
 impl Class {
     pub fn is_lost(&self) -> bool {
         matches!(self, Class::Lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> crate::policy::Limits {
+        crate::policy::Policy::from_toml(
+            "p.toml",
+            r#"
+[job]
+name = "j"
+table = "t"
+key = "id"
+pending = "x IS NULL"
+update = "UPDATE t SET x = 1 WHERE id = ANY($1) AND x IS NULL"
+[limits]
+batch_size = { start = 100, min = 10, max = 1000 }
+sleep = { start = "0ms", min = "0ms", max = "1s" }
+workers = { start = 1, min = 1, max = 2 }
+statement_timeout = "10s"
+idle_in_transaction_timeout = "2s"
+"#,
+        )
+        .unwrap()
+        .limits
+    }
+
+    #[test]
+    fn transaction_timeout_only_where_the_server_has_it() {
+        let l = limits();
+        for v in [120_000, 150_020, 160_004, 169_999] {
+            let sql = session_limits_sql(&l, v);
+            assert!(!sql.contains("transaction_timeout'"), "{v}: {sql}");
+            assert!(
+                sql.contains("'idle_in_transaction_session_timeout', '2000'"),
+                "{sql}"
+            );
+        }
+        for v in [170_000, 170_002, 180_000] {
+            let sql = session_limits_sql(&l, v);
+            // Three statements of 10 s with 2 s of idle before each.
+            assert!(
+                sql.contains("set_config('transaction_timeout', '36000', false)"),
+                "{v}: {sql}"
+            );
+            assert!(
+                sql.contains("'idle_in_transaction_session_timeout', '2000'"),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_client_deadline_outlasts_the_server_timeout() {
+        let l = limits();
+        assert_eq!(client_deadline(&l), Duration::from_secs(15));
     }
 }

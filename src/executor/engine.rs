@@ -36,17 +36,30 @@ pub async fn read(
     after: Option<String>,
     limit: u32,
 ) -> (Option<PgConnection>, ReadResult) {
+    // Every await has a deadline: a half-open connection must not leave
+    // the walk waiting forever (it is dropped and reconnected instead).
+    let deadline = super::batch::client_deadline(&sh.limits);
     let mut conn = match reader {
         Some(c) => c,
-        None => match crate::store::connect(&sh.url, &sh.app_name).await {
-            Ok(c) => c,
-            Err(e) => return (None, Err((true, format!("{e:#}")))),
+        None => match tokio::time::timeout(deadline, crate::store::connect(&sh.url, &sh.app_name))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (None, Err((true, format!("{e:#}")))),
+            Err(_) => {
+                return (
+                    None,
+                    Err((true, "connecting the reader: no answer in time".into())),
+                );
+            }
         },
     };
-    match sh
-        .target
-        .read_chunk(&mut conn, after.as_deref(), limit)
-        .await
+    match super::batch::within(
+        deadline,
+        "reading keys",
+        sh.target.read_chunk(&mut conn, after.as_deref(), limit),
+    )
+    .await
     {
         Ok(r) => (Some(conn), Ok(r)),
         Err(e) => {

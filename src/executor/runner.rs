@@ -59,6 +59,10 @@ const HOLDER_UNKNOWN: &str = "holder unknown";
 /// Longest wait between two reconnection attempts during an outage.
 const RECONNECT_CAP: Duration = Duration::from_secs(2);
 
+/// How long the coordinator lets its own previous control session keep
+/// the runner lock before ending it (see `Link::reconnect`).
+const OWN_SESSION_GRACE: Duration = Duration::from_secs(5);
+
 /// The coordinator's connection: it holds the runner lock and reads the
 /// pause switch, so while it is down the job is paused.
 struct Link {
@@ -66,10 +70,16 @@ struct Link {
     /// Backend PID of the last connection, to tell our own lingering
     /// session from another runner holding the lock.
     pid: i32,
+    /// The server incarnation that PID belongs to: a PID of an earlier
+    /// incarnation is never waited on or ended.
+    incarnation: i64,
     down: Option<Down>,
     /// The target table whose lock the run holds with the runner lock
     /// (`None` with `[job] share_table = true`).
     table: Option<String>,
+    /// The job epoch taken with the runner lock (fencing): the job's row
+    /// is written only while it still carries it.
+    epoch: i64,
 }
 
 struct Down {
@@ -118,7 +128,8 @@ impl Link {
     }
 
     /// One reconnection attempt if its backoff has passed: connect, check
-    /// the server is a primary, re-take the runner lock.
+    /// the server is a primary, re-take the runner lock and take a new
+    /// epoch (the Job learns it from `handle_link_up`).
     async fn reconnect(&mut self, url: &str, app: &str, store: &Store, job: &str) -> Reconnect {
         let Some(d) = &mut self.down else {
             return Reconnect::StillDown;
@@ -177,10 +188,31 @@ impl Link {
             Ok(Some(holder))
                 if holder.contains(&format!("pid {} ", self.pid)) || holder == HOLDER_UNKNOWN =>
             {
-                // Our previous session has not ended yet; it will. (No
-                // holder found: it ended between the two queries; a
-                // genuine other runner is named on the next attempt.)
-                d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
+                // Our previous session has not ended yet (or ended between
+                // the two queries: no holder found; a genuine other runner
+                // is named on the next attempt). It ends by itself when
+                // pacer dropped a working socket, but not when the network
+                // half-opened: the server keeps it, and the runner lock with
+                // it. After a grace it is ended, like an ambiguous commit's
+                // backend; only on the same server incarnation.
+                if holder != HOLDER_UNKNOWN
+                    && inc == self.incarnation
+                    && d.since.elapsed() > OWN_SESSION_GRACE
+                {
+                    let _ = tokio::time::timeout(
+                        CTL_TIMEOUT,
+                        sqlx::query("SELECT pg_terminate_backend($1)")
+                            .bind(self.pid)
+                            .execute(&mut c),
+                    )
+                    .await;
+                    d.set_cause(format!(
+                        "control connection lost: ending the previous control session (pid {}), which still holds the runner lock",
+                        self.pid
+                    ));
+                } else {
+                    d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
+                }
                 return Reconnect::StillDown;
             }
             Ok(Some(holder)) => {
@@ -194,13 +226,40 @@ impl Link {
                 return Reconnect::StillDown;
             }
         }
+        // Every acquisition of the runner lock takes a new epoch: a runner
+        // that held the job before, this one included, commits nothing
+        // more under the old one. Attempts fenced by this very bump come
+        // back while the link is still down: the Job applies them again
+        // under the new epoch.
+        let bumped =
+            tokio::time::timeout(2 * CTL_TIMEOUT, store.bump_epoch(&mut c, job, CTL_TIMEOUT)).await;
+        let new_epoch = match bumped {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                d.set_cause(format!(
+                    "control connection lost: taking a new job epoch failed: {}",
+                    plain_any(&e)
+                ));
+                return Reconnect::StillDown;
+            }
+            Err(_) => {
+                d.set_cause(format!(
+                    "control connection lost: taking a new job epoch took longer than {}",
+                    fmt_dur(2 * CTL_TIMEOUT)
+                ));
+                return Reconnect::StillDown;
+            }
+        };
         let outage = d.since.elapsed();
         tracing::info!(
             outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
+            epoch = new_epoch,
             "database reachable again; runner lock re-taken"
         );
         self.conn = Some(c);
         self.pid = pid;
+        self.incarnation = inc;
+        self.epoch = new_epoch;
         self.down = None;
         Reconnect::Up { incarnation: inc }
     }
@@ -318,6 +377,9 @@ pub async fn run(
     // is named apart from the workers, so `pacer:<job>` in pg_stat_activity
     // means exactly the backends writing the target table.
     let mut ctl = crate::store::connect(&url, &format!("{app}:control")).await?;
+    if let Some(problem) = crate::store::pooler::transaction_pooler(&mut ctl, &url).await? {
+        return Err(Fail::invalid(problem));
+    }
     let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;
@@ -428,6 +490,12 @@ pub async fn run(
         }
     };
     store.mark_started(&mut ctl, &job, &settings).await?;
+    // Before the progress totals are read: batches of a runner that lost
+    // the job commit before this (or not at all), so the next batch id and
+    // rows done below include them.
+    let epoch = store
+        .bump_epoch(&mut ctl, &job, policy.limits.statement_timeout)
+        .await?;
 
     let sampler =
         crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
@@ -477,7 +545,7 @@ pub async fn run(
             next_batch_id: next_id,
             incarnation,
         },
-        0,
+        epoch,
         controller.knobs().batch_size,
     );
     let engine = Arc::new(Mutex::new(Engine {
@@ -509,8 +577,10 @@ pub async fn run(
     let mut link = Link {
         conn: Some(ctl),
         pid: ctl_pid,
+        incarnation,
         down: None,
         table: (!policy.job.share_table).then(|| target.table_q.clone()),
+        epoch,
     };
     let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
     loop {
@@ -560,7 +630,7 @@ pub async fn run(
                         .lock()
                         .await
                         .job
-                        .handle_link_up(Instant::now(), incarnation, 0);
+                        .handle_link_up(Instant::now(), incarnation, link.epoch);
                 }
                 Reconnect::StandDown(msg) => {
                     tracing::error!(job = %job, "{msg}");
@@ -716,7 +786,12 @@ pub async fn run(
             // own pause) are recorded once it is back.
             unrecorded.push(decision.clone());
         }
-        while let (Some(d), Some(c)) = (unrecorded.first(), link.conn.as_mut()) {
+        // Nothing is recorded once another runner owns the job.
+        let standing_down = matches!(engine.lock().await.job.end(), Some(End::StoodDown(_)));
+        while let (Some(d), Some(c)) = (
+            unrecorded.first(),
+            link.conn.as_mut().filter(|_| !standing_down),
+        ) {
             match store.record_decision(c, &job, d).await {
                 Ok(()) => {
                     unrecorded.remove(0);
@@ -747,7 +822,7 @@ pub async fn run(
         }
         // The long-pause warnings are telemetry's; the stop after
         // job.max_pause is the Job's. Once it has ended, no WARN per tick.
-        let (job_rows, position) = {
+        let (job_rows, position, stood_down) = {
             let mut e = engine.lock().await;
             if e.job.end().is_none() {
                 let _ = telemetry.pause_check(now, paused_since, &pause_reason);
@@ -761,7 +836,11 @@ pub async fn run(
                 }
                 sh.request_stop();
             }
-            (e.job.rows(), e.job.position())
+            (
+                e.job.rows(),
+                e.job.position(),
+                matches!(e.job.end(), Some(End::StoodDown(_))),
+            )
         };
         let rows_done = rows_before as u64 + job_rows;
         let pending = row
@@ -770,7 +849,8 @@ pub async fn run(
         let line = telemetry.progress(now, rows_done, pending, state.as_str(), decision.knobs);
         // Nothing is saved on a new server incarnation until the Job's
         // state has been rebuilt from what that server has.
-        let Some(((pass, cursor), c)) = position.zip(link.conn.as_mut()) else {
+        let Some(((pass, cursor), c)) = position.filter(|_| !stood_down).zip(link.conn.as_mut())
+        else {
             if workers.is_empty() {
                 break;
             }
@@ -803,6 +883,7 @@ pub async fn run(
             .save_position(
                 c,
                 &job,
+                link.epoch,
                 state.as_str(),
                 pass,
                 cursor.as_deref(),
@@ -810,9 +891,15 @@ pub async fn run(
             )
             .await
         {
-            tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
-            if is_lost(&e) {
-                link.lose(format!("control connection lost: {e:#}"));
+            if crate::store::jobs::Fenced::is(&e) {
+                tracing::error!(job = %job, error = %e, "fenced off: standing down");
+                engine.lock().await.job.handle_stand_down(e.to_string());
+                sh.request_stop();
+            } else {
+                tracing::warn!(error = %e, "saving the position failed (it is saved again next tick)");
+                if is_lost(&e) {
+                    link.lose(format!("control connection lost: {e:#}"));
+                }
             }
         }
         if workers.is_empty() {
@@ -834,7 +921,10 @@ pub async fn run(
         });
     }
     // The end is recorded on the database, which may be down right now:
-    // wait for it (within max_outage) rather than lose the outcome.
+    // wait for it (within max_outage) rather than lose the outcome. Only
+    // under this runner's epoch: the connection may not hold the runner
+    // lock any more, and another runner may own the job by now.
+    let epoch = link.epoch;
     let mut ctl = match link.conn.take() {
         Some(c) => c,
         None => match link
@@ -877,24 +967,30 @@ pub async fn run(
     let resume = format!("pacer run --policy {}", opts.policy_path.display());
     let outcome = match &end {
         Some(End::Failed(msg)) => {
-            if let Some((pass, cursor)) = &position {
-                store
-                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
-                    .await?;
-            }
-            store.finish(&mut ctl, &job, "failed", msg).await?;
+            let unrecorded = record_end(
+                &store,
+                &mut ctl,
+                &job,
+                epoch,
+                ("failed", msg),
+                position.as_ref(),
+                &knobs,
+            )
+            .await;
             RunOutcome {
                 code: exit::FAILED,
                 summary: format!(
-                    "job {job} failed: {msg}. {total_done} rows done (progress intact); fix the cause and resume with `{resume}`"
+                    "job {job} failed: {msg}. {total_done} rows done (progress intact); fix the cause and resume with `{resume}`{unrecorded}"
                 ),
             }
         }
         Some(End::Finished(Finish::Done)) => {
             store
-                .save_position(&mut ctl, &job, "done", pass, None, &knobs)
+                .save_position(&mut ctl, &job, epoch, "done", pass, None, &knobs)
                 .await?;
-            store.finish(&mut ctl, &job, "done", "complete").await?;
+            store
+                .finish(&mut ctl, &job, epoch, "done", "complete")
+                .await?;
             // The timeline ends with the job's end, not its last tick.
             let last = store
                 .record_sample(
@@ -929,15 +1025,19 @@ pub async fn run(
                 "{keys} rows still match job.pending after job.update was applied to them, and the update changed none: \
                  the update does not clear the pending condition"
             );
-            if let Some((pass, cursor)) = &position {
-                store
-                    .save_position(&mut ctl, &job, "failed", *pass, cursor.as_deref(), &knobs)
-                    .await?;
-            }
-            store.finish(&mut ctl, &job, "failed", &msg).await?;
+            let unrecorded = record_end(
+                &store,
+                &mut ctl,
+                &job,
+                epoch,
+                ("failed", &msg),
+                position.as_ref(),
+                &knobs,
+            )
+            .await;
             RunOutcome {
                 code: exit::FAILED,
-                summary: format!("job {job} failed: {msg}"),
+                summary: format!("job {job} failed: {msg}{unrecorded}"),
             }
         }
         _ => {
@@ -950,10 +1050,18 @@ pub async fn run(
             };
             if let Some((pass, cursor)) = &position {
                 store
-                    .save_position(&mut ctl, &job, "stopped", *pass, cursor.as_deref(), &knobs)
+                    .save_position(
+                        &mut ctl,
+                        &job,
+                        epoch,
+                        "stopped",
+                        *pass,
+                        cursor.as_deref(),
+                        &knobs,
+                    )
                     .await?;
             }
-            store.finish(&mut ctl, &job, "stopped", why).await?;
+            store.finish(&mut ctl, &job, epoch, "stopped", why).await?;
             let left = left
                 .map(|n| format!("~{n}"))
                 .unwrap_or_else(|| "unknown".into());
@@ -977,6 +1085,37 @@ pub async fn run(
     }
     let _ = sqlx::Connection::close(ctl).await;
     Ok(outcome)
+}
+
+/// Record a failed run's end. The failure is what the user must see: a
+/// store that cannot be written now (the same fault, often) is reported
+/// after it, never instead of it. Returns the text to append.
+async fn record_end(
+    store: &Store,
+    ctl: &mut PgConnection,
+    job: &str,
+    epoch: i64,
+    (state, message): (&str, &str),
+    position: Option<&(i32, Option<String>)>,
+    knobs: &crate::controller::Knobs,
+) -> String {
+    let result = async {
+        if let Some((pass, cursor)) = position {
+            store
+                .save_position(ctl, job, epoch, state, *pass, cursor.as_deref(), knobs)
+                .await?;
+        }
+        store.finish(ctl, job, epoch, state, message).await
+    }
+    .await;
+    match result {
+        Ok(()) => String::new(),
+        Err(e) => {
+            let e = crate::text::message_line(&format!("{e:#}"));
+            tracing::warn!(error = %e, "recording the failure failed");
+            format!(" (recording the failure in pacer's tables failed too: {e})")
+        }
+    }
 }
 
 /// Serve `/metrics`, `/status` and the control API on `[http] listen`. A
@@ -1005,10 +1144,11 @@ async fn serve_http(
 
 /// Before the first write: apply one batch twice in a rolled-back
 /// transaction. An update that leaves its rows pending is refused (the job
-/// would never end); a non-idempotent one is only warned about, since
-/// exactly-once batches keep it safe (`pacer check` refuses it). Rows that
-/// are locked right now, or a probe that hits a transient error, are no
-/// reason to refuse a job: the batches themselves cope with both.
+/// would never end); so is a non-idempotent one, unless the policy says
+/// `[job] idempotent = false` (exactly-once batches keep it safe, but the
+/// user must know they rely on them). Rows that are locked right now, or a
+/// probe that hits a transient error, are no reason to refuse a job: the
+/// batches themselves cope with both.
 async fn probe_update(
     ctl: &mut PgConnection,
     policy: &Policy,
@@ -1020,11 +1160,14 @@ async fn probe_update(
             if let Some(msg) = crate::preflight::still_pending_problem(&p) {
                 return Err(Fail::invalid(msg));
             }
+            if let Some(msg) = crate::preflight::not_idempotent_problem(&p, policy) {
+                return Err(Fail::invalid(msg));
+            }
             if p.second > 0 {
                 tracing::warn!(
                     rows = p.second,
-                    "job.update is not idempotent (a second application changes rows); pacer applies each batch once, \
-                     but anyone re-running it by hand would double-apply. `pacer check` explains"
+                    "job.update is not idempotent (a second application changes rows); accepted ([job] idempotent = false): \
+                     pacer applies each batch once, but anyone re-running it by hand would double-apply"
                 );
             }
             Ok(())

@@ -173,61 +173,70 @@ async fn attempt(worker: u32, sh: &Shared, w: &mut Writer, a: &Apply) -> Result<
         });
     };
     let id = a.batch_id;
-    Ok(match w.attempt(sh, part, id, a.pass, a.lock_free).await {
-        Attempt::Committed { rows, deferred } => {
-            report(rows, None);
-            Outcome::Committed { rows, deferred }
-        }
-        Attempt::Ambiguous { pid, msg } => {
-            tracing::warn!(batch_id = id, error = %msg, "connection lost during COMMIT; checking whether the batch committed");
-            let since = Instant::now();
-            let resolved = loop {
-                match resolve_ambiguous(sh, pid, id).await {
-                    Ok(r) => break r,
-                    Err(e) => {
-                        if sh.stopping() {
-                            return Ok(Outcome::Lost(format!("{e:#}")));
+    Ok(
+        match w.attempt(sh, part, id, a.pass, a.lock_free, a.epoch).await {
+            Attempt::Committed { rows, deferred } => {
+                report(rows, None);
+                Outcome::Committed { rows, deferred }
+            }
+            Attempt::Ambiguous { pid, msg } => {
+                tracing::warn!(batch_id = id, error = %msg, "connection lost during COMMIT; checking whether the batch committed");
+                let since = Instant::now();
+                let resolved = loop {
+                    match resolve_ambiguous(sh, pid, id).await {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            if sh.stopping() {
+                                return Ok(Outcome::Lost(format!("{e:#}")));
+                            }
+                            if since.elapsed() > sh.max_outage() {
+                                return Err(format!(
+                                    "cannot tell whether batch {id} committed: {e:#}"
+                                ));
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
                         }
-                        if since.elapsed() > sh.max_outage() {
-                            return Err(format!("cannot tell whether batch {id} committed: {e:#}"));
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                };
+                match resolved {
+                    Resolved::Committed(rows) => {
+                        tracing::info!(
+                            batch_id = id,
+                            rows,
+                            "the batch had committed; not applying it again"
+                        );
+                        report(rows, None);
+                        Outcome::AmbiguousCommitted { rows }
+                    }
+                    Resolved::NotCommitted => {
+                        tracing::info!(batch_id = id, "the batch had not committed; retrying it");
+                        report(0, Some(BatchError::ConnectionLost));
+                        Outcome::AmbiguousNotCommitted
+                    }
+                    Resolved::NewIncarnation => Outcome::NewIncarnation,
                 }
-            };
-            match resolved {
-                Resolved::Committed(rows) => {
-                    tracing::info!(
-                        batch_id = id,
-                        rows,
-                        "the batch had committed; not applying it again"
-                    );
-                    report(rows, None);
-                    Outcome::AmbiguousCommitted { rows }
+            }
+            Attempt::NewIncarnation => Outcome::NewIncarnation,
+            // Rolled back, nothing applied: whose epoch moved is the Job's call.
+            Attempt::Fenced { .. } => {
+                report(0, None);
+                Outcome::Fenced
+            }
+            Attempt::Lost(msg) => {
+                report(0, Some(BatchError::ConnectionLost));
+                if a.retries == 0 {
+                    tracing::warn!(error = %msg, "connection lost; retrying the batch once the database is back");
                 }
-                Resolved::NotCommitted => {
-                    tracing::info!(batch_id = id, "the batch had not committed; retrying it");
-                    report(0, Some(BatchError::ConnectionLost));
-                    Outcome::AmbiguousNotCommitted
+                Outcome::Lost(msg)
+            }
+            Attempt::Retry(kind, msg) => {
+                report(0, Some(kind));
+                if kind != BatchError::LockTimeout {
+                    tracing::warn!(error = %msg, attempt = a.retries + 1, "batch failed; retrying");
                 }
-                Resolved::NewIncarnation => Outcome::NewIncarnation,
+                Outcome::Failed(kind, msg)
             }
-        }
-        Attempt::NewIncarnation => Outcome::NewIncarnation,
-        Attempt::Lost(msg) => {
-            report(0, Some(BatchError::ConnectionLost));
-            if a.retries == 0 {
-                tracing::warn!(error = %msg, "connection lost; retrying the batch once the database is back");
-            }
-            Outcome::Lost(msg)
-        }
-        Attempt::Retry(kind, msg) => {
-            report(0, Some(kind));
-            if kind != BatchError::LockTimeout {
-                tracing::warn!(error = %msg, attempt = a.retries + 1, "batch failed; retrying");
-            }
-            Outcome::Failed(kind, msg)
-        }
-        Attempt::Fatal(msg) => Outcome::Fatal(msg),
-    })
+            Attempt::Fatal(msg) => Outcome::Fatal(msg),
+        },
+    )
 }

@@ -9,6 +9,26 @@ use sqlx::{AssertSqlSafe, Row};
 use super::Store;
 use crate::controller::Knobs;
 
+/// The job's row carries a newer epoch than the runner's: another runner
+/// took the runner lock (and bumped it) since, so this one owns nothing
+/// any more and must not write the job's row or commit a batch.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another pacer took over job {job:?} (its epoch moved past {epoch}, the one this runner took); \
+     standing down: one runner per job"
+)]
+pub struct Fenced {
+    pub job: String,
+    pub epoch: i64,
+}
+
+impl Fenced {
+    /// Whether `e` (or its cause) says the runner was fenced off.
+    pub fn is(e: &anyhow::Error) -> bool {
+        e.chain().any(|c| c.downcast_ref::<Fenced>().is_some())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub name: String,
@@ -151,19 +171,71 @@ impl Store {
         Ok(())
     }
 
-    /// Where the run is: state, pass and resume cursor, knobs.
+    /// Take the job for a runner that has just acquired the runner lock:
+    /// bump its epoch and return the new one. `FOR UPDATE` first, because
+    /// the bump itself only takes FOR NO KEY UPDATE (the epoch is in no
+    /// key), which would not wait for batches holding FOR KEY SHARE: with
+    /// it, batches of an earlier epoch that already passed their check
+    /// commit before the bump, and every later check sees the new epoch.
+    /// `wait` bounds that wait on the server (`lock_timeout`).
+    pub async fn bump_epoch(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        wait: std::time::Duration,
+    ) -> anyhow::Result<i64> {
+        use sqlx::Connection as _;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(wait.as_millis().max(1).to_string())
+            .execute(&mut *tx)
+            .await?;
+        let epoch: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "WITH l AS (SELECT name FROM {t} WHERE name = $1 FOR UPDATE)
+             UPDATE {t} j SET epoch = j.epoch + 1 FROM l WHERE j.name = l.name RETURNING j.epoch",
+            t = self.t("jobs")
+        )))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        epoch.ok_or_else(|| {
+            super::Fail::failed(format!("job {name:?} is missing from pacer's tables"))
+        })
+    }
+
+    /// `INSERT` of a batch's progress record that writes nothing unless the
+    /// job still carries the batch's epoch (`$8`). `FOR KEY SHARE` makes a
+    /// concurrent `bump_epoch` wait for this transaction, and this check
+    /// wait for a bump in progress (then see its new epoch); it conflicts
+    /// neither with the per-tick `save_position` nor with other batches,
+    /// and the foreign key takes the same lock anyway. 0 rows = fenced.
+    pub fn progress_insert_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (job, batch_id, pass, first_key, last_key, keys, rows, epoch)
+             SELECT $1, $2, $3, $4, $5, $6, $7, epoch FROM {} WHERE name = $1 AND epoch = $8 FOR KEY SHARE",
+            self.t("progress"),
+            self.t("jobs")
+        )
+    }
+
+    /// Where the run is: state, pass and resume cursor, knobs. Written only
+    /// while the row carries the runner's `epoch` (else `Fenced`): a runner
+    /// that lost the job must not move another runner's cursor.
+    #[allow(clippy::too_many_arguments)]
     pub async fn save_position(
         &self,
         conn: &mut PgConnection,
         name: &str,
+        epoch: i64,
         state: &str,
         pass: i32,
         cursor: Option<&str>,
         knobs: &Knobs,
     ) -> anyhow::Result<()> {
-        sqlx::query(AssertSqlSafe(format!(
+        let n = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {} SET state = $2, pass = $3, cursor_key = $4, knobs = $5, updated_at = now()
-             WHERE name = $1",
+             WHERE name = $1 AND epoch = $6",
             self.t("jobs")
         )))
         .bind(name)
@@ -171,31 +243,37 @@ impl Store {
         .bind(pass)
         .bind(cursor)
         .bind(serde_json::to_value(knobs)?)
+        .bind(epoch)
         .execute(&mut *conn)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        fenced_if_none(n, name, epoch)
     }
 
-    /// A final state (`done`, `stopped`, `failed`) with its message.
+    /// A final state (`done`, `stopped`, `failed`) with its message; like
+    /// `save_position`, only under the runner's `epoch`.
     pub async fn finish(
         &self,
         conn: &mut PgConnection,
         name: &str,
+        epoch: i64,
         state: &str,
         message: &str,
     ) -> anyhow::Result<()> {
-        sqlx::query(AssertSqlSafe(format!(
+        let n = sqlx::query(AssertSqlSafe(format!(
             "UPDATE {} SET state = $2, message = $3, updated_at = now(),
                     finished_at = CASE WHEN $2 = 'done' THEN now() ELSE finished_at END
-             WHERE name = $1",
+             WHERE name = $1 AND epoch = $4",
             self.t("jobs")
         )))
         .bind(name)
         .bind(state)
         .bind(message)
+        .bind(epoch)
         .execute(&mut *conn)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        fenced_if_none(n, name, epoch)
     }
 
     /// Rows changed by committed batches, and the next free batch id.
@@ -249,6 +327,17 @@ impl Store {
         .fetch_optional(&mut *conn)
         .await?)
     }
+}
+
+fn fenced_if_none(rows: u64, job: &str, epoch: i64) -> anyhow::Result<()> {
+    if rows == 0 {
+        return Err(Fenced {
+            job: job.to_string(),
+            epoch,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

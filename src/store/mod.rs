@@ -9,6 +9,7 @@ pub mod control;
 pub mod decisions;
 pub mod history;
 pub mod jobs;
+pub mod pooler;
 pub mod samples;
 
 use std::time::Duration;

@@ -172,7 +172,7 @@ name = "{job}"
 table = "{table}"
 key = "id"
 pending = "status IS NULL"
-update = "UPDATE {table} SET status = 'x' WHERE id = ANY($1)"
+update = "UPDATE {table} SET status = 'x' WHERE id = ANY($1) AND status IS NULL"
 
 [database]
 url = "{primary}/{TEST_DB}"

@@ -40,6 +40,10 @@ pub struct Spec<'a> {
     pub lock_timeout_ms: u64,
     pub statement_timeout_ms: u64,
     pub max_retries: u32,
+    /// `[job] idempotent`. Off by default: the default update increments
+    /// a counter without a guard, on purpose (a batch applied twice shows
+    /// as 2), and says so.
+    pub idempotent: bool,
     pub extra: &'a str,
 }
 
@@ -58,6 +62,7 @@ impl Default for Spec<'_> {
             lock_timeout_ms: 1000,
             statement_timeout_ms: 10000,
             max_retries: 5,
+            idempotent: false,
             extra: "",
         }
     }
@@ -75,6 +80,7 @@ table = "{table}"
 key = "{key}"
 pending = "{pending}"
 update = "{update}"
+{idempotent}
 
 [database]
 url = "{url}"
@@ -110,6 +116,11 @@ hold_after_resume = "1s"
         lt = s.lock_timeout_ms,
         st = s.statement_timeout_ms,
         mr = s.max_retries,
+        idempotent = if s.idempotent {
+            ""
+        } else {
+            "idempotent = false"
+        },
         extra = s.extra,
     );
     // Every run serves HTTP: give each policy a port of its own, so tests

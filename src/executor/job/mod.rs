@@ -245,9 +245,12 @@ impl Job {
                 self.restarted();
                 return;
             }
-            Outcome::Fenced if run.epoch < self.epoch => {
+            Outcome::Fenced if run.epoch < self.epoch || self.gate.down.is_some() => {
                 // Fenced by our own later acquisition of the runner lock
-                // (after an outage): not applied, try again as ourselves.
+                // (after an outage; while the link is down the new epoch
+                // may be being taken right now, and if another runner took
+                // the lock instead, re-taking it fails and the job stands
+                // down then): not applied, try again as ourselves.
                 if let Some(b) = self.batches.get_mut(&run.batch) {
                     b.again_now();
                 }
@@ -255,7 +258,7 @@ impl Job {
             }
             Outcome::Fenced => {
                 self.set_end(End::StoodDown(format!(
-                    "another runner fenced this one off (the job's epoch moved past {}); \
+                    "another pacer took over the job (its epoch moved past {}, the one this runner took); \
                      standing down: one runner per job",
                     run.epoch
                 )));
