@@ -16,13 +16,15 @@ use std::time::Instant;
 use sqlx::postgres::PgConnection;
 
 use super::Shared;
-use super::job::{Chunk, Event, Job};
+use super::job::{Chunk, End, Event, Job};
 use super::keys::Keys;
 
 pub struct Engine {
     pub job: Job,
     /// The reader's own connection; `None` after it broke.
     pub reader: Option<PgConnection>,
+    /// Why the job ended has been logged (by whichever task saw it first).
+    pub end_logged: bool,
 }
 
 /// What reading a chunk came to: `Err((lost, message))` on failure.
@@ -100,6 +102,24 @@ impl Engine {
     }
 
     /// Log what the Job has to say.
+    /// Whether the Job has ended; the first call that sees it logs why a
+    /// failed or fenced run ended, so the cause reaches the log whichever
+    /// task (a worker, the tick) noticed first.
+    pub fn ended(&mut self) -> bool {
+        let Some(end) = self.job.end() else {
+            return false;
+        };
+        if !self.end_logged {
+            self.end_logged = true;
+            match end {
+                End::Failed(msg) => tracing::error!(error = %msg, "stopping the job"),
+                End::StoodDown(msg) => tracing::error!(error = %msg, "standing down"),
+                _ => {}
+            }
+        }
+        true
+    }
+
     pub fn log_events(&mut self) {
         while let Some(e) = self.job.poll_event() {
             match e {

@@ -551,6 +551,7 @@ pub async fn run(
     let engine = Arc::new(Mutex::new(Engine {
         job: the_job,
         reader: Some(reader),
+        end_logged: false,
     }));
     let (cmd_tx, cmd_rx) = watch::channel(Command {
         knobs: controller.knobs(),
@@ -633,7 +634,6 @@ pub async fn run(
                         .handle_link_up(Instant::now(), incarnation, link.epoch);
                 }
                 Reconnect::StandDown(msg) => {
-                    tracing::error!(job = %job, "{msg}");
                     // Batches in hand are dropped, not retried: another
                     // runner owns the job now.
                     engine.lock().await.job.handle_stand_down(msg);
@@ -828,12 +828,7 @@ pub async fn run(
                 let _ = telemetry.pause_check(now, paused_since, &pause_reason);
             }
             e.job.handle_tick(Instant::now());
-            if let Some(end) = e.job.end() {
-                if !sh.stopping()
-                    && let End::Failed(msg) = end
-                {
-                    tracing::error!(error = %msg, "stopping the job");
-                }
+            if e.ended() {
                 sh.request_stop();
             }
             (
@@ -892,7 +887,6 @@ pub async fn run(
             .await
         {
             if crate::store::jobs::Fenced::is(&e) {
-                tracing::error!(job = %job, error = %e, "fenced off: standing down");
                 engine.lock().await.job.handle_stand_down(e.to_string());
                 sh.request_stop();
             } else {

@@ -102,7 +102,7 @@ pub async fn run(
             });
             e.job.handle_outcome(Instant::now(), apply.batch_id, o);
             e.log_events();
-            if e.job.end().is_some() {
+            if e.ended() {
                 sh.request_stop();
             }
         }
