@@ -1,7 +1,5 @@
 use crate::cli::{PauseArgs, ResumeArgs, exit};
-use crate::policy::Policy;
 use crate::store::control::{clean, operator};
-use crate::store::{Fail, Store, database_url};
 
 pub fn pause(args: &PauseArgs) -> u8 {
     let (_, reason) = clean("", args.reason.as_deref().unwrap_or(""));
@@ -20,7 +18,7 @@ fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
     };
     let result = super::block_on(async {
         let by = operator();
-        set_switch(&policy, paused, &by, reason).await?;
+        crate::store::control::set_switch(&policy, paused, &by, reason).await?;
         Ok(by)
     });
     match result {
@@ -47,25 +45,4 @@ fn flip(path: &std::path::Path, paused: bool, reason: &str) -> u8 {
         }
         Err(e) => super::print_error("error: ", &e),
     }
-}
-
-/// Flip the pause switch as `by`; `pacer pause`/`resume` and `POST
-/// /pause`/`/resume` all go through here so they act the same.
-pub async fn set_switch(
-    policy: &Policy,
-    paused: bool,
-    by: &str,
-    reason: &str,
-) -> anyhow::Result<()> {
-    let url = database_url(policy).ok_or_else(|| {
-        Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
-    })?;
-    let mut conn = crate::store::connect(&url, "pacer-cli").await?;
-    let store = Store::for_policy(policy);
-    store.migrate(&mut conn).await?;
-    store
-        .set_paused(&mut conn, &policy.job.name, paused, by, reason)
-        .await?;
-    let _ = sqlx::Connection::close(conn).await;
-    Ok(())
 }

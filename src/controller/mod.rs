@@ -69,6 +69,64 @@ pub struct SignalLevels {
     pub repeat_after: Duration,
 }
 
+/// Each signal of `policy` resolved once: its levels against `baselines`
+/// (by signal name, falling back to a signal's fixed `baseline` key), its
+/// measurement delay and smoothing. The controller runs on these, and a
+/// report draws the same levels without building a controller.
+pub fn resolve_levels(
+    policy: &Policy,
+    baselines: &std::collections::BTreeMap<String, f64>,
+) -> Result<Vec<SignalLevels>, ControllerError> {
+    let mut signals = Vec::new();
+    let scrape = policy.prometheus.scrape_interval.unwrap_or(DEFAULT_SCRAPE);
+    for s in &policy.signals {
+        let (delay, smoothing) = delay_of(s, &policy.controller, scrape);
+        // Only a Prometheus value repeats between scrapes.
+        let repeat_after = if s.prometheus.is_some() {
+            scrape.saturating_mul(3) / 2
+        } else {
+            Duration::ZERO
+        };
+        let baseline = baselines.get(&s.name).copied().or(s.baseline);
+        let resolve =
+            |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
+                match lvl {
+                    None => Ok(None),
+                    Some(l) => l.resolve(baseline).map(Some).ok_or_else(|| {
+                        ControllerError::MissingBaseline {
+                            signal: s.name.clone(),
+                            level: l.to_string(),
+                        }
+                    }),
+                }
+            };
+        let (slow, stop) = if s.is_http() {
+            // 0 = 2xx, 1 = anything else: stop at once.
+            (None, Some(0.5))
+        } else {
+            (resolve(s.slow_above)?, resolve(s.stop_above)?)
+        };
+        signals.push(SignalLevels {
+            name: s.name.clone(),
+            slow,
+            stop,
+            baseline,
+            slow_expr: s.slow_above.map(|l| l.to_string()),
+            stop_expr: s.stop_above.map(|l| l.to_string()),
+            stop_for: s.stop_for,
+            on_missing: s.on_missing,
+            lock_bound: matches!(
+                s.sim_kind(),
+                Some("lock_waiters" | "blocked_by_pacer" | "ddl_waiting")
+            ),
+            delay,
+            smoothing,
+            repeat_after,
+        });
+    }
+    Ok(signals)
+}
+
 /// Default scrape interval of Prometheus, when the policy does not say.
 const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
 
@@ -211,53 +269,7 @@ impl Controller {
         policy: &Policy,
         baselines: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Controller, ControllerError> {
-        let mut signals = Vec::new();
-        let scrape = policy.prometheus.scrape_interval.unwrap_or(DEFAULT_SCRAPE);
-        for s in &policy.signals {
-            let (delay, smoothing) = delay_of(s, &policy.controller, scrape);
-            // Only a Prometheus value repeats between scrapes.
-            let repeat_after = if s.prometheus.is_some() {
-                scrape.saturating_mul(3) / 2
-            } else {
-                Duration::ZERO
-            };
-            let baseline = baselines.get(&s.name).copied().or(s.baseline);
-            let resolve =
-                |lvl: Option<crate::policy::Level>| -> Result<Option<f64>, ControllerError> {
-                    match lvl {
-                        None => Ok(None),
-                        Some(l) => l.resolve(baseline).map(Some).ok_or_else(|| {
-                            ControllerError::MissingBaseline {
-                                signal: s.name.clone(),
-                                level: l.to_string(),
-                            }
-                        }),
-                    }
-                };
-            let (slow, stop) = if s.is_http() {
-                // 0 = 2xx, 1 = anything else: stop at once.
-                (None, Some(0.5))
-            } else {
-                (resolve(s.slow_above)?, resolve(s.stop_above)?)
-            };
-            signals.push(SignalLevels {
-                name: s.name.clone(),
-                slow,
-                stop,
-                baseline,
-                slow_expr: s.slow_above.map(|l| l.to_string()),
-                stop_expr: s.stop_above.map(|l| l.to_string()),
-                stop_for: s.stop_for,
-                on_missing: s.on_missing,
-                lock_bound: matches!(
-                    s.sim_kind(),
-                    Some("lock_waiters" | "blocked_by_pacer" | "ddl_waiting")
-                ),
-                delay,
-                smoothing,
-                repeat_after,
-            });
-        }
+        let signals = resolve_levels(policy, baselines)?;
         let growth_delay = signals
             .iter()
             .map(|s| s.delay)

@@ -46,7 +46,7 @@ impl StoreControl {
             }));
         }
         let stored =
-            crate::commands::pause::set_switch(&self.policy, paused, &by, &req.reason).await;
+            crate::store::control::set_switch(&self.policy, paused, &by, &req.reason).await;
         if let Err(e) = stored {
             if !(paused && self.local.is_some()) {
                 return Err(e);
@@ -78,7 +78,7 @@ impl StoreControl {
 
 impl Control for StoreControl {
     fn status(&self) -> BoxFuture<'_, anyhow::Result<Value>> {
-        crate::commands::status::status_json(&self.policy).boxed()
+        crate::store::status::status_json(&self.policy).boxed()
     }
 
     fn pause(&self, req: ControlRequest) -> BoxFuture<'_, anyhow::Result<Value>> {

@@ -22,7 +22,7 @@ use super::job::{self, End, Finish, Job, StoreIo, Stored};
 use super::target::Target;
 use super::{Command, Shared};
 use crate::cli::exit;
-use crate::controller::{Controller, Inputs, ManualPause, State};
+use crate::controller::{Controller, Inputs, ManualPause, State, fmt_dur};
 use crate::policy::Policy;
 use crate::store::jobs::NewJob;
 use crate::store::{Fail, Store, database_url, runner_app_name};
@@ -1328,8 +1328,4 @@ async fn dry_run(
         code: exit::OK,
         summary: "dry run: nothing written".into(),
     })
-}
-
-fn fmt_dur(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }

@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::Store;
+use super::{Fail, Store, database_url};
+use crate::policy::Policy;
 use crate::text::operator_text;
 
 /// Longest pause reason kept, in characters: a sentence, not a document.
@@ -96,4 +97,25 @@ pub fn operator() -> String {
         format!("{user}@{host}")
     };
     operator_text(&who, MAX_BY)
+}
+
+/// Flip the pause switch as `by`; `pacer pause`/`resume` and `POST
+/// /pause`/`/resume` all go through here so they act the same.
+pub async fn set_switch(
+    policy: &Policy,
+    paused: bool,
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let url = database_url(policy).ok_or_else(|| {
+        Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
+    })?;
+    let mut conn = super::connect(&url, "pacer-cli").await?;
+    let store = Store::for_policy(policy);
+    store.migrate(&mut conn).await?;
+    store
+        .set_paused(&mut conn, &policy.job.name, paused, by, reason)
+        .await?;
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
 }

@@ -8,7 +8,7 @@ use sqlx::postgres::PgConnection;
 
 use super::Store;
 use super::decisions::StoredDecision;
-use crate::controller::{Action, BatchError, Cause, Controller, Decision, Knobs, State};
+use crate::controller::{Action, BatchError, Cause, Decision, Knobs, State};
 use crate::history::{History, SignalInfo};
 use crate::policy::Policy;
 
@@ -25,9 +25,9 @@ impl Store {
         let mut stored = self.decisions(conn, job, i64::MAX).await?;
         stored.reverse();
         let decisions: Vec<Decision> = stored.iter().filter_map(decision_from_stored).collect();
-        let signals = Controller::new(policy, baselines)
-            .map(|c| {
-                c.levels()
+        let signals = crate::controller::resolve_levels(policy, baselines)
+            .map(|levels| {
+                levels
                     .iter()
                     .map(|l| SignalInfo {
                         name: l.name.clone(),

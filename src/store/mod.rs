@@ -11,6 +11,7 @@ pub mod history;
 pub mod jobs;
 pub mod pooler;
 pub mod samples;
+pub mod status;
 
 use std::time::Duration;
 

@@ -29,6 +29,8 @@ mod walk;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::controller::fmt_dur;
+
 pub use io::{Apply, Chunk, Config, End, Event, Io, Outcome, StoreIo, Stored};
 pub use walk::Finish;
 
@@ -541,8 +543,4 @@ impl Job {
             self.end = Some(e);
         }
     }
-}
-
-fn fmt_dur(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
 }
