@@ -55,21 +55,9 @@ async fn a_runner_fenced_off_by_a_new_epoch_commits_nothing_more(pool: PgPool) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let row_after_bump: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let row_after_bump = job_row(&pool).await;
 
-    let status = tokio::time::timeout(Duration::from_secs(30), run.wait())
-        .await
-        .expect("the fenced runner did not stand down within 30 s")
-        .unwrap();
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(3), "{stdout}");
+    let stdout = stood_down(&mut run, 30).await;
     assert!(
         stdout.contains("another pacer took over") && stdout.contains("standing down"),
         "{stdout}"
@@ -93,11 +81,7 @@ async fn a_runner_fenced_off_by_a_new_epoch_commits_nothing_more(pool: PgPool) {
             .unwrap();
     assert_eq!(newer, 0, "the fenced runner took the new epoch");
     // Nothing recorded on the job's row either.
-    let row_now: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let row_now = job_row(&pool).await;
     assert_eq!(
         row_now, row_after_bump,
         "the fenced runner wrote the job's row"
@@ -171,29 +155,13 @@ async fn a_paused_runner_learns_it_was_fenced_from_its_own_save(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    let row_after_bump: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(20), run.wait())
-        .await
-        .expect("the fenced runner did not stand down within 20 s")
-        .unwrap();
-    let mut stdout = String::new();
-    tokio::io::AsyncReadExt::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout)
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(3), "{stdout}");
+    let row_after_bump = job_row(&pool).await;
+    let stdout = stood_down(&mut run, 20).await;
     assert!(
         stdout.contains(&format!("its epoch moved past {old}")) && stdout.contains("standing down"),
         "{stdout}"
     );
-    let row_now: (String, Option<String>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let row_now = job_row(&pool).await;
     assert_eq!(
         row_now, row_after_bump,
         "the fenced runner wrote the job's row"
@@ -203,4 +171,28 @@ async fn a_paused_runner_learns_it_was_fenced_from_its_own_save(pool: PgPool) {
         frozen,
         "rows changed after the bump"
     );
+}
+
+/// The job row's state, cursor and last write: a fenced runner must leave
+/// them as they were.
+async fn job_row(pool: &PgPool) -> (String, Option<String>, chrono::DateTime<chrono::Utc>) {
+    sqlx::query_as("SELECT state, cursor_key, updated_at FROM pacer.jobs WHERE name = 't'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Wait for the fenced runner to exit and return what it printed; it must
+/// exit 3 within `secs` seconds.
+async fn stood_down(run: &mut tokio::process::Child, secs: u64) -> String {
+    let status = tokio::time::timeout(Duration::from_secs(secs), run.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the fenced runner did not stand down within {secs} s"))
+        .unwrap();
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(run.stdout.as_mut().unwrap(), &mut stdout)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{stdout}");
+    stdout
 }

@@ -66,36 +66,11 @@ fn print_text(v: &serde_json::Value) {
             d.get("summary").and_then(|x| x.as_str()).unwrap_or("")
         );
     }
-    if let Some(c) = v["controller"].as_object() {
-        let n = |x: &serde_json::Value| {
-            x.as_f64()
-                .map(|f| format!("{}", (f * 1000.0).round() / 1000.0))
-                .unwrap_or_else(|| "-".into())
-        };
-        let signals = c
-            .get("signals")
-            .and_then(|s| s.as_array())
-            .map(|a| {
-                a.iter()
-                    .map(|s| {
-                        format!(
-                            "{} {} (raw {}, delay {})",
-                            s["name"].as_str().unwrap_or("?"),
-                            n(&s["estimate"]),
-                            n(&s["raw"]),
-                            s["delay"].as_str().unwrap_or("-")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
+    if let Ok(c) = serde_json::from_value::<crate::controller::View>(v["controller"].clone()) {
         println!(
-            "  controller: target {} rows/s; estimates {signals}",
-            c.get("target_rate")
-                .and_then(|x| x.as_f64())
-                .map(|r| format!("{r:.0}"))
-                .unwrap_or_else(|| "-".into())
+            "  controller: target {:.0} rows/s; estimates {}",
+            c.target_rate,
+            c.signals_line()
         );
     }
     if let Some(p) = v["paused_by"].as_object() {

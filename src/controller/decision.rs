@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Knobs, Time};
 use crate::policy::OnMissing;
@@ -225,7 +225,7 @@ pub struct Decision {
 /// The controller's view at one tick, for operators: a decision is only
 /// explainable next to the estimates it judged, how late each signal shows a
 /// change, and the rate the knobs aim at.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct View {
     /// Rows/s the knobs aim at with the learned time per row; 0 while paused.
     pub target_rate: f64,
@@ -233,7 +233,7 @@ pub struct View {
     pub signals: Vec<SignalView>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalView {
     pub name: String,
     pub raw: Option<f64>,

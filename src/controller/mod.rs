@@ -128,7 +128,7 @@ pub fn resolve_levels(
 }
 
 /// Default scrape interval of Prometheus, when the policy does not say.
-const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
+pub const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
 
 /// Counting window of Poisson-like count signals.
 const COUNT_WINDOW: Duration = Duration::from_secs(30);

@@ -248,7 +248,7 @@ impl std::fmt::Display for ScrapeInterval {
 /// queries read (by their `job="…"` matchers, or all active targets), else
 /// 15 s. `None` when the policy has no Prometheus signal.
 pub async fn resolve_scrape_interval(policy: &crate::policy::Policy) -> Option<ScrapeInterval> {
-    const DEFAULT: Duration = Duration::from_secs(15);
+    const DEFAULT: Duration = crate::controller::DEFAULT_SCRAPE;
     let queries: Vec<&str> = policy
         .signals
         .iter()

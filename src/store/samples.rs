@@ -110,48 +110,29 @@ impl Store {
                 let knobs: serde_json::Value = r.try_get("knobs")?;
                 let signals: serde_json::Value = r.try_get("signals")?;
                 let rows_done: i64 = r.try_get("rows_done")?;
-                let view: Option<serde_json::Value> = r.try_get("controller")?;
-                let view = view.map(|v| StoredView::from(&v)).unwrap_or_default();
-                Ok(crate::history::Sample {
+                // A view this pacer cannot read (a future format) is left
+                // out rather than failing the report.
+                let view: Option<crate::controller::View> = r
+                    .try_get::<Option<serde_json::Value>, _>("controller")?
+                    .and_then(|v| serde_json::from_value(v).ok());
+                let sample = crate::history::Sample {
                     at: r.try_get("at")?,
                     state: r.try_get("state")?,
                     knobs: serde_json::from_value(knobs)?,
                     rows_per_second: r.try_get("rows_per_second")?,
                     rows_done: rows_done.max(0) as u64,
                     signals: serde_json::from_value(signals).unwrap_or_default(),
-                    estimates: view.estimates,
-                    target_rate: view.target_rate,
+                    estimates: Default::default(),
+                    target_rate: None,
+                };
+                Ok(match &view {
+                    Some(v) => sample.with_view(v),
+                    None => sample,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         recent_rates(&mut samples, RATE_WINDOW);
         Ok(samples)
-    }
-}
-
-/// The parts of a stored `View` the timeline draws; anything unreadable
-/// (a future format) is left out rather than failing the report.
-#[derive(Default)]
-struct StoredView {
-    estimates: std::collections::BTreeMap<String, Option<f64>>,
-    target_rate: Option<f64>,
-}
-
-impl From<&serde_json::Value> for StoredView {
-    fn from(v: &serde_json::Value) -> StoredView {
-        StoredView {
-            estimates: v["signals"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| {
-                            Some((s["name"].as_str()?.to_string(), s["estimate"].as_f64()))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            target_rate: v["target_rate"].as_f64(),
-        }
     }
 }
 
