@@ -99,8 +99,21 @@ pub fn parse_url(url: &str) -> anyhow::Result<PgConnectOptions> {
     })
 }
 
+/// Settings every pacer session takes at connect (see `connect`).
+const KEEPALIVE_SETTINGS: [(&str, &str); 5] = [
+    ("client_connection_check_interval", "1000"),
+    ("tcp_keepalives_idle", "10"),
+    ("tcp_keepalives_interval", "5"),
+    ("tcp_keepalives_count", "3"),
+    ("tcp_user_timeout", "30000"),
+];
+
 /// Open one connection. `client_connection_check_interval` makes a backend
-/// notice a killed client within a second instead of finishing its query.
+/// notice a killed client within a second instead of finishing its query;
+/// the server-side keepalives end a session whose client went silent (a
+/// partition, a host gone without a FIN) in about 25 s instead of the
+/// OS's two hours, so a control session's runner lock does not outlive
+/// the runner by hours (the worker sessions add their own limits).
 pub async fn connect(url: &str, app_name: &str) -> anyhow::Result<PgConnection> {
     let opts = parse_url(url)?;
     let opts = opts.application_name(app_name);
@@ -108,10 +121,16 @@ pub async fn connect(url: &str, app_name: &str) -> anyhow::Result<PgConnection> 
         .await
         .map_err(|e| Fail::failed(format!("cannot connect to {}: {e}", redact::url(url))))?;
     set_nodelay_on_tcp_sockets();
-    // Postgres 14+; older servers just lack the safety net.
-    let _ = conn
-        .execute("SELECT set_config('client_connection_check_interval', '1000', false)")
-        .await;
+    // Each setting on its own: `client_connection_check_interval` needs
+    // Postgres 14, `tcp_user_timeout` 12; an older server just lacks that
+    // safety net. `tcp_*` are ignored on a Unix socket.
+    for (name, value) in KEEPALIVE_SETTINGS {
+        let _ = sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut conn)
+            .await;
+    }
     Ok(conn)
 }
 
