@@ -626,11 +626,19 @@ pub async fn run(
             match link.reconnect(&url, &app, &store, &job).await {
                 Reconnect::StillDown => {}
                 Reconnect::Up { incarnation } => {
+                    // The reader's idle connection took the same path as
+                    // the control session that was lost: replace it now,
+                    // or the next read would find it dead only after its
+                    // client deadline (a half-open path: 7 s and more).
+                    let fresh =
+                        tokio::time::timeout(CTL_TIMEOUT, crate::store::connect(&url, &app))
+                            .await
+                            .ok()
+                            .and_then(Result::ok);
+                    let mut e = engine.lock().await;
+                    e.reader = fresh;
                     // A new incarnation makes the Job discard its state.
-                    engine
-                        .lock()
-                        .await
-                        .job
+                    e.job
                         .handle_link_up(Instant::now(), incarnation, link.epoch);
                 }
                 Reconnect::StandDown(msg) => {
