@@ -156,6 +156,15 @@ impl KeySpace {
     }
 
     fn apply_run(&mut self, s: i64, e: i64) -> u64 {
+        // The usual case: right after the run before it, nothing after.
+        if self.applied.range(s..=e).next().is_none()
+            && let Some((_, end)) = self.applied.range_mut(..s).next_back()
+            && *end == s
+        {
+            *end = e;
+            self.applied_rows += (e - s) as u64;
+            return (e - s) as u64;
+        }
         let (mut lo, mut hi) = (s, e);
         let mut overlap = 0;
         // Runs that overlap or touch [s, e): merged into one.
@@ -255,6 +264,9 @@ pub struct Dispatch {
     lock_timeout: Duration,
     noise_sd: f64,
     rng: ChaCha8Rng,
+    /// Collect each attempt's outcome for the controller (fixed loops
+    /// have none to tell).
+    pub report: bool,
     pub stats: DispatchStats,
 }
 
@@ -302,6 +314,7 @@ impl Dispatch {
             lock_timeout: l.lock_timeout,
             noise_sd: model.backfill.time_noise,
             rng,
+            report: true,
             stats: DispatchStats {
                 table_rows,
                 ..Default::default()
@@ -339,23 +352,39 @@ impl Dispatch {
         let mut done = Vec::new();
         let mut limited = false;
         let workers = env.knobs.workers as usize;
+        let mut ending: Vec<(Duration, usize)> = Vec::new();
         let mut t = t0;
-        let mut guard = 0u32;
         loop {
-            guard += 1;
-            debug_assert!(guard < 10_000_000, "the dispatch loop does not advance");
-            // Start what can start at `t`, worker by worker.
+            // Attempts ended by `t`, in the order they end.
+            ending.clear();
+            for (i, s) in self.slots.iter().enumerate() {
+                if let Slot::Busy(f) = s
+                    && f.end <= t
+                {
+                    ending.push((f.end, i));
+                }
+            }
+            ending.sort_unstable();
+            for &(_, idx) in &ending {
+                let o = self.finish(idx, env);
+                if self.report {
+                    done.push(o);
+                }
+            }
+            // Start what can start at `t`, worker by worker, and find the
+            // next thing that happens before the tick's end.
             let mut waiting = false;
+            let mut next = t1;
             for idx in 0..self.slots.len() {
                 if let Slot::Quota(_, begin, _) = &self.slots[idx]
                     && *begin <= t
                 {
                     self.begin(idx, t, env);
                 }
+                let runs = idx < workers && !env.paused;
                 if let Slot::Idle(free) = self.slots[idx]
                     && free <= t
-                    && idx < workers
-                    && !env.paused
+                    && runs
                 {
                     match self.take(idx, t, env) {
                         Some(l) => limited |= l,
@@ -367,20 +396,14 @@ impl Dispatch {
                         }
                     }
                 }
-            }
-            self.events(t);
-            // The next thing that happens before the tick's end.
-            let mut next = t1;
-            for (idx, s) in self.slots.iter().enumerate() {
-                match s {
+                match &self.slots[idx] {
                     Slot::Busy(f) => next = next.min(f.end),
                     Slot::Quota(_, b, _) => next = next.min(*b),
-                    Slot::Idle(free) if *free > t && idx < workers && !env.paused => {
-                        next = next.min(*free)
-                    }
+                    Slot::Idle(free) if *free > t && runs => next = next.min(*free),
                     Slot::Idle(_) => {}
                 }
             }
+            self.events();
             if waiting && let Some(w) = self.job.poll_timeout() {
                 let w = w.saturating_duration_since(self.base);
                 next = next.min(w.max(t + Duration::from_millis(5)));
@@ -389,22 +412,8 @@ impl Dispatch {
                 break;
             }
             t = next;
-            // Attempts ending by `t`, in the order they end.
-            loop {
-                let first = self
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| match s {
-                        Slot::Busy(f) if f.end <= t => Some((f.end, i)),
-                        _ => None,
-                    })
-                    .min();
-                let Some((_, idx)) = first else { break };
-                done.push(self.finish(idx, env));
-            }
         }
-        self.events(t1);
+        self.events();
         if self.stats.end.is_none()
             && let Some(end) = self.job.end()
         {
@@ -601,7 +610,7 @@ impl Dispatch {
         }
     }
 
-    fn events(&mut self, _t: Duration) {
+    fn events(&mut self) {
         while let Some(e) = self.job.poll_event() {
             match e {
                 Event::SetAside { keys, .. } => self.stats.keys_set_aside += keys as u64,

@@ -91,6 +91,7 @@ impl Setup {
             self.table_rows,
             self.dispatch_rng(),
         );
+        dispatch.report = controller.is_some();
         let mut clean_rows = 0.0;
         let mut stats = RunStats {
             rows_done: 0,
@@ -174,7 +175,6 @@ impl Setup {
             if !running_part {
                 continue;
             }
-            stats.batch_errors += out.batches.iter().filter(|b| b.error.is_some()).count() as u64;
 
             let mut view = None;
             let state = match controller.as_mut() {
@@ -275,6 +275,7 @@ impl Setup {
         }
         stats.rows_done = dispatch.rows();
         stats.dispatch = dispatch.stats.clone();
+        stats.batch_errors = stats.dispatch.lock_timeouts + stats.dispatch.deadlocks;
         stats.clean_rows = clean_rows.round() as u64;
         if record {
             stats.history = Some(History {
