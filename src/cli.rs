@@ -180,6 +180,10 @@ pub struct SimulateArgs {
     /// Simulated duration (default: the scenario's own length).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<std::time::Duration>,
+    /// Rows pending in the simulated table (default: more than the day can
+    /// reach); the run ends, as a real one does, once they are all done.
+    #[arg(long, value_name = "N")]
+    pub rows: Option<u64>,
     /// Also write DIR/timeline.svg and DIR/report.md for the simulated run.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,

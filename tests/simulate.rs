@@ -367,10 +367,19 @@ fn windows_pause_and_cap_pacer_and_the_bound() {
                 o.rates[k], 0.0,
                 "{hm}: the bound counts rows in a pause window"
             );
+            // Batches in flight at 12:00 finish (their rows count when
+            // they begin); none begins in the window.
             assert_eq!(
-                sample.rows_per_second, 0.0,
-                "{hm}: pacer ran in a pause window"
+                sample.rows_done,
+                h.samples[k - 1].rows_done,
+                "{hm}: pacer began a batch in a pause window"
             );
+            if hm.as_str() >= "12:01" {
+                assert_eq!(
+                    sample.rows_per_second, 0.0,
+                    "{hm}: pacer ran in a pause window"
+                );
+            }
         }
         if hm.as_str() < "10:00" {
             assert!(
@@ -704,4 +713,62 @@ fn lock_bound_policy_shrinks_batches_and_beats_the_fixed_loop() {
     // noise, Poisson counts); the target is at most 1 % of the day.
     let pct = o["percent_above_stop"].as_f64().unwrap();
     assert!(pct <= 1.0, "{pct} % of the day above stop");
+}
+
+/// The simulated run dispatches through the executor's real `Job`, not a
+/// model of it: on a table of known size with lock timeouts, each timed-out
+/// batch is retried lock-free at once and its locked row set aside and
+/// retried until it is free (the Job's rules), a sweep from the start
+/// follows the first pass, every key is applied exactly once, and the run
+/// ends when the Job finds nothing pending; nothing runs after that.
+#[test]
+fn the_simulated_run_dispatches_through_the_job() {
+    let text = sim::DEFAULT_MODEL.replace(
+        "timeout_per_row_load = 4.0e-6",
+        "timeout_per_row_load = 1.0e-4",
+    );
+    let model = Model::from_toml("lock-prone.toml", &text).unwrap();
+    let mut s = Setup::new(
+        &demo(),
+        &model,
+        &Scenario::load("steady").unwrap(),
+        3,
+        Some(std::time::Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let rows = 2_000_000;
+    s.table_rows = Some(rows);
+    let (_, aggressive) = sim::fixed_knobs(&s.policy);
+    for strategy in [Strategy::Pacer, Strategy::Fixed(aggressive)] {
+        let r = s.run(&strategy, true).unwrap();
+        let d = &r.dispatch;
+        assert_eq!(d.end.as_deref(), Some("finished"), "{strategy:?}: {d:?}");
+        assert_eq!(r.rows_done, rows, "{strategy:?}: {d:?}");
+        assert_eq!(d.rows_doubled, 0, "{strategy:?}: a key applied twice");
+        assert!(d.lock_timeouts > 10, "{strategy:?}: {d:?}");
+        assert_eq!(
+            r.batch_errors,
+            d.lock_timeouts + d.deadlocks,
+            "{strategy:?}: {d:?}"
+        );
+        // A lock timeout is never retried as it was: lock-free, and the
+        // row still held is set aside (again while it stays locked).
+        assert!(
+            d.lock_free_attempts >= d.lock_timeouts,
+            "{strategy:?}: {d:?}"
+        );
+        assert!(d.keys_set_aside >= d.lock_timeouts, "{strategy:?}: {d:?}");
+        assert!(d.sweeps >= 1, "{strategy:?}: {d:?}");
+        let ended = d.ended_after_seconds.unwrap();
+        assert!(ended < 3000.0, "{strategy:?}: ended after {ended}s");
+        let h = r.history.unwrap();
+        let after: Vec<_> = h.samples.iter().skip(ended.ceil() as usize + 1).collect();
+        assert!(!after.is_empty());
+        assert!(
+            after
+                .iter()
+                .all(|x| x.rows_per_second == 0.0 && x.rows_done == rows),
+            "{strategy:?}: rows after the end"
+        );
+    }
 }

@@ -29,7 +29,14 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
         Ok((scenario, model))
     };
     let outcome = inputs().and_then(|(scenario, model)| {
-        sim::simulate(&policy, &model, &scenario, args.seed, args.duration)
+        sim::simulate_rows(
+            &policy,
+            &model,
+            &scenario,
+            args.seed,
+            args.duration,
+            args.rows,
+        )
     });
     let outcome = match outcome {
         Ok(o) => o,

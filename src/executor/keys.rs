@@ -66,11 +66,17 @@ pub enum Keys {
     I16(Vec<i16>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    /// Consecutive bigint keys `start..end`, held as two numbers: the
+    /// simulator's table (millions of keys a minute) hands these to the
+    /// `Job`. The same keys as `I64` of them; the database never returns
+    /// one, and one becomes `I64` as soon as it is not a plain run.
+    I64Run(std::ops::Range<i64>),
     Uuid(Vec<Uuid>),
     Ts(Vec<DateTime<Utc>>),
     Text(Vec<String>),
 }
 
+/// `$self` must not be an `I64Run` (see `Keys::as_list`).
 macro_rules! each {
     ($self:expr, $v:ident => $body:expr) => {
         match $self {
@@ -80,6 +86,7 @@ macro_rules! each {
             Keys::Uuid($v) => $body,
             Keys::Ts($v) => $body,
             Keys::Text($v) => $body,
+            Keys::I64Run(_) => unreachable!("a run is made a list first"),
         }
     };
 }
@@ -93,6 +100,7 @@ macro_rules! each_map {
             Keys::Uuid($v) => Keys::Uuid($body),
             Keys::Ts($v) => Keys::Ts($body),
             Keys::Text($v) => Keys::Text($body),
+            Keys::I64Run(_) => unreachable!("a run is made a list first"),
         }
     };
 }
@@ -103,7 +111,26 @@ fn ts_text(t: &DateTime<Utc>) -> String {
 
 impl Keys {
     pub fn len(&self) -> usize {
-        each!(self, v => v.len())
+        match self {
+            Keys::I64Run(r) => (r.end - r.start).max(0) as usize,
+            _ => each!(self, v => v.len()),
+        }
+    }
+
+    /// A run as the plain list of its keys (anything else unchanged).
+    fn as_list(&mut self) {
+        if let Keys::I64Run(r) = self {
+            *self = Keys::I64(r.clone().collect());
+        }
+    }
+
+    /// The keys as bigints, if they are (a run is listed).
+    pub fn i64s(&self) -> Option<std::borrow::Cow<'_, [i64]>> {
+        match self {
+            Keys::I64(v) => Some(std::borrow::Cow::Borrowed(v)),
+            Keys::I64Run(r) => Some(std::borrow::Cow::Owned(r.clone().collect())),
+            _ => None,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -119,6 +146,7 @@ impl Keys {
             Keys::Uuid(v) => v.get(i).map(|k| k.to_string()),
             Keys::Ts(v) => v.get(i).map(ts_text),
             Keys::Text(v) => v.get(i).cloned(),
+            Keys::I64Run(r) => (i < self.len()).then(|| (r.start + i as i64).to_string()),
         }
     }
 
@@ -132,6 +160,15 @@ impl Keys {
 
     /// Remove and return the first `n` keys.
     pub fn take_front(&mut self, n: usize) -> Keys {
+        if let Keys::I64Run(r) = self {
+            let mid = r.start + n.min(self.len()) as i64;
+            let Keys::I64Run(r) = self else {
+                unreachable!()
+            };
+            let front = r.start..mid;
+            r.start = mid;
+            return Keys::I64Run(front);
+        }
         each_map!(self, v => {
             let n = n.min(v.len());
             v.drain(..n).collect()
@@ -141,7 +178,21 @@ impl Keys {
     /// Append `other` (same type; a mismatch is ignored, it cannot happen
     /// because every `Keys` of a run comes from the same column).
     pub fn append(&mut self, other: Keys) {
-        match (self, other) {
+        if other.is_empty() {
+            return;
+        }
+        let bigints = |k: &Keys| matches!(k, Keys::I64(_) | Keys::I64Run(_));
+        if self.is_empty() && (bigints(self) == bigints(&other)) {
+            *self = other;
+            return;
+        }
+        match (&mut *self, other) {
+            (Keys::I64Run(a), Keys::I64Run(b)) if a.end == b.start => a.end = b.end,
+            (Keys::I64(a), Keys::I64Run(b)) => a.extend(b),
+            (Keys::I64Run(_), other) => {
+                self.as_list();
+                self.append(other);
+            }
             (Keys::I16(a), Keys::I16(b)) => a.extend(b),
             (Keys::I32(a), Keys::I32(b)) => a.extend(b),
             (Keys::I64(a), Keys::I64(b)) => a.extend(b),
@@ -155,7 +206,8 @@ impl Keys {
     /// Split into (keys whose text is in `keep`, the others), order kept.
     pub fn partition(&self, keep: &std::collections::HashSet<String>) -> (Keys, Keys) {
         let mut yes = self.clone();
-        let mut no = self.clone();
+        yes.as_list();
+        let mut no = yes.clone();
         let flags: Vec<bool> = (0..self.len())
             .map(|i| self.text(i).is_some_and(|t| keep.contains(&t)))
             .collect();
@@ -184,11 +236,13 @@ impl Keys {
             Keys::Uuid(v) => q.bind(v.clone()),
             Keys::Ts(v) => q.bind(v.clone()),
             Keys::Text(v) => q.bind(v.clone()),
+            Keys::I64Run(r) => q.bind(r.clone().collect::<Vec<i64>>()),
         }
     }
 
     /// Push column `col` of `row` (decoded as this run's type).
     pub fn push_from(&mut self, row: &PgRow, col: usize) -> Result<(), sqlx::Error> {
+        self.as_list();
         match self {
             Keys::I16(v) => v.push(row.try_get(col)?),
             Keys::I32(v) => v.push(row.try_get(col)?),
@@ -196,6 +250,7 @@ impl Keys {
             Keys::Uuid(v) => v.push(row.try_get(col)?),
             Keys::Ts(v) => v.push(row.try_get(col)?),
             Keys::Text(v) => v.push(row.try_get(col)?),
+            Keys::I64Run(_) => unreachable!("listed above"),
         }
         Ok(())
     }
@@ -218,6 +273,7 @@ impl Keys {
             Keys::Uuid(v) => q.bind(v.clone()),
             Keys::Ts(v) => q.bind(v.clone()),
             Keys::Text(v) => q.bind(v.clone()),
+            Keys::I64Run(r) => q.bind(r.clone().collect::<Vec<i64>>()),
         }
     }
 }
@@ -239,6 +295,32 @@ mod tests {
         k.append(no);
         assert_eq!(k.texts(), vec!["12", "1", "9"]);
         assert_eq!(k.last_text().as_deref(), Some("9"));
+    }
+
+    #[test]
+    fn a_run_is_the_same_keys_as_their_list() {
+        let mut k = Keys::I64(Vec::new());
+        k.append(Keys::I64Run(10..14));
+        assert_eq!(k, Keys::I64Run(10..14), "an empty list takes the run");
+        k.append(Keys::I64Run(14..16));
+        assert_eq!(k.len(), 6);
+        let front = k.take_front(4);
+        assert_eq!(front, Keys::I64Run(10..14));
+        assert_eq!(front.texts(), vec!["10", "11", "12", "13"]);
+        assert_eq!(k.first_text().as_deref(), Some("14"));
+        assert_eq!(k.last_text().as_deref(), Some("15"));
+        assert_eq!(k.text(2), None);
+        k.append(Keys::I64(vec![3]));
+        assert_eq!(k, Keys::I64(vec![14, 15, 3]), "not a run any more");
+        let mut d = Keys::I64Run(5..5);
+        d.append(Keys::I64(vec![7, 9]));
+        assert_eq!(d, Keys::I64(vec![7, 9]));
+        let keep = ["12".to_string()].into_iter().collect();
+        assert_eq!(
+            front.partition(&keep),
+            (Keys::I64(vec![12]), Keys::I64(vec![10, 11, 13]))
+        );
+        assert_eq!(Keys::I64Run(1..3).i64s().unwrap().as_ref(), &[1, 2]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! docs/SIMULATOR.md.
 
 mod bound;
+mod dispatch;
 mod measure;
 mod model;
 mod run;
@@ -18,6 +19,7 @@ mod setup;
 mod table;
 
 pub use bound::{Oracle, Reach};
+pub use dispatch::{DispatchStats, KeySpace};
 pub use measure::{Meter, SimKind};
 pub use model::{Conditions, DEFAULT_MODEL, Model, Plant, Truth};
 pub use run::{RunStats, Strategy};
@@ -79,6 +81,10 @@ pub struct Outcome {
     /// Baselines measured before start (fixed `baseline` keys are not listed).
     pub baselines: BTreeMap<String, f64>,
     pub levels: Vec<LevelInfo>,
+    /// What the executor's `Job` decided in the pacer run (the simulator
+    /// dispatches through it): attempts, lock-free retries, keys set
+    /// aside, sweeps, how and when it ended.
+    pub dispatch: DispatchStats,
     /// The fixed strategies on the same day (absent from `simulate_pacer`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_baselines: Option<FixedBaselines>,
@@ -130,7 +136,20 @@ pub fn simulate(
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    simulate_with(policy, model, scenario, seed, duration, true)
+    simulate_with(policy, model, scenario, seed, duration, true, None)
+}
+
+/// As `simulate`, on a table of `rows` pending rows (`None`: more than the
+/// day can reach): the runs end once the Job has done them all.
+pub fn simulate_rows(
+    policy: &Policy,
+    model: &Model,
+    scenario: &Scenario,
+    seed: u64,
+    duration: Option<Duration>,
+    rows: Option<u64>,
+) -> anyhow::Result<Outcome> {
+    simulate_with(policy, model, scenario, seed, duration, true, rows)
 }
 
 /// As `simulate`, pacer alone (benchmarks compare with fixed loops of
@@ -142,7 +161,7 @@ pub fn simulate_pacer(
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    simulate_with(policy, model, scenario, seed, duration, false)
+    simulate_with(policy, model, scenario, seed, duration, false, None)
 }
 
 fn simulate_with(
@@ -152,8 +171,10 @@ fn simulate_with(
     seed: u64,
     duration: Option<Duration>,
     with_fixed: bool,
+    rows: Option<u64>,
 ) -> anyhow::Result<Outcome> {
-    let setup = Setup::new(policy, model, scenario, seed, duration)?;
+    let mut setup = Setup::new(policy, model, scenario, seed, duration)?;
+    setup.table_rows = rows;
     let oracle = setup.oracle();
     let bound = oracle.rows.round();
     // As documented: rows_done / safe_rows_bound, both as reported.
@@ -217,6 +238,7 @@ fn simulate_with(
                 stop: l.stop,
             })
             .collect(),
+        dispatch: pacer.dispatch.clone(),
         log: std::mem::take(&mut pacer.log),
         history: pacer.history.take().unwrap_or_default(),
         fixed_baselines,

@@ -3,18 +3,13 @@
 //! rate and true signal values, the meters turn those into readings.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Serialize;
 
+use super::dispatch::{Dispatch, DispatchStats, TickEnv, TickOut};
 use super::model::Plant;
 use super::setup::Setup;
-use rand::RngExt;
-
-use super::scenario::normal;
-use crate::controller::{
-    Action, BatchError, BatchOutcome, Controller, Decision, Inputs, Knobs, State,
-};
+use crate::controller::{Action, Controller, Decision, Inputs, Knobs, State};
 use crate::history::{History, Sample, SignalInfo};
 use crate::signals::Reading;
 
@@ -57,6 +52,9 @@ pub struct RunStats {
     pub max_signals: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knobs: Option<Knobs>,
+    /// What the executor's `Job` decided: attempts, lock-free retries,
+    /// keys set aside, sweeps, the end.
+    pub dispatch: DispatchStats,
     #[serde(skip)]
     pub actions: BTreeMap<String, u64>,
     #[serde(skip)]
@@ -86,12 +84,15 @@ impl Setup {
         let mut rng = self.measure_rng();
         let mut meters = self.meters();
         let mut plant = Plant::default();
-        let mut batch_acc = 0.0;
-        let mut rows = 0.0;
+        let mut dispatch = Dispatch::new(
+            &self.policy,
+            m,
+            self.start,
+            self.table_rows,
+            self.dispatch_rng(),
+        );
+        dispatch.report = controller.is_some();
         let mut clean_rows = 0.0;
-        // One batch's duration: lognormal around the model's mean.
-        let noise_sd = m.backfill.time_noise;
-        let lock_timeout = limits.lock_timeout;
         let mut stats = RunStats {
             rows_done: 0,
             efficiency: 0.0,
@@ -113,6 +114,7 @@ impl Setup {
                 Strategy::Fixed(k) => Some(*k),
                 Strategy::Pacer => None,
             },
+            dispatch: DispatchStats::default(),
             actions: BTreeMap::new(),
             log: Vec::new(),
             history: None,
@@ -126,20 +128,37 @@ impl Setup {
             let running_part = i >= self.trace.start_index;
             let caps = self.caps[i];
             let k = knobs.clamp(limits, &caps);
-            let active = running_part && !paused && !caps.pause;
             let batch = k.batch_size.max(1) as f64;
-            let (mut rate, bt) = if active {
-                m.knob_rate(c, batch, k.sleep.as_secs_f64(), k.workers as f64)
+            let workers = k.workers.max(1) as f64;
+            let (rate_k, bt) = if running_part && !dispatch.ended() {
+                m.knob_rate(c, batch, k.sleep.as_secs_f64(), workers)
             } else {
                 (0.0, m.batch_time(batch, c.live, c))
             };
-            let mut app_limited = false;
-            if let Some(cap) = limits.max_rows_per_second
-                && rate > cap as f64
-            {
-                rate = cap as f64;
-                app_limited = true;
+            // The real Job dispatches this tick's attempts.
+            let out = if running_part {
+                dispatch.tick(
+                    i - self.trace.start_index,
+                    &TickEnv {
+                        model: m,
+                        conditions: c,
+                        knobs: k,
+                        paused: paused || caps.pause,
+                        batch_time: bt,
+                        rate_cap: limits.max_rows_per_second.map(f64::from),
+                    },
+                )
+            } else {
+                TickOut::default()
+            };
+            // The primary feels the knobs' rate for the worker-time spent
+            // running batches and the sleeps between them (0 while held by
+            // a pause or the end of the run, less while waiting on locks).
+            let mut rate = rate_k / workers * out.worker_seconds / dt;
+            if let Some(cap) = limits.max_rows_per_second {
+                rate = rate.min(cap as f64);
             }
+            let done = out.rows;
             let truth = plant.advance(m, c, rate, batch, bt, dt);
             readings.clear();
             let now =
@@ -157,52 +176,6 @@ impl Setup {
                 continue;
             }
 
-            let mut batches = Vec::new();
-            let (p_timeout, p_deadlock) = if active {
-                m.batch_error_odds(batch, c.live, k.workers as f64)
-            } else {
-                (0.0, 0.0)
-            };
-            if active {
-                batch_acc += rate / batch * dt;
-                let n = batch_acc.floor();
-                batch_acc -= n;
-                for _ in 0..n as usize {
-                    let draw: f64 = rng.random();
-                    let (duration, error) = if draw < p_timeout {
-                        (lock_timeout, Some(BatchError::LockTimeout))
-                    } else if draw < p_timeout + p_deadlock {
-                        (
-                            Duration::from_secs_f64(bt * 0.5),
-                            Some(BatchError::Deadlock),
-                        )
-                    } else {
-                        let f = (noise_sd * normal(&mut rng) - noise_sd * noise_sd / 2.0).exp();
-                        (Duration::from_secs_f64(bt * f), None)
-                    };
-                    if error.is_some() {
-                        stats.batch_errors += 1;
-                    }
-                    let started = now
-                        - chrono::Duration::milliseconds(
-                            (duration.as_secs_f64() * 1000.0).round() as i64
-                        );
-                    batches.push(BatchOutcome {
-                        started,
-                        duration,
-                        rows: if error.is_some() {
-                            0
-                        } else {
-                            k.batch_size as u64
-                        },
-                        error,
-                    });
-                }
-            }
-            // Failed batches' rows are retried later: they are not done now.
-            let done = rate * dt * (1.0 - p_timeout - p_deadlock).max(0.0);
-            rows += done;
-
             let mut view = None;
             let state = match controller.as_mut() {
                 Some(ctrl) => {
@@ -210,9 +183,9 @@ impl Setup {
                         now,
                         &Inputs {
                             readings: readings.clone(),
-                            batches,
+                            batches: out.batches,
                             manual_pause: None,
-                            app_limited,
+                            app_limited: out.app_limited,
                         },
                     );
                     knobs = d.knobs;
@@ -284,7 +257,7 @@ impl Setup {
                     state: state.as_str().to_string(),
                     knobs: k,
                     rows_per_second: rate,
-                    rows_done: rows as u64,
+                    rows_done: dispatch.rows(),
                     signals: self
                         .levels
                         .iter()
@@ -300,7 +273,9 @@ impl Setup {
                 });
             }
         }
-        stats.rows_done = rows.round() as u64;
+        stats.rows_done = dispatch.rows();
+        stats.dispatch = dispatch.stats.clone();
+        stats.batch_errors = stats.dispatch.lock_timeouts + stats.dispatch.deadlocks;
         stats.clean_rows = clean_rows.round() as u64;
         if record {
             stats.history = Some(History {

@@ -40,6 +40,10 @@ pub struct Setup {
     pub quiet: Vec<Truth>,
     /// Merged caps of the policy's windows, per tick of the trace.
     pub caps: Vec<Caps>,
+    /// Rows of the simulated table the Job walks (`None`, the default:
+    /// more than the day can reach). With a number, the run ends when the
+    /// Job finds no pending row left, as a real run does.
+    pub table_rows: Option<u64>,
 }
 
 impl Setup {
@@ -130,6 +134,7 @@ impl Setup {
             levels: Vec::new(),
             quiet,
             caps: Vec::new(),
+            table_rows: None,
         };
         setup.baselines = setup.measure_baselines()?;
         let ctrl = Controller::new(policy, &setup.baselines)?;
@@ -163,6 +168,12 @@ impl Setup {
     /// same noise draws for the same pre-start history.
     pub fn measure_rng(&self) -> ChaCha8Rng {
         ChaCha8Rng::seed_from_u64(self.seed ^ 0x6d65_6173_7572_6500)
+    }
+
+    /// The batches' own draws (durations, errors, locked rows), apart from
+    /// the measurement noise.
+    pub fn dispatch_rng(&self) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(self.seed ^ 0x6469_7370_6174_6368)
     }
 
     /// Each signal's measurement pipeline: a Prometheus signal looks back

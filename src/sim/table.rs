@@ -20,6 +20,7 @@ pub fn summary_table(o: &Outcome) -> String {
         decisions: o.decisions,
         max_signals: o.max_signals.clone(),
         knobs: None,
+        dispatch: o.dispatch.clone(),
         actions: Default::default(),
         log: Vec::new(),
         history: None,
@@ -49,6 +50,15 @@ pub fn summary_table(o: &Outcome) -> String {
         o.bound_delay_seconds,
         o.instant_rows_bound
     );
+    if let (Some(rows), Some(end)) = (o.dispatch.table_rows, &o.dispatch.end) {
+        let _ = writeln!(
+            s,
+            "pacer's run on a table of {rows} rows: {end} after {}",
+            humantime::format_duration(std::time::Duration::from_secs(
+                o.dispatch.ended_after_seconds.unwrap_or_default() as u64
+            ))
+        );
+    }
     let _ = write!(s, "{:<28}", "");
     for (name, _) in &cols {
         let _ = write!(s, "{name:>14}");
