@@ -8,8 +8,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sqlx::AssertSqlSafe;
 use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
 
@@ -144,26 +144,24 @@ impl Store {
         conn: &mut PgConnection,
         name: &str,
     ) -> anyhow::Result<Option<Lease>> {
-        let row: Option<(Option<String>, Option<f64>, String, String, String, i64)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT lease_holder, extract(epoch FROM now() - lease_until)::float8,
-                        fingerprint, settings_hash, state, epoch
-                   FROM {} WHERE name = $1",
-                self.t("jobs")
-            )))
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-        Ok(row.map(
-            |(holder, expired_for, fingerprint, settings_hash, state, epoch)| Lease {
-                holder,
-                expired_for,
-                fingerprint,
-                settings_hash,
-                state,
-                epoch,
-            },
-        ))
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT lease_holder, extract(epoch FROM now() - lease_until)::float8 AS expired_for,
+                    fingerprint, settings_hash, state, epoch
+               FROM {} WHERE name = $1",
+            self.t("jobs")
+        )))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(Lease {
+            holder: r.try_get("lease_holder")?,
+            expired_for: r.try_get("expired_for")?,
+            fingerprint: r.try_get("fingerprint")?,
+            settings_hash: r.try_get("settings_hash")?,
+            state: r.try_get("state")?,
+            epoch: r.try_get("epoch")?,
+        }))
     }
 
     /// The newest migration applied to pacer's tables (`None`: none yet).
