@@ -222,7 +222,28 @@ async fn a_standby_with_a_changed_policy_refuses(pool: PgPool) {
         out.all()
     );
 
-    // Neither touched the job: the active runner finishes it.
+    // Another pacer version (its tables at another schema version): refused.
+    sqlx::query(
+        "INSERT INTO pacer._sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (29991231000000, 'from a newer pacer', true, '\\x00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = output(standby(&p)).await;
+    sqlx::query("DELETE FROM pacer._sqlx_migrations WHERE version = 29991231000000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert!(
+        out.all().contains("standby refused")
+            && out.all().contains("schema version 29991231000000"),
+        "{}",
+        out.all()
+    );
+
+    // None touched the job: the active runner finishes it.
     let (code, stdout) = exited(&mut active, 60, "the active runner").await;
     assert_eq!(code, Some(0), "{stdout}");
     exactly_once(&pool).await;

@@ -99,7 +99,12 @@ pub(super) async fn wait(
         match tokio::time::timeout(STANDBY_TIMEOUT, look(c, policy, store, &app)).await {
             Ok(Ok(Look::TakeOver(why))) => {
                 let mut c = conn.take().expect("connection checked above");
-                store.claim_lease(&mut c, job, policy.job.lease).await?;
+                // Tables of an older version have no lease yet: the normal
+                // start claims it once it has migrated them.
+                match store.claim_lease(&mut c, job, policy.job.lease).await {
+                    Err(e) if !no_lease_columns(&e) => return Err(e),
+                    _ => {}
+                }
                 sqlx::query("SELECT set_config('application_name', $1, false)")
                     .bind(format!("{app}:control"))
                     .execute(&mut c)
@@ -156,8 +161,11 @@ async fn look(
 ) -> anyhow::Result<Look> {
     let job = &policy.job.name;
     let lease = if store.exists(c).await? {
-        check_version(c, store).await?;
-        store.lease(c, job).await?
+        let mine = crate::store::schema_version();
+        match store.applied_schema_version(c).await? {
+            Some(v) if v != mine => return other_version(c, policy, store, v, mine).await,
+            _ => store.lease(c, job).await?,
+        }
     } else {
         None
     };
@@ -209,19 +217,53 @@ async fn look(
     }
 }
 
-/// A standby of another pacer version must not run the job: the tables
-/// were migrated by (and are used by) the version that runs it now.
-async fn check_version(c: &mut PgConnection, store: &Store) -> anyhow::Result<()> {
-    let mine = crate::store::schema_version();
-    match store.applied_schema_version(c).await? {
-        Some(v) if v != mine => Err(Fail::invalid(format!(
-            "standby refused: pacer's tables in schema {:?} are at schema version {v}, this pacer's is {mine}: \
-             the active runner is another pacer version. A standby only takes over from the same version; \
-             stop the active runner and start this version with `pacer run`",
+/// pacer's tables are at another schema version: another pacer version
+/// made them. A standby must not take the job over from a runner of that
+/// version (refused, exit 2); but when none runs it (the lease released,
+/// or a version without leases and the runner lock free), this one starts
+/// the job as `pacer run` would, migrating the tables: after an upgrade,
+/// every replica of a deployment may be a standby.
+async fn other_version(
+    c: &mut PgConnection,
+    policy: &Policy,
+    store: &Store,
+    theirs: i64,
+    mine: i64,
+) -> anyhow::Result<Look> {
+    let job = &policy.job.name;
+    let refuse = |why: String| {
+        Err(Fail::invalid(format!(
+            "standby refused: {why}, and pacer's tables in schema {:?} are at schema version {theirs}, this pacer's is {mine}: \
+             it runs another pacer version. A standby only takes over from the same version; stop the active runner \
+             (gracefully: it releases its lease), then start this version",
             store.schema()
-        ))),
-        _ => Ok(()),
+        )))
+    };
+    let held = match store.lease(c, job).await {
+        Ok(l) => l.and_then(|l| l.expired_for.map(|_| l.holder.unwrap_or_default())),
+        // Tables of a version without leases: the runner lock decides.
+        Err(e) if no_lease_columns(&e) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(holder) = held {
+        return refuse(format!("job {job:?} is held by runner {holder}"));
     }
+    match super::runner::try_runner_lock(c, store, job).await? {
+        None => Ok(Look::TakeOver(format!(
+            "the job is not running (pacer's tables at schema version {theirs}; this pacer migrates them to {mine})"
+        ))),
+        Some(h) => refuse(format!("job {job:?} is being run ({h})")),
+    }
+}
+
+/// The error of a query on the lease columns in tables that predate them.
+fn no_lease_columns(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<sqlx::Error>()
+            .and_then(|e| e.as_database_error())
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "42703")
+    })
 }
 
 /// A standby with another policy would not continue the job but start a
