@@ -157,6 +157,14 @@ async fn kill_9_the_active_runner_and_the_standby_takes_over(pool: PgPool) {
     assert_eq!(waiting.len(), 1, "the standby's session: {waiting:?}");
     assert_ne!(waiting[0].1, "Lock", "the standby waits in a lock");
     let old = epoch(&pool).await;
+    // `pacer status` names the lease's holder.
+    let out = output(pacer(&["status", "--json"], &p)).await;
+    let st: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.all());
+    let holder = st["lease"]["holder"].as_str().unwrap_or_default();
+    assert!(
+        holder.contains(&format!(":{}:", active.id().unwrap())),
+        "{st}"
+    );
 
     active.start_kill().unwrap();
     let killed = Instant::now();

@@ -64,6 +64,10 @@ pub(super) async fn wait(
     );
     let mut said = String::new();
     let mut failures = 0u32;
+    // Since when this standby has been able to watch the lease: after an
+    // outage of the database both runners come back, and the active one
+    // must get `takeover_after` to renew its lease before it is replaced.
+    let mut watching = Instant::now();
     loop {
         if *stop.borrow() {
             return Ok(None);
@@ -77,7 +81,10 @@ pub(super) async fn wait(
                 )
                 .await
                 {
-                    Ok(Ok(c)) => conn.insert(c),
+                    Ok(Ok(c)) => {
+                        watching = Instant::now();
+                        conn.insert(c)
+                    }
                     Ok(Err(e)) => {
                         failures += 1;
                         note(&mut said, format!("database unreachable: {e:#}"));
@@ -96,7 +103,12 @@ pub(super) async fn wait(
                 }
             }
         };
-        match tokio::time::timeout(STANDBY_TIMEOUT, look(c, policy, store, &app)).await {
+        match tokio::time::timeout(
+            STANDBY_TIMEOUT,
+            look(c, policy, store, &app, watching.elapsed()),
+        )
+        .await
+        {
             Ok(Ok(Look::TakeOver(why))) => {
                 let mut c = conn.take().expect("connection checked above");
                 // Tables of an older version have no lease yet: the normal
@@ -158,6 +170,7 @@ async fn look(
     policy: &Policy,
     store: &Store,
     app: &str,
+    watched: Duration,
 ) -> anyhow::Result<Look> {
     let job = &policy.job.name;
     let lease = if store.exists(c).await? {
@@ -192,7 +205,7 @@ async fn look(
         Some(e) if e < 0.0 => Ok(Look::Wait(format!(
             "the active runner ({holder}) holds the lease"
         ))),
-        Some(e) if e < takeover_after => Ok(Look::Wait(format!(
+        Some(e) if e.min(watched.as_secs_f64()) < takeover_after => Ok(Look::Wait(format!(
             "the active runner's lease ({holder}) expired; taking over after {} unless it renews it",
             fmt_dur(policy.job.takeover_after)
         ))),
