@@ -159,7 +159,8 @@ async fn kill_9_the_active_runner_and_the_standby_takes_over(pool: PgPool) {
     let old = epoch(&pool).await;
     // `pacer status` names the lease's holder.
     let out = output(pacer(&["status", "--json"], &p)).await;
-    let st: serde_json::Value = serde_json::from_str(&out.stdout).expect(&out.all());
+    let st: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("{}", out.all()));
     let holder = st["lease"]["holder"].as_str().unwrap_or_default();
     assert!(
         holder.contains(&format!(":{}:", active.id().unwrap())),
