@@ -110,7 +110,7 @@ pub(super) async fn wait(
         .await
         {
             Ok(Ok(Look::TakeOver(why))) => {
-                let mut c = conn.take().expect("connection checked above");
+                let Some(mut c) = conn.take() else { continue };
                 // Tables of an older version have no lease yet: the normal
                 // start claims it once it has migrated them.
                 match store.claim_lease(&mut c, job, policy.job.lease).await {
@@ -160,7 +160,8 @@ fn note(said: &mut String, now: String) {
 async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
-        _ = stop.changed() => {}
+        // A dropped sender (no signal handling) just leaves the sleep.
+        Ok(()) = stop.changed() => {}
     }
 }
 
