@@ -710,7 +710,7 @@ impl Policy {
         }
         // Renewed once a tick: a lease shorter than two ticks would lapse
         // between renewals of a healthy runner.
-        if j.lease < Duration::from_secs(1) || j.lease < 2 * self.controller.tick {
+        if j.lease < Duration::from_secs(1) || j.lease < self.controller.tick.saturating_mul(2) {
             err(
                 "job.lease",
                 "must be at least 1s and at least two controller ticks (it is renewed once a tick)"

@@ -220,7 +220,7 @@ async fn look(
             match took {
                 None => Ok(Look::TakeOver(format!(
                     "the lease of {holder} expired {} ago (takeover_after {}); ended {ended} backend(s) of the old runner",
-                    fmt_dur(Duration::from_secs_f64(e.max(0.0))),
+                    fmt_dur(Duration::try_from_secs_f64(e.max(0.0)).unwrap_or_default()),
                     fmt_dur(policy.job.takeover_after)
                 ))),
                 Some(h) => Ok(Look::Wait(format!(
