@@ -113,6 +113,11 @@ pub struct RunArgs {
     /// Log every batch at INFO (default DEBUG).
     #[arg(long)]
     pub log_batches: bool,
+    /// Start as a standby: wait (polling, holding nothing) until the active
+    /// runner's lease has been expired for `[job] takeover_after`, then take
+    /// the job over. Same as `[job] standby = true`.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 #[derive(Debug, Args)]

@@ -125,10 +125,34 @@ pub struct Job {
     /// double-apply without having said so.
     #[serde(default = "default_idempotent")]
     pub idempotent: bool,
+    /// Start as a standby (as `pacer run --standby` does): wait, polling,
+    /// until the active runner's lease has been expired for
+    /// `takeover_after`, then take the job over. A key as well as a flag,
+    /// so a service manager can run the same command line everywhere.
+    #[serde(default)]
+    pub standby: bool,
+    /// How long the active runner's lease lasts from each renewal (every
+    /// tick); also the `idle_session_timeout` of its control session, so a
+    /// frozen or cut-off runner's session ends on the server by itself.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// How long a standby waits after the lease expired before it takes
+    /// over: a runner whose ticks were merely slow (a brief outage, a
+    /// reconnect) renews it again well within this.
+    #[serde(default = "default_takeover_after", with = "humantime_serde")]
+    pub takeover_after: Duration,
 }
 
 fn default_idempotent() -> bool {
     true
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_takeover_after() -> Duration {
+    Duration::from_secs(15)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -684,6 +708,15 @@ impl Policy {
         } else if j.stop_after_max_pause {
             err("job.stop_after_max_pause", "needs job.max_pause".into());
         }
+        // Renewed once a tick: a lease shorter than two ticks would lapse
+        // between renewals of a healthy runner.
+        if j.lease < Duration::from_secs(1) || j.lease < self.controller.tick.saturating_mul(2) {
+            err(
+                "job.lease",
+                "must be at least 1s and at least two controller ticks (it is renewed once a tick)"
+                    .into(),
+            );
+        }
         if self.database.schema.trim().is_empty() {
             err("database.schema", "must not be empty".into());
         }
@@ -1053,6 +1086,8 @@ impl Policy {
         .map(|(k, d)| (k.to_string(), d))
         .collect();
         out.extend(j.max_pause.map(|d| ("job.max_pause".to_string(), d)));
+        out.push(("job.lease".to_string(), j.lease));
+        out.push(("job.takeover_after".to_string(), j.takeover_after));
         for (i, s) in self.signals.iter().enumerate() {
             out.push((format!("signal[{i}].stop_for"), s.stop_for));
             out.push((format!("signal[{i}].timeout"), s.timeout));

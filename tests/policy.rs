@@ -576,3 +576,24 @@ fn a_query_without_a_range_needs_a_delay() {
     .unwrap();
     pacer::policy::Policy::from_toml("range.toml", &policy("prometheus = 'rate(x[1m])'")).unwrap();
 }
+
+#[test]
+fn standby_keys_default_and_a_lease_shorter_than_two_ticks_is_refused() {
+    let p = Policy::from_toml("demo.toml", &demo_text()).unwrap();
+    assert!(!p.job.standby);
+    assert_eq!(p.job.lease, std::time::Duration::from_secs(10));
+    assert_eq!(p.job.takeover_after, std::time::Duration::from_secs(15));
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_text().replace(
+        "timezone = \"Europe/Berlin\"",
+        "timezone = \"Europe/Berlin\"\nstandby = true\nlease = \"1500ms\"\ntakeover_after = \"5s\"",
+    );
+    let path = write(&dir, "standby.toml", &text);
+    // The demo ticks every second: a 1.5 s lease would lapse between renewals.
+    let (code, out) = check(&path, &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("job.lease"), "{out}");
+    let (code, out) = check(&path, &[("PACER_POLICY__JOB__LEASE", "3s")]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -27,6 +27,7 @@ pub fn run(args: &RunArgs) -> u8 {
         accept_policy_change: args.accept_policy_change,
         dry_run: args.dry_run,
         log_batches: args.log_batches,
+        standby: args.standby,
     };
     rt.block_on(async move {
         // Part of each Prometheus signal's delay, which paces growth: read

@@ -19,6 +19,7 @@ pub mod failpoint;
 pub mod job;
 pub mod keys;
 pub mod runner;
+mod standby;
 pub mod tally;
 pub mod target;
 pub mod worker;

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Batch lines at INFO instead of DEBUG.
     pub log_batches: bool,
+    /// Wait as a standby until the active runner's lease lapses (also
+    /// `[job] standby`).
+    pub standby: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ struct Link {
     /// The job epoch taken with the runner lock (fencing): the job's row
     /// is written only while it still carries it.
     epoch: i64,
+    /// `[job] lease`: renewed with every new connection too.
+    lease: Duration,
 }
 
 struct Down {
@@ -226,6 +231,31 @@ impl Link {
                 return Reconnect::StillDown;
             }
         }
+        // The lock was free, but a standby may have taken the job over and
+        // finished or stopped while this runner was frozen or cut off: the
+        // lease names the last runner. Not this one: stand down.
+        match tokio::time::timeout(CTL_TIMEOUT, store.lease(&mut c, job)).await {
+            Ok(Ok(Some(l))) => {
+                if let Some(h) = l.holder.filter(|h| h != crate::store::lease::runner_id()) {
+                    return Reconnect::StandDown(format!(
+                        "while this runner was unreachable another pacer took over job {job:?} ({h}); \
+                         standing down: one runner per job"
+                    ));
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                return Reconnect::StillDown;
+            }
+            Err(_) => {
+                d.set_cause(format!(
+                    "database unreachable: no answer within {}",
+                    fmt_dur(CTL_TIMEOUT)
+                ));
+                return Reconnect::StillDown;
+            }
+        }
         // Every acquisition of the runner lock takes a new epoch: a runner
         // that held the job before, this one included, commits nothing
         // more under the old one. Attempts fenced by this very bump come
@@ -250,6 +280,16 @@ impl Link {
                 return Reconnect::StillDown;
             }
         };
+        // Alive again: renew the lease at once (a standby may be counting
+        // down), and the new session ends by itself if this runner freezes.
+        if let Err(e) = store.renew_lease(&mut c, job, new_epoch, self.lease).await {
+            d.set_cause(format!(
+                "control connection lost: renewing the lease failed: {}",
+                plain_any(&e)
+            ));
+            return Reconnect::StillDown;
+        }
+        crate::store::lease::arm_idle_timeout(&mut c, self.lease).await;
         let outage = d.since.elapsed();
         tracing::info!(
             outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
@@ -349,7 +389,7 @@ async fn restart_from_store(
 
 /// Hash of what may change between runs (limits, controller, signals,
 /// windows): changes are allowed and logged.
-fn settings_hash(p: &Policy) -> String {
+pub(super) fn settings_hash(p: &Policy) -> String {
     use sha2::{Digest, Sha256};
     let v = serde_json::json!({
         "limits": p.limits, "controller": p.controller, "signals": p.signals, "windows": p.windows,
@@ -373,16 +413,38 @@ pub async fn run(
         )
     })?;
     let app = runner_app_name(&job);
+    let standby = (opts.standby || policy.job.standby) && !opts.dry_run;
     // The control connection (pacer's own tables, one small write a tick)
     // is named apart from the workers, so `pacer:<job>` in pg_stat_activity
-    // means exactly the backends writing the target table.
-    let mut ctl = crate::store::connect(&url, &format!("{app}:control")).await?;
+    // means exactly the backends writing the target table. A standby's is
+    // named apart from both until it takes over: a takeover ends the old
+    // runner's backends by these names, never a waiting standby's.
+    let ctl_name = if standby {
+        format!("{app}:standby")
+    } else {
+        format!("{app}:control")
+    };
+    let mut ctl = crate::store::connect(&url, &ctl_name).await?;
     if let Some(problem) = crate::store::pooler::transaction_pooler(&mut ctl, &url).await? {
         return Err(Fail::invalid(problem));
     }
     let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
     if opts.dry_run {
         return dry_run(&mut ctl, policy, &target).await;
+    }
+    let store = Store::for_policy(policy);
+    if standby {
+        match super::standby::wait(Some(ctl), &url, policy, &store, &mut stop_signal).await? {
+            Some(c) => ctl = c,
+            None => {
+                return Ok(RunOutcome {
+                    code: exit::OK,
+                    summary: format!(
+                        "job {job}: standby stopped by signal before taking over; nothing done"
+                    ),
+                });
+            }
+        }
     }
     let mut telemetry = JobTelemetry::new(
         policy,
@@ -399,13 +461,14 @@ pub async fn run(
     // The runner lock comes first: a second `pacer run` of a running job
     // must touch nothing (no migration, no probe on live rows) before it
     // learns it is not the runner.
-    let store = Store::for_policy(policy);
     take_runner_lock(&mut ctl, &store, &job).await?;
     if !policy.job.share_table {
         take_table_lock(&mut ctl, &target.table_q).await?;
     }
     wait_for_stale_backends(&mut ctl, &app).await?;
     store.migrate(&mut ctl).await?;
+    // A standby watching the lease must see the job taken from now on.
+    store.claim_lease(&mut ctl, &job, policy.job.lease).await?;
     probe_update(&mut ctl, policy, &target).await?;
 
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -441,6 +504,9 @@ pub async fn run(
             }
             if row.state == "done" {
                 let (rows, _) = store.progress_totals(&mut ctl, &job).await?;
+                // Claimed above: nothing runs, so a standby need not wait.
+                let e = row_epoch(&store, &mut ctl, &job).await;
+                let _ = store.release_lease(&mut ctl, &job, e).await;
                 let when = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
                 return Ok(RunOutcome {
                     code: exit::OK,
@@ -496,6 +562,10 @@ pub async fn run(
     let epoch = store
         .bump_epoch(&mut ctl, &job, policy.limits.statement_timeout)
         .await?;
+    store
+        .renew_lease(&mut ctl, &job, epoch, policy.job.lease)
+        .await?;
+    crate::store::lease::arm_idle_timeout(&mut ctl, policy.job.lease).await;
 
     let sampler =
         crate::signals::build_sampler(policy, &crate::signals::Context { pool: Some(pool) })
@@ -582,6 +652,7 @@ pub async fn run(
         down: None,
         table: (!policy.job.share_table).then(|| target.table_q.clone()),
         epoch,
+        lease: policy.job.lease,
     };
     let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
     loop {
@@ -666,6 +737,34 @@ pub async fn run(
             },
             None => None,
         };
+        // The lease says "alive" to a standby: renewed every tick, only
+        // under this runner's epoch, and never once it stood down.
+        let standing_down = matches!(engine.lock().await.job.end(), Some(End::StoodDown(_)));
+        if let Some(c) = link.conn.as_mut().filter(|_| !standing_down) {
+            match tokio::time::timeout(
+                CTL_TIMEOUT,
+                store.renew_lease(c, &job, link.epoch, link.lease),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if crate::store::jobs::Fenced::is(&e) => {
+                    engine.lock().await.job.handle_stand_down(e.to_string());
+                    sh.request_stop();
+                }
+                Ok(Err(e)) => {
+                    if is_lost(&e) {
+                        link.lose(format!("control connection lost: {}", plain(&e)));
+                    } else {
+                        tracing::warn!(error = %e, "renewing the lease failed (renewed again next tick)");
+                    }
+                }
+                Err(_) => link.lose(format!(
+                    "control connection lost: renewing the lease took longer than {}",
+                    fmt_dur(CTL_TIMEOUT)
+                )),
+            }
+        }
         // As after a crash: batches acknowledged by an old server
         // incarnation may be gone (asynchronous replication), so the Job
         // trusts nothing in memory; the stored cursor and progress records
@@ -1085,8 +1184,23 @@ pub async fn run(
     if let Err(e) = server.shutdown().await {
         tracing::warn!(error = %e, "stopping the HTTP server");
     }
+    // A standby may take over at once: this runner is gone.
+    if let Err(e) = store.release_lease(&mut ctl, &job, epoch).await {
+        tracing::warn!(error = %e, "releasing the lease failed (a standby takes over once it expires)");
+    }
     let _ = sqlx::Connection::close(ctl).await;
     Ok(outcome)
+}
+
+/// The job's current epoch (for releasing a lease claimed before any was
+/// taken); 0 when it cannot be read, which releases nothing.
+async fn row_epoch(store: &Store, ctl: &mut PgConnection, job: &str) -> i64 {
+    store
+        .lease(ctl, job)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |l| l.epoch)
 }
 
 /// Record a failed run's end. The failure is what the user must see: a
@@ -1237,7 +1351,7 @@ async fn try_table_lock(ctl: &mut PgConnection, table: &str) -> anyhow::Result<O
 
 /// One attempt at the runner lock: `None` when taken, else who holds it
 /// (`pid N (application, address)`).
-async fn try_runner_lock(
+pub(super) async fn try_runner_lock(
     ctl: &mut PgConnection,
     store: &Store,
     job: &str,

@@ -44,7 +44,35 @@ pub async fn check(
     let table_ok = table(conn, policy, &role, r).await?;
     schema(conn, policy, &role, r).await?;
     stats(conn, policy, &role, r).await?;
+    signal_backend(conn, policy, &role, r).await?;
     Ok(table_ok)
+}
+
+/// A standby ends the old runner's backends when it takes over
+/// (`pg_terminate_backend`): allowed for sessions of its own role, or with
+/// `pg_signal_backend` for any non-superuser's. Checked for a policy that
+/// says `[job] standby = true` (`pacer run --standby` is a flag `check`
+/// does not see; the same applies to it).
+async fn signal_backend(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    role: &str,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    if !policy.job.standby {
+        return Ok(());
+    }
+    let can: bool =
+        sqlx::query_scalar("SELECT pg_has_role(current_user, 'pg_signal_backend', 'USAGE')")
+            .fetch_one(&mut *conn)
+            .await?;
+    if !can {
+        r.warnings.push(format!(
+            "job.standby: role {role} lacks pg_signal_backend: a standby can end the old runner's sessions              (to take over) only if the active runner connects as {role} too (GRANT pg_signal_backend TO {})",
+            quote_ident(role)
+        ));
+    }
+    Ok(())
 }
 
 async fn table(

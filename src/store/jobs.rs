@@ -340,7 +340,7 @@ fn fenced_if_none(rows: u64, job: &str, epoch: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))

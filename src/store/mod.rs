@@ -9,6 +9,7 @@ pub mod control;
 pub mod decisions;
 pub mod history;
 pub mod jobs;
+pub mod lease;
 pub mod pooler;
 pub mod samples;
 pub mod status;
@@ -185,6 +186,12 @@ pub struct Store {
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// The version of the newest migration this binary carries: pacer's tables
+/// at another version were made (or are used) by another pacer version.
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
 
 impl Store {
     pub fn new(schema: &str) -> Store {

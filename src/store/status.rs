@@ -62,6 +62,19 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
     // The estimates and target rate of the last tick, beside its raw
     // readings: what the last decision judged.
     let controller = store.last_view(&mut conn, job).await?;
+    // Who holds the job's lease and for how long yet (negative: expired,
+    // a standby takes over `takeover_after` later); null once released.
+    // Tables of an older pacer have no lease: null too.
+    let lease = store
+        .lease(&mut conn, job)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| {
+            l.expired_for.map(
+                |e| json!({"holder": l.holder, "expires_in_seconds": (-e * 10.0).round() / 10.0}),
+            )
+        });
     let paused_by = switch
         .filter(|s| s.paused)
         .map(|s| json!({"by": s.by, "reason": s.reason, "at": s.at}));
@@ -77,6 +90,7 @@ pub async fn status(policy: &Policy) -> anyhow::Result<Option<serde_json::Value>
         "last_decision": last,
         "controller": controller,
         "paused_by": paused_by,
+        "lease": lease,
         "pass": row.pass,
         "cursor": row.cursor_key,
         "message": note,
