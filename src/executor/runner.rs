@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgConnection;
@@ -18,13 +18,16 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tracing::Instrument as _;
 
 use super::engine::Engine;
+use super::identity::Opened;
 use super::job::{self, End, Finish, Job, StoreIo, Stored};
+use super::link::{CTL_TIMEOUT, Link, Reconnect, is_lost, plain, restart_from_store};
+use super::locks::{take_runner_lock, take_table_lock, wait_for_stale_backends};
+use super::probe::{dry_run, probe_update};
 use super::target::Target;
 use super::{Command, Shared};
 use crate::cli::exit;
 use crate::controller::{Controller, Inputs, ManualPause, State, fmt_dur};
 use crate::policy::Policy;
-use crate::store::jobs::NewJob;
 use crate::store::{Fail, Store, database_url, runner_app_name};
 use crate::telemetry::http::{self, HttpError, HttpServer};
 use crate::telemetry::{JobTelemetry, TelemetryOptions};
@@ -46,345 +49,6 @@ pub struct RunOutcome {
     pub code: u8,
     /// The one-line summary printed at the end.
     pub summary: String,
-}
-
-/// How long a new run waits for an earlier run's backends to go away.
-const STALE_WAIT: Duration = Duration::from_secs(15);
-
-/// Deadline of one coordinator query or connection attempt: a half-open
-/// connection must not stall the tick, since the tick is what enforces a
-/// pause.
-const CTL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Who holds a lock that was taken when we tried but free when we looked.
-const HOLDER_UNKNOWN: &str = "holder unknown";
-
-/// Longest wait between two reconnection attempts during an outage.
-const RECONNECT_CAP: Duration = Duration::from_secs(2);
-
-/// How long the coordinator lets its own previous control session keep
-/// the runner lock before ending it (see `Link::reconnect`).
-const OWN_SESSION_GRACE: Duration = Duration::from_secs(5);
-
-/// The coordinator's connection: it holds the runner lock and reads the
-/// pause switch, so while it is down the job is paused.
-struct Link {
-    conn: Option<PgConnection>,
-    /// Backend PID of the last connection, to tell our own lingering
-    /// session from another runner holding the lock.
-    pid: i32,
-    /// The server incarnation that PID belongs to: a PID of an earlier
-    /// incarnation is never waited on or ended.
-    incarnation: i64,
-    down: Option<Down>,
-    /// The target table whose lock the run holds with the runner lock
-    /// (`None` with `[job] share_table = true`).
-    table: Option<String>,
-    /// The job epoch taken with the runner lock (fencing): the job's row
-    /// is written only while it still carries it.
-    epoch: i64,
-    /// `[job] lease`: renewed with every new connection too.
-    lease: Duration,
-}
-
-struct Down {
-    since: Instant,
-    /// Plain words for the user: `database unreachable: ...`.
-    cause: String,
-    tries: u32,
-    next_try: Instant,
-}
-
-impl Down {
-    /// A new cause is logged once, not once per attempt.
-    fn set_cause(&mut self, cause: String) {
-        if cause != self.cause {
-            tracing::warn!(cause = %cause, tries = self.tries, "still paused: the database cannot be used");
-            self.cause = cause;
-        }
-    }
-}
-
-enum Reconnect {
-    StillDown,
-    Up { incarnation: i64 },
-    StandDown(String),
-}
-
-impl Link {
-    fn lose(&mut self, cause: String) {
-        if let Some(c) = self.conn.take() {
-            // Dropped, not closed: a close could hang on a half-open socket.
-            drop(c);
-        }
-        match &mut self.down {
-            Some(d) => d.set_cause(cause),
-            None => {
-                tracing::warn!(cause = %cause, "pausing: pacer cannot read its pause switch; no new batches until it can");
-                let now = Instant::now();
-                self.down = Some(Down {
-                    since: now,
-                    cause,
-                    tries: 0,
-                    next_try: now,
-                });
-            }
-        }
-    }
-
-    /// One reconnection attempt if its backoff has passed: connect, check
-    /// the server is a primary, re-take the runner lock and take a new
-    /// epoch (the Job learns it from `handle_link_up`).
-    async fn reconnect(&mut self, url: &str, app: &str, store: &Store, job: &str) -> Reconnect {
-        let Some(d) = &mut self.down else {
-            return Reconnect::StillDown;
-        };
-        if Instant::now() < d.next_try {
-            return Reconnect::StillDown;
-        }
-        d.tries += 1;
-        d.next_try = Instant::now() + crate::store::backoff(d.tries, RECONNECT_CAP);
-        let attempt = async {
-            let mut c = crate::store::connect(url, &format!("{app}:control")).await?;
-            let (pid, inc): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
-                .fetch_one(&mut c)
-                .await?;
-            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                .fetch_one(&mut c)
-                .await?;
-            anyhow::Ok((c, pid, inc, standby))
-        };
-        let (mut c, pid, inc, standby) = match tokio::time::timeout(CTL_TIMEOUT, attempt).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
-                return Reconnect::StillDown;
-            }
-            Err(_) => {
-                d.set_cause(format!(
-                    "database unreachable: no answer within {}",
-                    fmt_dur(CTL_TIMEOUT)
-                ));
-                return Reconnect::StillDown;
-            }
-        };
-        if standby {
-            d.set_cause("database unreachable: the server is a standby (in recovery); waiting for a primary".into());
-            return Reconnect::StillDown;
-        }
-        match try_runner_lock(&mut c, store, job).await {
-            Ok(None) => {
-                if let Some(table) = &self.table {
-                    match try_table_lock(&mut c, table).await {
-                        Ok(None) => {}
-                        Ok(Some(holder)) => {
-                            return Reconnect::StandDown(format!(
-                                "while the database was unreachable another pacer job took table {table} ({holder}); \
-                                 standing down: one job per table"
-                            ));
-                        }
-                        Err(e) => {
-                            d.set_cause(format!("database unreachable: {}", plain_any(&e)));
-                            return Reconnect::StillDown;
-                        }
-                    }
-                }
-            }
-            Ok(Some(holder))
-                if holder.contains(&format!("pid {} ", self.pid)) || holder == HOLDER_UNKNOWN =>
-            {
-                // Our previous session has not ended yet (or ended between
-                // the two queries: no holder found; a genuine other runner
-                // is named on the next attempt). It ends by itself when
-                // pacer dropped a working socket, but not when the network
-                // half-opened: the server keeps it, and the runner lock with
-                // it. After a grace it is ended, like an ambiguous commit's
-                // backend; only on the same server incarnation.
-                if holder != HOLDER_UNKNOWN
-                    && inc == self.incarnation
-                    && d.since.elapsed() > OWN_SESSION_GRACE
-                {
-                    let _ = tokio::time::timeout(
-                        CTL_TIMEOUT,
-                        sqlx::query("SELECT pg_terminate_backend($1)")
-                            .bind(self.pid)
-                            .execute(&mut c),
-                    )
-                    .await;
-                    d.set_cause(format!(
-                        "control connection lost: ending the previous control session (pid {}), which still holds the runner lock",
-                        self.pid
-                    ));
-                } else {
-                    d.set_cause("control connection lost: waiting for the previous session to release the runner lock".into());
-                }
-                return Reconnect::StillDown;
-            }
-            Ok(Some(holder)) => {
-                return Reconnect::StandDown(format!(
-                    "while the database was unreachable another pacer took over job {job:?} ({holder}); \
-                     standing down: one runner per job"
-                ));
-            }
-            Err(e) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
-                return Reconnect::StillDown;
-            }
-        }
-        // The lock was free, but a standby may have taken the job over and
-        // finished or stopped while this runner was frozen or cut off: the
-        // lease names the last runner. Not this one: stand down.
-        match tokio::time::timeout(CTL_TIMEOUT, store.lease(&mut c, job)).await {
-            Ok(Ok(Some(l))) => {
-                if let Some(h) = l.holder.filter(|h| h != crate::store::lease::runner_id()) {
-                    return Reconnect::StandDown(format!(
-                        "while this runner was unreachable another pacer took over job {job:?} ({h}); \
-                         standing down: one runner per job"
-                    ));
-                }
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
-                return Reconnect::StillDown;
-            }
-            Err(_) => {
-                d.set_cause(format!(
-                    "database unreachable: no answer within {}",
-                    fmt_dur(CTL_TIMEOUT)
-                ));
-                return Reconnect::StillDown;
-            }
-        }
-        // Every acquisition of the runner lock takes a new epoch: a runner
-        // that held the job before, this one included, commits nothing
-        // more under the old one. Attempts fenced by this very bump come
-        // back while the link is still down: the Job applies them again
-        // under the new epoch.
-        let bumped =
-            tokio::time::timeout(2 * CTL_TIMEOUT, store.bump_epoch(&mut c, job, CTL_TIMEOUT)).await;
-        let new_epoch = match bumped {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                d.set_cause(format!(
-                    "control connection lost: taking a new job epoch failed: {}",
-                    plain_any(&e)
-                ));
-                return Reconnect::StillDown;
-            }
-            Err(_) => {
-                d.set_cause(format!(
-                    "control connection lost: taking a new job epoch took longer than {}",
-                    fmt_dur(2 * CTL_TIMEOUT)
-                ));
-                return Reconnect::StillDown;
-            }
-        };
-        // Alive again: renew the lease at once (a standby may be counting
-        // down), and the new session ends by itself if this runner freezes.
-        if let Err(e) = store.renew_lease(&mut c, job, new_epoch, self.lease).await {
-            d.set_cause(format!(
-                "control connection lost: renewing the lease failed: {}",
-                plain_any(&e)
-            ));
-            return Reconnect::StillDown;
-        }
-        crate::store::lease::arm_idle_timeout(&mut c, self.lease).await;
-        let outage = d.since.elapsed();
-        tracing::info!(
-            outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
-            epoch = new_epoch,
-            "database reachable again; runner lock re-taken"
-        );
-        self.conn = Some(c);
-        self.pid = pid;
-        self.incarnation = inc;
-        self.epoch = new_epoch;
-        self.down = None;
-        Reconnect::Up { incarnation: inc }
-    }
-
-    /// At the end of a run: a plain connection to record the outcome,
-    /// trying until `limit` since the outage began.
-    async fn wait_until_up(
-        &mut self,
-        url: &str,
-        app: &str,
-        limit: Duration,
-    ) -> Option<PgConnection> {
-        let since = self.down.as_ref().map_or_else(Instant::now, |d| d.since);
-        let mut n = 0;
-        loop {
-            let c = tokio::time::timeout(
-                CTL_TIMEOUT,
-                crate::store::connect(url, &format!("{app}:control")),
-            )
-            .await;
-            if let Ok(Ok(c)) = c {
-                return Some(c);
-            }
-            if since.elapsed() > limit {
-                return None;
-            }
-            n += 1;
-            tokio::time::sleep(crate::store::backoff(n, RECONNECT_CAP)).await;
-        }
-    }
-}
-
-fn is_lost(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>()
-            .is_some_and(|e| super::batch::classify(e).is_lost())
-    })
-}
-
-fn plain(e: &anyhow::Error) -> String {
-    plain_any(e)
-}
-
-/// An error in plain words (see `batch::plain_error`).
-fn plain_any(e: &anyhow::Error) -> String {
-    match e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()) {
-        Some(s) => super::batch::plain_error(s),
-        None => {
-            let raw = format!("{e:#}");
-            let lower = raw.to_lowercase();
-            if lower.contains("connection refused") {
-                format!("connection refused (the server is down or restarting): {raw}")
-            } else if lower.contains("starting up") || lower.contains("shutting down") {
-                format!("the server is restarting: {raw}")
-            } else {
-                raw
-            }
-        }
-    }
-}
-
-/// What the (new) server has, for the Job to start again from: the stored
-/// cursor and pass, the next progress record id, the server's incarnation;
-/// with the rows done so far.
-async fn restart_from_store(
-    c: &mut PgConnection,
-    store: &Store,
-    job: &str,
-) -> anyhow::Result<(Stored, i64)> {
-    let row = store.job(c, job).await?.ok_or_else(|| {
-        Fail::failed(format!(
-            "job {job:?} is missing from pacer's tables after the restart"
-        ))
-    })?;
-    let (done, next_id) = store.progress_totals(c, job).await?;
-    let (_, inc): (i32, i64) = sqlx::query_as(super::batch::INCARNATION_SQL)
-        .fetch_one(&mut *c)
-        .await?;
-    let stored = Stored {
-        pass: row.pass,
-        cursor: row.cursor_key,
-        next_batch_id: next_id,
-        incarnation: inc,
-    };
-    Ok((stored, done))
 }
 
 /// Hash of what may change between runs (limits, controller, signals,
@@ -430,7 +94,11 @@ pub async fn run(
     }
     let target = Arc::new(Target::resolve(&mut ctl, policy).await?);
     if opts.dry_run {
-        return dry_run(&mut ctl, policy, &target).await;
+        dry_run(&mut ctl, policy, &target).await?;
+        return Ok(RunOutcome {
+            code: exit::OK,
+            summary: "dry run: nothing written".into(),
+        });
     }
     let store = Store::for_policy(policy);
     if standby {
@@ -477,83 +145,10 @@ pub async fn run(
             crate::store::parse_url(&url)?.application_name(&format!("pacer-signals:{job}")),
         );
 
-    // Job identity: create, or resume with the same fingerprint.
-    let fingerprint = policy.fingerprint();
     let settings = settings_hash(policy);
-    let row = match store.job(&mut ctl, &job).await? {
-        Some(row) => {
-            if row.fingerprint != fingerprint {
-                if !opts.accept_policy_change {
-                    return Err(Fail::invalid(format!(
-                        "job {job:?}: job.pending or job.update (or table/key) changed since the job started \
-                         (fingerprint {} → {fingerprint}); rows already done were done with the old SQL. \
-                         Re-run with --accept-policy-change if that is intended, or use a new job.name",
-                        row.fingerprint
-                    )));
-                }
-                tracing::warn!(job = %job, old = %row.fingerprint, new = %fingerprint, "accepting changed pending/update (--accept-policy-change)");
-                store
-                    .accept_change(
-                        &mut ctl,
-                        &job,
-                        &fingerprint,
-                        &policy.job.pending,
-                        &policy.job.update,
-                    )
-                    .await?;
-            }
-            if row.state == "done" {
-                let (rows, _) = store.progress_totals(&mut ctl, &job).await?;
-                // Claimed above: nothing runs, so a standby need not wait.
-                let e = row_epoch(&store, &mut ctl, &job).await;
-                let _ = store.release_lease(&mut ctl, &job, e).await;
-                let when = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-                return Ok(RunOutcome {
-                    code: exit::OK,
-                    summary: format!(
-                        "job {job} is already complete ({rows} rows, finished {when}); nothing to do. \
-                         `pacer verify` checks for rows still pending; a new backfill needs a new job.name"
-                    ),
-                });
-            }
-            if row.settings_hash != settings {
-                tracing::info!(job = %job, "limits/controller/signals/windows changed since the last run; using the new ones");
-            }
-            tracing::info!(job = %job, pass = row.pass, cursor = ?row.cursor_key, state = %row.state, "resuming");
-            row
-        }
-        None => {
-            let ctx = crate::signals::Context {
-                pool: Some(pool.clone()),
-            };
-            let baselines = crate::signals::capture_baselines(policy, &ctx)
-                .await
-                .map_err(|e| Fail::invalid(format!("{e:#}")))?;
-            let (count, exact) = target
-                .count_pending(&mut ctl, Duration::from_secs(60))
-                .await?;
-            tracing::info!(job = %job, pending = count, exact, "new job");
-            store
-                .create_job(
-                    &mut ctl,
-                    &NewJob {
-                        name: &job,
-                        fingerprint: &fingerprint,
-                        settings_hash: &settings,
-                        table_name: &policy.job.table,
-                        key_column: &policy.job.key,
-                        pending_sql: &policy.job.pending,
-                        update_sql: &policy.job.update,
-                        baselines: &baselines,
-                        rows_at_start: Some(count),
-                    },
-                )
-                .await?;
-            store
-                .job(&mut ctl, &job)
-                .await?
-                .ok_or_else(|| Fail::failed("job row vanished after insert"))?
-        }
+    let row = match super::identity::open(&mut ctl, &store, policy, &target, opts, &pool).await? {
+        Opened::Job(row) => *row,
+        Opened::Done(outcome) => return Ok(outcome),
     };
     store.mark_started(&mut ctl, &job, &settings).await?;
     // Before the progress totals are read: batches of a runner that lost
@@ -1194,7 +789,7 @@ pub async fn run(
 
 /// The job's current epoch (for releasing a lease claimed before any was
 /// taken); 0 when it cannot be read, which releases nothing.
-async fn row_epoch(store: &Store, ctl: &mut PgConnection, job: &str) -> i64 {
+pub(super) async fn row_epoch(store: &Store, ctl: &mut PgConnection, job: &str) -> i64 {
     store
         .lease(ctl, job)
         .await
@@ -1255,199 +850,5 @@ async fn serve_http(
         HttpError::Bind { .. } => Fail::failed(e.to_string()),
         HttpError::WeakToken { .. } => Fail::invalid(format!("[http] listen = {listen:?}: {e}")),
         _ => Fail::invalid(e.to_string()),
-    })
-}
-
-/// Before the first write: apply one batch twice in a rolled-back
-/// transaction. An update that leaves its rows pending is refused (the job
-/// would never end); so is a non-idempotent one, unless the policy says
-/// `[job] idempotent = false` (exactly-once batches keep it safe, but the
-/// user must know they rely on them). Rows that are locked right now, or a
-/// probe that hits a transient error, are no reason to refuse a job: the
-/// batches themselves cope with both.
-async fn probe_update(
-    ctl: &mut PgConnection,
-    policy: &Policy,
-    target: &Target,
-) -> anyhow::Result<()> {
-    use crate::preflight::Probed;
-    match crate::preflight::apply_twice(ctl, policy, target).await {
-        Ok(Probed::Applied(p)) => {
-            if let Some(msg) = crate::preflight::still_pending_problem(&p) {
-                return Err(Fail::invalid(msg));
-            }
-            if let Some(msg) = crate::preflight::not_idempotent_problem(&p, policy) {
-                return Err(Fail::invalid(msg));
-            }
-            if p.second > 0 {
-                tracing::warn!(
-                    rows = p.second,
-                    "job.update is not idempotent (a second application changes rows); accepted ([job] idempotent = false): \
-                     pacer applies each batch once, but anyone re-running it by hand would double-apply"
-                );
-            }
-            Ok(())
-        }
-        Ok(Probed::NothingPending) => Ok(()),
-        Ok(Probed::AllLocked { keys }) => {
-            tracing::warn!(
-                keys,
-                "job.update not probed before the first write: every key of the first batch is locked by another session; continuing"
-            );
-            Ok(())
-        }
-        Err(e) if e.downcast_ref::<Fail>().is_some() => Err(e),
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "could not probe job.update before the first write; continuing");
-            Ok(())
-        }
-    }
-}
-
-/// One runner per job: a session advisory lock held by the control
-/// connection for the whole run (released by Postgres if the runner dies).
-async fn take_runner_lock(ctl: &mut PgConnection, store: &Store, job: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STALE_WAIT;
-    loop {
-        let holder = try_runner_lock(ctl, store, job).await?;
-        let Some(holder) = holder else {
-            return Ok(());
-        };
-        if Instant::now() > deadline {
-            return Err(Fail::failed(format!(
-                "job {job:?} is already being run by another pacer ({holder}); one runner per job"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// One job per table: two jobs with different names on one table would
-/// each apply their update to the same rows (138,900 of 200,000 rows
-/// applied twice with a non-idempotent update, measured). The lock is on
-/// the root of a partition tree, so a job on a partition and one on its
-/// parent exclude each other too. Held by the control connection with the
-/// runner lock; `[job] share_table = true` skips it.
-async fn take_table_lock(ctl: &mut PgConnection, table: &str) -> anyhow::Result<()> {
-    match try_table_lock(ctl, table).await? {
-        None => Ok(()),
-        Some(holder) => Err(Fail::failed(format!(
-            "table {table} is already being backfilled by another pacer job ({holder}); two jobs on one table \
-             can apply their updates to the same rows: wait for it, or set [job] share_table = true if both may write it"
-        ))),
-    }
-}
-
-/// One attempt at the table lock: `None` when taken, else who holds it.
-async fn try_table_lock(ctl: &mut PgConnection, table: &str) -> anyhow::Result<Option<String>> {
-    let key: String = sqlx::query_scalar(
-        "SELECT 'pacer:table:' || coalesce(pg_partition_root($1::regclass), $1::regclass)::oid::text",
-    )
-    .bind(table)
-    .fetch_one(&mut *ctl)
-    .await?;
-    try_advisory_lock(ctl, &key).await
-}
-
-/// One attempt at the runner lock: `None` when taken, else who holds it
-/// (`pid N (application, address)`).
-pub(super) async fn try_runner_lock(
-    ctl: &mut PgConnection,
-    store: &Store,
-    job: &str,
-) -> anyhow::Result<Option<String>> {
-    try_advisory_lock(ctl, &format!("pacer:{}:{job}", store.schema())).await
-}
-
-/// One attempt at the session advisory lock named `key`: `None` when
-/// taken, else who holds it (`pid N (application, address)`).
-async fn try_advisory_lock(ctl: &mut PgConnection, key: &str) -> anyhow::Result<Option<String>> {
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1)::bigint)")
-        .bind(key)
-        .fetch_one(&mut *ctl)
-        .await?;
-    if got {
-        return Ok(None);
-    }
-    let holder: Option<String> = sqlx::query_scalar(
-        "SELECT string_agg(format('pid %s (%s, %s)', a.pid, a.application_name, a.client_addr), ', ')
-           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-          WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() AND l.objid = (hashtext($1)::bigint & 4294967295)::oid",
-    )
-    .bind(key)
-    .fetch_one(&mut *ctl)
-    .await
-    .unwrap_or(None);
-    Ok(Some(holder.unwrap_or_else(|| HOLDER_UNKNOWN.into())))
-}
-
-/// Refuse to start while backends of an earlier run still live (a killed
-/// runner's transaction may still be committing); wait a little first.
-async fn wait_for_stale_backends(ctl: &mut PgConnection, app: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + STALE_WAIT;
-    loop {
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .bind(app)
-        .fetch_all(&mut *ctl)
-        .await?;
-        if pids.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Fail::failed(format!(
-                "backends of an earlier run of this job are still alive (application_name {app:?}, pids {pids:?}); \
-                 wait for them to finish or end them with pg_terminate_backend, then run again"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `--dry-run`: reads, estimates and EXPLAINs; writes nothing.
-async fn dry_run(
-    ctl: &mut PgConnection,
-    policy: &Policy,
-    target: &Target,
-) -> anyhow::Result<RunOutcome> {
-    let est = target.estimate_pending(ctl).await?;
-    let plan = target
-        .explain(ctl, &target.first_read_literal(policy.limits.read_chunk))
-        .await?;
-    let (_, n, pending) = target
-        .read_chunk(ctl, None, policy.limits.read_chunk)
-        .await
-        .map_err(|e| {
-            Fail::invalid(format!(
-                "job.pending: reading the first chunk failed: {}",
-                super::target::db_message(&e)
-            ))
-        })?;
-    let l = &policy.limits;
-    println!(
-        "dry run of job {} on {} (key {} {})",
-        policy.job.name,
-        target.table_q,
-        target.key_name,
-        target.key_type.sql()
-    );
-    println!("  pending rows (planner estimate): {est}");
-    println!("  first chunk: {n} keys read, {} pending", pending.len());
-    println!("  read plan: {}", crate::preflight::plan_summary(&plan));
-    println!(
-        "  batches: start {} rows, {} worker(s), sleep {}; lock_timeout {}, statement_timeout {}",
-        l.batch_size.start,
-        l.workers.start,
-        humantime::format_duration(l.sleep.start),
-        humantime::format_duration(l.lock_timeout),
-        humantime::format_duration(l.statement_timeout)
-    );
-    if let Some(first) = pending.first_text() {
-        println!("  first batch would start at key {first}");
-    }
-    Ok(RunOutcome {
-        code: exit::OK,
-        summary: "dry run: nothing written".into(),
     })
 }

@@ -195,7 +195,7 @@ async fn look(
     match expired_for {
         // Released (the runner ended cleanly) or never taken: whoever takes
         // the runner lock first runs the job.
-        None => match super::runner::try_runner_lock(c, store, job).await? {
+        None => match super::locks::try_runner_lock(c, store, job).await? {
             None => Ok(Look::TakeOver(format!(
                 "the job's lease is free (last holder: {holder})"
             ))),
@@ -216,7 +216,7 @@ async fn look(
             // idle_session_timeout) holds the runner lock, the workers'
             // sessions would make the start wait for them.
             let ended = end_old_backends(c, app).await?;
-            let took = super::runner::try_runner_lock(c, store, job).await?;
+            let took = super::locks::try_runner_lock(c, store, job).await?;
             match took {
                 None => Ok(Look::TakeOver(format!(
                     "the lease of {holder} expired {} ago (takeover_after {}); ended {ended} backend(s) of the old runner",
@@ -262,7 +262,7 @@ async fn other_version(
     if let Some(holder) = held {
         return refuse(format!("job {job:?} is held by runner {holder}"));
     }
-    match super::runner::try_runner_lock(c, store, job).await? {
+    match super::locks::try_runner_lock(c, store, job).await? {
         None => Ok(Look::TakeOver(format!(
             "the job is not running (pacer's tables at schema version {theirs}; this pacer migrates them to {mine})"
         ))),

@@ -1,0 +1,109 @@
+//! Job identity at start: a new job is created (baselines captured, rows
+//! pending counted); a known one resumes only with the same `pending` and
+//! `update` (or `--accept-policy-change`), and a finished one is not run
+//! again.
+
+use std::time::Duration;
+
+use sqlx::postgres::PgConnection;
+
+use super::runner::{RunOptions, RunOutcome, settings_hash};
+use super::target::Target;
+use crate::cli::exit;
+use crate::policy::Policy;
+use crate::store::jobs::{JobRow, NewJob};
+use crate::store::{Fail, Store};
+
+pub(super) enum Opened {
+    /// Run it: the job's row as stored.
+    Job(Box<JobRow>),
+    /// Already complete; nothing to run.
+    Done(RunOutcome),
+}
+
+pub(super) async fn open(
+    ctl: &mut PgConnection,
+    store: &Store,
+    policy: &Policy,
+    target: &Target,
+    opts: &RunOptions,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<Opened> {
+    let job = &policy.job.name;
+    let settings = settings_hash(policy);
+    let fingerprint = policy.fingerprint();
+    let row = match store.job(ctl, job).await? {
+        Some(row) => {
+            if row.fingerprint != fingerprint {
+                if !opts.accept_policy_change {
+                    return Err(Fail::invalid(format!(
+                        "job {job:?}: job.pending or job.update (or table/key) changed since the job started \
+                         (fingerprint {} → {fingerprint}); rows already done were done with the old SQL. \
+                         Re-run with --accept-policy-change if that is intended, or use a new job.name",
+                        row.fingerprint
+                    )));
+                }
+                tracing::warn!(job = %job, old = %row.fingerprint, new = %fingerprint, "accepting changed pending/update (--accept-policy-change)");
+                store
+                    .accept_change(
+                        ctl,
+                        job,
+                        &fingerprint,
+                        &policy.job.pending,
+                        &policy.job.update,
+                    )
+                    .await?;
+            }
+            if row.state == "done" {
+                let (rows, _) = store.progress_totals(ctl, job).await?;
+                // Claimed above: nothing runs, so a standby need not wait.
+                let e = super::runner::row_epoch(store, ctl, job).await;
+                let _ = store.release_lease(ctl, job, e).await;
+                let when = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+                return Ok(Opened::Done(RunOutcome {
+                    code: exit::OK,
+                    summary: format!(
+                        "job {job} is already complete ({rows} rows, finished {when}); nothing to do. \
+                         `pacer verify` checks for rows still pending; a new backfill needs a new job.name"
+                    ),
+                }));
+            }
+            if row.settings_hash != settings {
+                tracing::info!(job = %job, "limits/controller/signals/windows changed since the last run; using the new ones");
+            }
+            tracing::info!(job = %job, pass = row.pass, cursor = ?row.cursor_key, state = %row.state, "resuming");
+            row
+        }
+        None => {
+            let ctx = crate::signals::Context {
+                pool: Some(pool.clone()),
+            };
+            let baselines = crate::signals::capture_baselines(policy, &ctx)
+                .await
+                .map_err(|e| Fail::invalid(format!("{e:#}")))?;
+            let (count, exact) = target.count_pending(ctl, Duration::from_secs(60)).await?;
+            tracing::info!(job = %job, pending = count, exact, "new job");
+            store
+                .create_job(
+                    ctl,
+                    &NewJob {
+                        name: job,
+                        fingerprint: &fingerprint,
+                        settings_hash: &settings,
+                        table_name: &policy.job.table,
+                        key_column: &policy.job.key,
+                        pending_sql: &policy.job.pending,
+                        update_sql: &policy.job.update,
+                        baselines: &baselines,
+                        rows_at_start: Some(count),
+                    },
+                )
+                .await?;
+            store
+                .job(ctl, job)
+                .await?
+                .ok_or_else(|| Fail::failed("job row vanished after insert"))?
+        }
+    };
+    Ok(Opened::Job(Box::new(row)))
+}
