@@ -1098,6 +1098,20 @@ impl Policy {
         out
     }
 
+    /// Hash of what may change between runs (limits, controller, signals,
+    /// windows): changes are allowed and logged; a standby must match it.
+    pub fn settings_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let v = serde_json::json!({
+            "limits": self.limits, "controller": self.controller, "signals": self.signals, "windows": self.windows,
+        });
+        Sha256::digest(v.to_string().as_bytes())
+            .iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Stable fingerprint of what the job does to rows; a resumed run with a
     /// different fingerprint is a different job.
     pub fn fingerprint(&self) -> String {

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
 
-use super::runner::{RunOptions, RunOutcome, settings_hash};
 use super::target::Target;
-use crate::cli::exit;
 use crate::policy::Policy;
 use crate::store::jobs::{JobRow, NewJob};
 use crate::store::{Fail, Store};
@@ -17,8 +15,8 @@ use crate::store::{Fail, Store};
 pub(super) enum Opened {
     /// Run it: the job's row as stored.
     Job(Box<JobRow>),
-    /// Already complete; nothing to run.
-    Done(RunOutcome),
+    /// Already complete; nothing to run (what to tell the user).
+    Done(String),
 }
 
 pub(super) async fn open(
@@ -26,16 +24,16 @@ pub(super) async fn open(
     store: &Store,
     policy: &Policy,
     target: &Target,
-    opts: &RunOptions,
+    accept_policy_change: bool,
     pool: &sqlx::PgPool,
 ) -> anyhow::Result<Opened> {
     let job = &policy.job.name;
-    let settings = settings_hash(policy);
+    let settings = policy.settings_hash();
     let fingerprint = policy.fingerprint();
     let row = match store.job(ctl, job).await? {
         Some(row) => {
             if row.fingerprint != fingerprint {
-                if !opts.accept_policy_change {
+                if !accept_policy_change {
                     return Err(Fail::invalid(format!(
                         "job {job:?}: job.pending or job.update (or table/key) changed since the job started \
                          (fingerprint {} → {fingerprint}); rows already done were done with the old SQL. \
@@ -57,16 +55,13 @@ pub(super) async fn open(
             if row.state == "done" {
                 let (rows, _) = store.progress_totals(ctl, job).await?;
                 // Claimed above: nothing runs, so a standby need not wait.
-                let e = super::runner::row_epoch(store, ctl, job).await;
+                let e = row_epoch(store, ctl, job).await;
                 let _ = store.release_lease(ctl, job, e).await;
                 let when = row.finished_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-                return Ok(Opened::Done(RunOutcome {
-                    code: exit::OK,
-                    summary: format!(
-                        "job {job} is already complete ({rows} rows, finished {when}); nothing to do. \
+                return Ok(Opened::Done(format!(
+                    "job {job} is already complete ({rows} rows, finished {when}); nothing to do. \
                          `pacer verify` checks for rows still pending; a new backfill needs a new job.name"
-                    ),
-                }));
+                )));
             }
             if row.settings_hash != settings {
                 tracing::info!(job = %job, "limits/controller/signals/windows changed since the last run; using the new ones");
@@ -106,4 +101,15 @@ pub(super) async fn open(
         }
     };
     Ok(Opened::Job(Box::new(row)))
+}
+
+/// The job's current epoch (for releasing a lease claimed before any was
+/// taken); 0 when it cannot be read, which releases nothing.
+async fn row_epoch(store: &Store, ctl: &mut PgConnection, job: &str) -> i64 {
+    store
+        .lease(ctl, job)
+        .await
+        .ok()
+        .flatten()
+        .map_or(0, |l| l.epoch)
 }

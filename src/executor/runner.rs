@@ -51,20 +51,6 @@ pub struct RunOutcome {
     pub summary: String,
 }
 
-/// Hash of what may change between runs (limits, controller, signals,
-/// windows): changes are allowed and logged.
-pub(super) fn settings_hash(p: &Policy) -> String {
-    use sha2::{Digest, Sha256};
-    let v = serde_json::json!({
-        "limits": p.limits, "controller": p.controller, "signals": p.signals, "windows": p.windows,
-    });
-    Sha256::digest(v.to_string().as_bytes())
-        .iter()
-        .take(12)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 pub async fn run(
     policy: &Policy,
     opts: &RunOptions,
@@ -145,10 +131,24 @@ pub async fn run(
             crate::store::parse_url(&url)?.application_name(&format!("pacer-signals:{job}")),
         );
 
-    let settings = settings_hash(policy);
-    let row = match super::identity::open(&mut ctl, &store, policy, &target, opts, &pool).await? {
+    let settings = policy.settings_hash();
+    let row = match super::identity::open(
+        &mut ctl,
+        &store,
+        policy,
+        &target,
+        opts.accept_policy_change,
+        &pool,
+    )
+    .await?
+    {
         Opened::Job(row) => *row,
-        Opened::Done(outcome) => return Ok(outcome),
+        Opened::Done(summary) => {
+            return Ok(RunOutcome {
+                code: exit::OK,
+                summary,
+            });
+        }
     };
     store.mark_started(&mut ctl, &job, &settings).await?;
     // Before the progress totals are read: batches of a runner that lost
@@ -785,17 +785,6 @@ pub async fn run(
     }
     let _ = sqlx::Connection::close(ctl).await;
     Ok(outcome)
-}
-
-/// The job's current epoch (for releasing a lease claimed before any was
-/// taken); 0 when it cannot be read, which releases nothing.
-pub(super) async fn row_epoch(store: &Store, ctl: &mut PgConnection, job: &str) -> i64 {
-    store
-        .lease(ctl, job)
-        .await
-        .ok()
-        .flatten()
-        .map_or(0, |l| l.epoch)
 }
 
 /// Record a failed run's end. The failure is what the user must see: a

@@ -292,7 +292,7 @@ fn check_same_job(l: &Lease, policy: &Policy) -> anyhow::Result<()> {
             l.fingerprint
         )));
     }
-    let settings = super::runner::settings_hash(policy);
+    let settings = policy.settings_hash();
     if l.settings_hash != settings {
         return Err(Fail::invalid(format!(
             "standby refused: job {job:?} is run with other [limits], [controller], [[signal]] or [[window]] settings \
