@@ -21,9 +21,19 @@ use tokio::process::{Child, Command};
 const ROWS: i64 = 30_000;
 
 /// Short lease and takeover, the same for every runner of a test.
+/// `[job] lease` and `takeover_after` of the runners: 1 s unless
+/// `PACER_TEST_LEASE` / `PACER_TEST_TAKEOVER_AFTER` say otherwise (to
+/// measure a takeover at the defaults, 10s and 15s).
+fn timing(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| "1s".into())
+}
+
 fn fast(mut c: Command) -> Command {
-    c.env("PACER_POLICY__JOB__LEASE", "1s")
-        .env("PACER_POLICY__JOB__TAKEOVER_AFTER", "1s")
+    c.env("PACER_POLICY__JOB__LEASE", timing("PACER_TEST_LEASE"))
+        .env(
+            "PACER_POLICY__JOB__TAKEOVER_AFTER",
+            timing("PACER_TEST_TAKEOVER_AFTER"),
+        )
         .env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "3000");
     c
 }
@@ -170,7 +180,7 @@ async fn kill_9_the_active_runner_and_the_standby_takes_over(pool: PgPool) {
     active.start_kill().unwrap();
     let killed = Instant::now();
     active.wait().await.unwrap();
-    let (took, _) = takeover(&pool, old, killed, Duration::from_secs(30)).await;
+    let (took, _) = takeover(&pool, old, killed, Duration::from_secs(60)).await;
     assert!(
         wait_until(Duration::from_secs(20), || async {
             sqlx::query_scalar::<_, i64>(
@@ -186,9 +196,11 @@ async fn kill_9_the_active_runner_and_the_standby_takes_over(pool: PgPool) {
         "the standby committed no batch"
     );
     println!(
-        "kill -9: the standby took the job over {:.1} s after the kill (new epoch); first batch by {:.1} s (lease 1 s, takeover_after 1 s)",
+        "kill -9: the standby took the job over {:.1} s after the kill (new epoch); first batch by {:.1} s (lease {}, takeover_after {})",
         took.as_secs_f64(),
-        killed.elapsed().as_secs_f64()
+        killed.elapsed().as_secs_f64(),
+        timing("PACER_TEST_LEASE"),
+        timing("PACER_TEST_TAKEOVER_AFTER")
     );
     let (code, stdout) = exited(&mut stby, 60, "the standby").await;
     assert_eq!(code, Some(0), "{stdout}");
