@@ -78,10 +78,14 @@ impl Walk {
     }
 
     /// Whether to read the next chunk now, ahead of need: less than half a
-    /// chunk beyond the next batch is queued, so the read runs while the
-    /// batches still queued are applied, rather than between two of them.
+    /// chunk beyond the next batch is queued (and less than a whole chunk,
+    /// so a chunk just read is used before the next is asked for), so the
+    /// read runs while the batches still queued are applied, rather than
+    /// between two of them. Always when `wants_read`.
     pub fn read_ahead(&self, batch_size: usize, chunk: u32) -> bool {
-        !self.exhausted && self.queue.len() < batch_size + chunk as usize / 2
+        let chunk = chunk as usize;
+        let low = batch_size.max((batch_size + chunk / 2).min(chunk));
+        !self.exhausted && self.queue.len() < low
     }
 
     pub fn read_cursor(&self) -> Option<String> {
