@@ -337,7 +337,7 @@ impl Job {
                 return Some(self.start(no));
             }
             let bs = self.batch_size as usize;
-            let may_read = self.reading.is_none() && !self.read_ready.is_some_and(|t| t > now);
+            let may_read = self.reading.is_none() && self.read_ready.is_none_or(|t| t <= now);
             if may_read && self.walk.read_ahead(bs, self.cfg.read_chunk) {
                 self.reading = Some(self.generation);
                 return Some(Io::ReadChunk {
