@@ -97,9 +97,9 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 # pacer's own count: "round trips / batch attempts" from its last log line.
 trips_per_batch() { # log file
     local line t b
-    line=$(grep '"round_trips"' "$1" | tail -1)
-    t=$(grep -oE '"round_trips":[0-9]+' <<<"$line" | grep -oE '[0-9]+$')
-    b=$(grep -oE '"batches":[0-9]+' <<<"$line" | grep -oE '[0-9]+$')
+    line=$(grep '"round_trips"' "$1" | tail -1 || true)
+    t=$(grep -oE '"round_trips":[0-9]+' <<<"$line" | grep -oE '[0-9]+$' || true)
+    b=$(grep -oE '"batches":[0-9]+' <<<"$line" | grep -oE '[0-9]+$' || true)
     awk -v t="$t" -v b="$b" 'BEGIN { if (b > 0) printf "%.2f (%d / %d)\n", t / b, t, b; else print "?" }'
 }
 
