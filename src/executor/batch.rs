@@ -122,7 +122,7 @@ const TRANSACTION_TIMEOUT_SINCE: u32 = 170_000;
 /// statement; a worker's connection runs nothing but batches). The others
 /// bound the harm a stalled or cut-off pacer can do to live traffic: the
 /// server ends a worker's transaction left idle (pacer frozen between two
-/// statements of a batch), and from PostgreSQL 17 any transaction outliving
+/// statements of a batch that is an explicit transaction), and from PostgreSQL 17 any transaction outliving
 /// a batch's worst case (at most three statements, each within
 /// `statement_timeout`, with at most the idle timeout before each), and
 /// notices a dead peer by itself; so row locks are never held for longer
