@@ -36,7 +36,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -x "$a" && -x "$b" ]] || { echo "--a and --b must name pacer binaries" >&2; exit 2; }
 
-db=pacer_bench
+db=${PACER_BENCH_DB:-pacer_bench}
 psql "$url" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 base="${url%%\?*}"
 query="${url#"$base"}"

@@ -1,7 +1,11 @@
-//! One batch transaction on a writer's own connection: local timeouts, the
-//! policy's update, the progress record, COMMIT, all or nothing.
+//! One batch on a writer's own connection, all or nothing: the policy's
+//! update and the batch's progress record in one transaction. Usually that
+//! transaction is a single statement that commits on its own, one round
+//! trip (`Store::batch_sql`); a retry of locked rows (lock-free) and an
+//! update that cannot be wrapped in that statement use an explicit
+//! BEGIN ... COMMIT instead.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgConnection;
@@ -112,22 +116,30 @@ pub async fn within<T>(
 const TRANSACTION_TIMEOUT_SINCE: u32 = 170_000;
 
 /// The worker session's limits as one statement (the values are numbers
-/// pacer formats itself). They bound the harm a stalled or cut-off pacer
-/// can do to live traffic: the server ends a worker's transaction left
-/// idle (pacer frozen between two statements of a batch), and from
-/// PostgreSQL 17 any transaction outliving a batch's worst case (at most
-/// three statements, each within `statement_timeout`, with at most the
-/// idle timeout before each), and notices a dead peer by itself; so row
-/// locks are never held for longer than these. `tcp_*` are ignored on a
-/// Unix socket; `tcp_user_timeout` needs PostgreSQL 12.
+/// pacer formats itself), set once per connection: `lock_timeout` bounds
+/// how long a batch waits for a lock, `statement_timeout` how long it holds
+/// them (both were per transaction, `SET LOCAL`, before batches became one
+/// statement; a worker's connection runs nothing but batches). The others
+/// bound the harm a stalled or cut-off pacer can do to live traffic: the
+/// server ends a worker's transaction left idle (pacer frozen between two
+/// statements of a batch that is an explicit transaction), and from PostgreSQL 17 any transaction outliving
+/// a batch's worst case (at most three statements, each within
+/// `statement_timeout`, with at most the idle timeout before each), and
+/// notices a dead peer by itself; so row locks are never held for longer
+/// than these. `tcp_*` are ignored on a Unix socket; `tcp_user_timeout`
+/// needs PostgreSQL 12.
 pub fn session_limits_sql(l: &crate::policy::Limits, server_version_num: u32) -> String {
     let idle = l.idle_in_transaction_timeout.as_millis().max(1);
     let mut sql = format!(
-        "SELECT set_config('idle_in_transaction_session_timeout', '{idle}', false),
+        "SELECT set_config('lock_timeout', '{}', false),
+                set_config('statement_timeout', '{}', false),
+                set_config('idle_in_transaction_session_timeout', '{idle}', false),
                 set_config('tcp_keepalives_idle', '10', false),
                 set_config('tcp_keepalives_interval', '5', false),
                 set_config('tcp_keepalives_count', '3', false),
-                set_config('tcp_user_timeout', '30000', false)"
+                set_config('tcp_user_timeout', '30000', false)",
+        l.lock_timeout.as_millis(),
+        l.statement_timeout.as_millis()
     );
     if server_version_num >= TRANSACTION_TIMEOUT_SINCE {
         let tx = 3 * (l.statement_timeout.as_millis() + idle);
@@ -155,6 +167,66 @@ async fn session_limits(
         .execute(&mut *c)
         .await?;
     Ok(())
+}
+
+/// Round trips to the server on the workers' and the reader's connections:
+/// each request whose answer pacer awaits (one statement, or one string of
+/// statements over the simple protocol). Opening a connection (startup,
+/// TLS, authentication) is not counted; the statements that set a new
+/// session up are. `attempts`: batch attempts.
+#[derive(Default, Debug)]
+pub struct Trips {
+    round_trips: AtomicU64,
+    attempts: AtomicU64,
+}
+
+impl Trips {
+    pub fn trip(&self) {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (round trips, batch attempts) so far.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.round_trips.load(Ordering::Relaxed),
+            self.attempts.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// `f`, one round trip, within the client deadline (`within`), counted.
+async fn trip<T>(
+    sh: &Shared,
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    sh.trips.trip();
+    within(client_deadline(&sh.limits), what, f).await
+}
+
+/// The batch was fenced off: `fenced()` raised in `Store::batch_sql`.
+pub fn is_fenced(e: &sqlx::Error) -> bool {
+    sql_state(e).as_deref() == Some(FENCED)
+}
+
+/// SQLSTATE of `fenced()` (migrations/20261205000001_fenced.sql).
+const FENCED: &str = "PF001";
+
+fn sql_state(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .map(|c| c.into_owned())
+}
+
+/// A lost-connection class error that still says for sure the batch did
+/// not commit: the server answered that it takes no writes (25006), or it
+/// had already ended the transaction left idle (25P03).
+fn surely_not_committed(e: &sqlx::Error) -> bool {
+    matches!(sql_state(e).as_deref(), Some("25006" | "25P03"))
 }
 
 /// A connection error in plain words for the user: sqlx's I/O errors carry
@@ -216,8 +288,8 @@ impl Writer {
                     .map_err(|e| sqlx::Error::Io(std::io::Error::other(format!("{e:#}"))))
             })
             .await?;
-            let (pid, incarnation): (i32, i64) = within(
-                d,
+            let (pid, incarnation): (i32, i64) = trip(
+                sh,
                 "reading the server's incarnation",
                 sqlx::query_as(INCARNATION_SQL).fetch_one(&mut c),
             )
@@ -228,21 +300,25 @@ impl Writer {
                 drop(c);
                 return Ok(false);
             }
-            within(
-                d,
+            trip(
+                sh,
                 "setting the session's limits",
                 session_limits(&mut c, &sh.limits),
             )
             .await?;
+            if sh.one_statement.get().is_none() {
+                let ok = one_statement_works(sh, &mut c).await?;
+                let _ = sh.one_statement.set(ok);
+            }
             tracing::debug!(pid, "writer connected");
             self.conn = Some((c, pid));
         }
         Ok(true)
     }
 
-    /// Apply `keys` in one transaction with progress record `batch_id`.
-    /// With `lock_free`, first lock the rows that are free right now and
-    /// apply only those; the others come back as `deferred`.
+    /// Apply `keys` with progress record `batch_id`, all or nothing, under
+    /// `epoch`. With `lock_free`, first lock the rows that are free right
+    /// now and apply only those; the others come back as `deferred`.
     pub async fn attempt(
         &mut self,
         sh: &Shared,
@@ -252,6 +328,7 @@ impl Writer {
         lock_free: bool,
         epoch: i64,
     ) -> Attempt {
+        sh.trips.attempt();
         match self.ensure(sh).await {
             Ok(true) => {}
             Ok(false) => return Attempt::NewIncarnation,
@@ -262,21 +339,23 @@ impl Writer {
             .as_mut()
             .map(|(c, p)| (c, *p))
             .expect("connected above");
+        let b = Batch {
+            keys,
+            batch_id,
+            pass,
+            epoch,
+        };
         // The batch commits under the epoch the Job handed it out with,
         // or not at all.
-        match run_tx(sh, conn, pid, keys, batch_id, pass, lock_free, epoch).await {
+        let one_statement = !lock_free && sh.one_statement.get() == Some(&true);
+        let r = if one_statement {
+            run_one(sh, conn, pid, &b).await
+        } else {
+            run_tx(sh, conn, pid, &b, lock_free).await
+        };
+        match r {
             Ok(Ok(a)) => a,
-            Ok(Err(commit_err)) => {
-                self.conn = None;
-                match classify(&commit_err) {
-                    Class::Lost => Attempt::Ambiguous {
-                        pid,
-                        msg: plain_error(&commit_err),
-                    },
-                    Class::Retry(k) => Attempt::Retry(k, commit_err.to_string()),
-                    Class::Fatal => Attempt::Fatal(super::target::db_message(&commit_err)),
-                }
-            }
+            Ok(Err(commit_err)) => self.commit_failed(pid, commit_err, epoch),
             Err(e) => {
                 let class = classify(&e);
                 let msg = if class.is_lost() {
@@ -285,15 +364,14 @@ impl Writer {
                     super::target::db_message(&e)
                 };
                 if matches!(class, Class::Lost)
-                    || within(
-                        client_deadline(&sh.limits),
-                        "ROLLBACK",
-                        conn.execute("ROLLBACK"),
-                    )
-                    .await
-                    .is_err()
+                    || trip(sh, "ROLLBACK", conn.execute("ROLLBACK"))
+                        .await
+                        .is_err()
                 {
                     self.conn = None;
+                }
+                if is_fenced(&e) {
+                    return Attempt::Fenced { epoch };
                 }
                 match class {
                     Class::Retry(k) => Attempt::Retry(k, msg),
@@ -301,6 +379,27 @@ impl Writer {
                     Class::Fatal => Attempt::Fatal(msg),
                 }
             }
+        }
+    }
+
+    /// The commit itself failed: a COMMIT, or the one statement that is
+    /// its own transaction. No transaction is left open either way.
+    fn commit_failed(&mut self, pid: i32, e: sqlx::Error, epoch: i64) -> Attempt {
+        if is_fenced(&e) {
+            return Attempt::Fenced { epoch };
+        }
+        let class = classify(&e);
+        if class.is_lost() {
+            self.conn = None;
+        }
+        match class {
+            Class::Lost if surely_not_committed(&e) => Attempt::Lost(plain_error(&e)),
+            Class::Lost => Attempt::Ambiguous {
+                pid,
+                msg: plain_error(&e),
+            },
+            Class::Retry(k) => Attempt::Retry(k, super::target::db_message(&e)),
+            Class::Fatal => Attempt::Fatal(super::target::db_message(&e)),
         }
     }
 
@@ -313,85 +412,65 @@ impl Writer {
     }
 }
 
-/// The transaction. Outer error: failed before COMMIT (rolled back or
-/// connection gone). Inner error: COMMIT itself failed. Every await has a
-/// client-side deadline (`client_deadline`).
-#[allow(clippy::too_many_arguments)]
-async fn run_tx(
-    sh: &Shared,
-    conn: &mut PgConnection,
-    pid: i32,
-    keys: &Keys,
+/// Whether the server takes `Store::batch_sql` for this policy's update
+/// (it prepares): asked once per run, by the first writer to connect. An
+/// update it cannot be wrapped around (`MERGE`, one with its own
+/// `RETURNING`, a table with `DO INSTEAD` rules...) runs as an explicit
+/// transaction instead, as before: no less safe, two round trips more.
+async fn one_statement_works(sh: &Shared, c: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    let Some(sql) = &sh.batch_sql else {
+        return Ok(false);
+    };
+    let described = trip(
+        sh,
+        "preparing the batch statement",
+        c.describe(sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.clone()))),
+    )
+    .await;
+    match described {
+        Ok(_) => Ok(true),
+        Err(e) if classify(&e).is_lost() => Err(e),
+        Err(e) => {
+            tracing::info!(
+                reason = %super::target::db_message(&e),
+                "job.update cannot share one statement with the progress record; \
+                 each batch is an explicit transaction (two round trips more)"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// What a batch writes, besides its rows.
+struct Batch<'a> {
+    keys: &'a Keys,
     batch_id: i64,
     pass: i32,
-    lock_free: bool,
     epoch: i64,
-) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
-    let d = client_deadline(&sh.limits);
-    // One round trip: the timeouts are numbers pacer formats itself.
-    within(
-        d,
-        "BEGIN",
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}",
-            sh.limits.lock_timeout.as_millis(),
-            sh.limits.statement_timeout.as_millis()
-        )))
-        .execute(&mut *conn),
-    )
-    .await?;
-    let (apply, deferred) = if lock_free {
-        let rows = within(
-            d,
-            "locking the free rows",
-            keys.bind(sqlx::query(AssertSqlSafe(sh.target.lock_free_sql())))
-                .fetch_all(&mut *conn),
-        )
-        .await?;
-        let mut free = sh.target.key_type.empty();
-        for r in &rows {
-            free.push_from(r, 0)?;
-        }
-        let set = free.texts().into_iter().collect();
-        keys.partition(&set)
-    } else {
-        (keys.clone(), sh.target.key_type.empty())
-    };
-    if apply.is_empty() {
-        within(d, "ROLLBACK", conn.execute("ROLLBACK")).await?;
-        return Ok(Ok(Attempt::Committed { rows: 0, deferred }));
-    }
-    let rows = within(
-        d,
-        "job.update",
-        apply
-            .bind(sqlx::query(AssertSqlSafe(sh.target.update.clone())))
-            .execute(&mut *conn),
-    )
-    .await?
-    .rows_affected();
-    // The fencing check rides on the progress record: no extra round trip.
-    let recorded = within(
-        d,
-        "writing the progress record",
-        sqlx::query(AssertSqlSafe(sh.store.progress_insert_sql()))
-            .bind(&sh.job)
-            .bind(batch_id)
-            .bind(pass)
-            .bind(apply.first_text().unwrap_or_default())
-            .bind(apply.last_text().unwrap_or_default())
-            .bind(apply.len() as i32)
-            .bind(rows as i64)
-            .bind(epoch)
-            .execute(&mut *conn),
-    )
-    .await?
-    .rows_affected();
-    if recorded == 0 {
-        within(d, "ROLLBACK", conn.execute("ROLLBACK")).await?;
-        return Ok(Ok(Attempt::Fenced { epoch }));
-    }
+}
 
+/// `Store::batch_sql` bound for `apply`: returns the rows changed.
+fn batch_statement<'q>(
+    sh: &'q Shared,
+    b: &Batch<'_>,
+    apply: &Keys,
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
+    let sql = sh.batch_sql.clone().unwrap_or_default();
+    apply
+        .bind_scalar(sqlx::query_scalar(AssertSqlSafe(sql)))
+        .bind(&sh.job)
+        .bind(b.batch_id)
+        .bind(b.pass)
+        .bind(apply.first_text().unwrap_or_default())
+        .bind(apply.last_text().unwrap_or_default())
+        .bind(apply.len() as i32)
+        .bind(b.epoch)
+}
+
+/// The failpoints armed for this commit (tests only; none otherwise),
+/// started: `in_commit` and `terminate_in_commit` fire while the commit
+/// is in flight.
+async fn arm_commit(sh: &Shared, pid: i32) -> Result<Vec<Point>, sqlx::Error> {
     let armed = failpoint::arm();
     if armed.contains(&Point::BeforeCommit) {
         failpoint::die("before_commit");
@@ -404,7 +483,7 @@ async fn run_tx(
         });
     }
     if armed.contains(&Point::TerminateInCommit) {
-        let mut killer = within(d, "connecting", async {
+        let mut killer = within(client_deadline(&sh.limits), "connecting", async {
             crate::store::connect(&sh.url, "pacer-failpoint")
                 .await
                 .map_err(|e| sqlx::Error::Io(std::io::Error::other(e.to_string())))
@@ -419,18 +498,139 @@ async fn run_tx(
                 .await;
         });
     }
-    let committed = within(d, "COMMIT", conn.execute("COMMIT")).await;
-    if let Err(e) = committed {
-        return Ok(Err(e));
-    }
+    Ok(armed)
+}
+
+/// After a commit that succeeded: `after_commit` dies, `lose_commit`
+/// pretends the answer never came.
+fn committed(armed: &[Point]) -> Result<(), sqlx::Error> {
     if armed.contains(&Point::AfterCommit) {
         failpoint::die("after_commit");
     }
     if armed.contains(&Point::LoseCommit) {
-        return Ok(Err(sqlx::Error::Io(std::io::Error::new(
+        return Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "failpoint lose_commit: connection lost during COMMIT",
-        ))));
+        )));
+    }
+    Ok(())
+}
+
+/// The batch as one statement outside any transaction block, so it is its
+/// own transaction: the update and its progress record commit together
+/// when it succeeds, neither when it fails (an error, a fenced epoch, the
+/// server or the connection dying in the middle). One round trip. Outer
+/// error: nothing was sent. Inner error: the statement failed, and with a
+/// lost connection whether it committed is unknown (`Attempt::Ambiguous`).
+async fn run_one(
+    sh: &Shared,
+    conn: &mut PgConnection,
+    pid: i32,
+    b: &Batch<'_>,
+) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
+    let armed = arm_commit(sh, pid).await?;
+    let rows = match trip(
+        sh,
+        "the batch",
+        batch_statement(sh, b, b.keys).fetch_one(&mut *conn),
+    )
+    .await
+    {
+        Ok(rows) => rows,
+        Err(e) => return Ok(Err(e)),
+    };
+    if let Err(e) = committed(&armed) {
+        return Ok(Err(e));
+    }
+    Ok(Ok(Attempt::Committed {
+        rows: rows.max(0) as u64,
+        deferred: sh.target.key_type.empty(),
+    }))
+}
+
+/// The batch as an explicit transaction: BEGIN, with `lock_free` the rows
+/// free right now locked first, the update and its progress record (one
+/// statement, or two when the update cannot be wrapped), COMMIT. Outer
+/// error: failed before COMMIT (the caller rolls back or drops the
+/// connection). Inner error: COMMIT itself failed.
+async fn run_tx(
+    sh: &Shared,
+    conn: &mut PgConnection,
+    pid: i32,
+    b: &Batch<'_>,
+    lock_free: bool,
+) -> Result<Result<Attempt, sqlx::Error>, sqlx::Error> {
+    trip(sh, "BEGIN", conn.execute("BEGIN")).await?;
+    let (apply, deferred) = if lock_free {
+        let rows = trip(
+            sh,
+            "locking the free rows",
+            b.keys
+                .bind(sqlx::query(AssertSqlSafe(sh.target.lock_free_sql())))
+                .fetch_all(&mut *conn),
+        )
+        .await?;
+        let mut free = sh.target.key_type.empty();
+        for r in &rows {
+            free.push_from(r, 0)?;
+        }
+        let set = free.texts().into_iter().collect();
+        b.keys.partition(&set)
+    } else {
+        (b.keys.clone(), sh.target.key_type.empty())
+    };
+    if apply.is_empty() {
+        trip(sh, "ROLLBACK", conn.execute("ROLLBACK")).await?;
+        return Ok(Ok(Attempt::Committed { rows: 0, deferred }));
+    }
+    let rows = if sh.one_statement.get() == Some(&true) {
+        // Fenced: `fenced()` raises, the caller rolls back.
+        let rows = trip(
+            sh,
+            "the batch",
+            batch_statement(sh, b, &apply).fetch_one(&mut *conn),
+        )
+        .await?;
+        rows.max(0) as u64
+    } else {
+        let rows = trip(
+            sh,
+            "job.update",
+            apply
+                .bind(sqlx::query(AssertSqlSafe(sh.target.update.clone())))
+                .execute(&mut *conn),
+        )
+        .await?
+        .rows_affected();
+        // The fencing check rides on the progress record.
+        let recorded = trip(
+            sh,
+            "writing the progress record",
+            sqlx::query(AssertSqlSafe(sh.store.progress_insert_sql()))
+                .bind(&sh.job)
+                .bind(b.batch_id)
+                .bind(b.pass)
+                .bind(apply.first_text().unwrap_or_default())
+                .bind(apply.last_text().unwrap_or_default())
+                .bind(apply.len() as i32)
+                .bind(rows as i64)
+                .bind(b.epoch)
+                .execute(&mut *conn),
+        )
+        .await?
+        .rows_affected();
+        if recorded == 0 {
+            trip(sh, "ROLLBACK", conn.execute("ROLLBACK")).await?;
+            return Ok(Ok(Attempt::Fenced { epoch: b.epoch }));
+        }
+        rows
+    };
+    let armed = arm_commit(sh, pid).await?;
+    if let Err(e) = trip(sh, "COMMIT", conn.execute("COMMIT")).await {
+        return Ok(Err(e));
+    }
+    if let Err(e) = committed(&armed) {
+        return Ok(Err(e));
     }
     Ok(Ok(Attempt::Committed { rows, deferred }))
 }
@@ -578,6 +778,23 @@ idle_in_transaction_timeout = "2s"
                 "{sql}"
             );
         }
+    }
+
+    #[test]
+    fn the_batch_timeouts_are_the_session_s() {
+        let l = limits();
+        let sql = session_limits_sql(&l, 150_000);
+        assert!(
+            sql.contains("set_config('statement_timeout', '10000', false)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(&format!(
+                "set_config('lock_timeout', '{}', false)",
+                l.lock_timeout.as_millis()
+            )),
+            "{sql}"
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub async fn read(
             }
         },
     };
+    sh.trips.trip();
     match super::batch::within(
         deadline,
         "reading keys",

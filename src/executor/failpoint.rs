@@ -1,7 +1,8 @@
 //! Crash-test hooks, compiled in always and inert unless `PACER_FAILPOINT`
 //! is set, e.g. `PACER_FAILPOINT=in_commit:7` (the 7th commit of the
 //! process). Tests use them to die at exact moments around COMMIT, which a
-//! timed SIGKILL only hits by luck.
+//! timed SIGKILL only hits by luck. A batch that is one statement (its own
+//! transaction) commits with that statement: "COMMIT" below means it then.
 //!
 //! - `before_commit:N`: abort the process just before COMMIT;
 //! - `in_commit:N`: abort `PACER_FAILPOINT_DELAY_MS` (default 20) after

@@ -72,6 +72,16 @@ pub struct Shared {
     /// Set by a writer that met another server incarnation (the Job
     /// learns of it from the attempt's `NewIncarnation` outcome).
     pub restart_seen: AtomicBool,
+    /// A batch as one self-committing statement (`Store::batch_sql`);
+    /// `None` when the policy's update cannot be wrapped so.
+    pub batch_sql: Option<String>,
+    /// Whether the server accepted `batch_sql` (decided by the first
+    /// writer to connect); else batches are explicit transactions.
+    pub one_statement: std::sync::OnceLock<bool>,
+    /// Round trips of the workers and the reader (`batch::Trips`).
+    pub trips: batch::Trips,
+    /// Wakes workers waiting for work when a read of keys lands.
+    pub wake: tokio::sync::Notify,
     stop: watch::Sender<bool>,
 }
 
@@ -110,9 +120,14 @@ impl Shared {
             .max_rows_per_second
             .and_then(std::num::NonZeroU32::new)
             .map(|n| RateLimiter::direct(Quota::per_second(n)));
+        let batch_sql = store.batch_sql(&target.update);
         Shared {
             url,
             app_name,
+            batch_sql,
+            one_statement: std::sync::OnceLock::new(),
+            trips: Default::default(),
+            wake: tokio::sync::Notify::new(),
             store,
             job,
             target,

@@ -604,6 +604,14 @@ pub async fn run(
     }
 
     let elapsed = started.elapsed();
+    let (trips, attempts) = sh.trips.get();
+    tracing::info!(
+        round_trips = trips,
+        batches = attempts,
+        per_batch = format!("{:.2}", trips as f64 / attempts.max(1) as f64),
+        one_statement = sh.one_statement.get() == Some(&true),
+        "round trips of the workers and the reader (batch attempts and key reads; connecting not counted)"
+    );
     let (end, position, rows_now) = {
         let e = engine.lock().await;
         (e.job.end().cloned(), e.job.position(), e.job.rows())

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Mutex, watch};
+use tracing::Instrument;
 
 use super::batch::{Attempt, Resolved, Writer, resolve_ambiguous};
 use super::engine::Engine;
@@ -46,10 +47,20 @@ pub async fn run(
             match e.job.poll_io(Instant::now()) {
                 Some(Io::Apply(a)) => Some(a),
                 Some(Io::ReadChunk { after, limit }) => {
+                    // The read runs beside the batches (the Job asks for
+                    // it ahead of need): this worker goes on applying the
+                    // keys still queued meanwhile.
                     let reader = e.reader.take();
                     drop(e);
-                    let (reader, r) = super::engine::read(&sh, reader, after, limit).await;
-                    engine.lock().await.read_done(reader, r);
+                    let (sh, engine) = (sh.clone(), engine.clone());
+                    tokio::spawn(
+                        async move {
+                            let (reader, r) = super::engine::read(&sh, reader, after, limit).await;
+                            engine.lock().await.read_done(reader, r);
+                            sh.wake.notify_waiters();
+                        }
+                        .instrument(tracing::Span::current()),
+                    );
                     continue;
                 }
                 None if e.job.end().is_some() => break,
@@ -62,9 +73,17 @@ pub async fn run(
                             t.saturating_duration_since(now)
                         })
                         .clamp(Duration::from_millis(5), Duration::from_millis(200));
+                    // Woken early when a read lands (registered before the
+                    // lock is let go, so that wake-up cannot be missed).
+                    let woken = sh.wake.notified();
+                    tokio::pin!(woken);
+                    woken.as_mut().enable();
                     drop(e);
                     sh.app_limited.store(true, Ordering::Relaxed);
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = woken => {}
+                    }
                     None
                 }
             }

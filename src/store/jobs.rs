@@ -219,6 +219,35 @@ impl Store {
         )
     }
 
+    /// A whole batch as one statement, which commits on its own: the
+    /// policy's `update` (keys in `$1`) as a data-modifying CTE, then the
+    /// batch's progress record (`$2`..`$8` as in `progress_insert_sql`)
+    /// with the rows the update returned. The epoch check is the same
+    /// `FOR KEY SHARE` read; when it finds nothing, `fenced()` raises
+    /// (SQLSTATE PF001) and the statement fails as a whole, the update with
+    /// it. `None` when the update cannot be wrapped so (a trailing `;` is
+    /// dropped; `RETURNING 1` is appended on a line of its own, after any
+    /// `-- comment`); the server has the last word when it is prepared.
+    pub fn batch_sql(&self, update: &str) -> Option<String> {
+        let update = update.trim_end().trim_end_matches(';').trim_end();
+        if update.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "WITH pacer_applied AS (\n{update}\nRETURNING 1\n),
+             pacer_n AS (SELECT count(*) AS rows FROM pacer_applied)
+             INSERT INTO {p} (job, batch_id, pass, first_key, last_key, keys, rows, epoch)
+             SELECT $2::text, $3::int8, $4::int4, $5::text, $6::text, $7::int4, pacer_n.rows,
+                    coalesce((SELECT epoch FROM {j} WHERE name = $2::text AND epoch = $8::int8 FOR KEY SHARE),
+                             {f}($2::text, $8::int8))
+             FROM pacer_n
+             RETURNING rows",
+            p = self.t("progress"),
+            j = self.t("jobs"),
+            f = self.t("fenced"),
+        ))
+    }
+
     /// Where the run is: state, pass and resume cursor, knobs. Written only
     /// while the row carries the runner's `epoch` (else `Fenced`): a runner
     /// that lost the job must not move another runner's cursor.
@@ -345,4 +374,26 @@ pub(crate) fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_statement_wraps_the_update() {
+        let s = Store::new("pacer");
+        let sql = s
+            .batch_sql("UPDATE t SET x = 1 WHERE id = ANY($1) -- note\n ;  \n")
+            .unwrap();
+        assert!(
+            sql.starts_with(
+                "WITH pacer_applied AS (\nUPDATE t SET x = 1 WHERE id = ANY($1) -- note\nRETURNING 1\n)"
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("FOR KEY SHARE"), "{sql}");
+        assert!(sql.contains(&s.t("fenced")), "{sql}");
+        assert_eq!(s.batch_sql(" ; "), None);
+    }
 }

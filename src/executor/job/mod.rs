@@ -337,15 +337,16 @@ impl Job {
                 return Some(self.start(no));
             }
             let bs = self.batch_size as usize;
-            if self.walk.wants_read(bs) {
-                if self.reading.is_some() || self.read_ready.is_some_and(|t| t > now) {
-                    return None;
-                }
+            let may_read = self.reading.is_none() && self.read_ready.is_none_or(|t| t <= now);
+            if may_read && self.walk.read_ahead(bs, self.cfg.read_chunk) {
                 self.reading = Some(self.generation);
                 return Some(Io::ReadChunk {
                     after: self.walk.read_cursor(),
                     limit: self.cfg.read_chunk,
                 });
+            }
+            if self.walk.wants_read(bs) {
+                return None;
             }
             if let Some((seq, keys)) = self.walk.take(bs) {
                 let no = self.add_batch(Batch::new(Some(seq), keys, false));

@@ -72,9 +72,20 @@ impl Walk {
         (self.pass, self.frontier.clone())
     }
 
-    /// Whether a chunk should be read before handing out `batch_size` keys.
+    /// Whether a chunk must be read before handing out `batch_size` keys.
     pub fn wants_read(&self, batch_size: usize) -> bool {
         !self.exhausted && self.queue.len() < batch_size
+    }
+
+    /// Whether to read the next chunk now, ahead of need: less than half a
+    /// chunk beyond the next batch is queued (and less than a whole chunk,
+    /// so a chunk just read is used before the next is asked for), so the
+    /// read runs while the batches still queued are applied, rather than
+    /// between two of them. Always when `wants_read`.
+    pub fn read_ahead(&self, batch_size: usize, chunk: u32) -> bool {
+        let chunk = chunk as usize;
+        let low = batch_size.max((batch_size + chunk / 2).min(chunk));
+        !self.exhausted && self.queue.len() < low
     }
 
     pub fn read_cursor(&self) -> Option<String> {
