@@ -213,7 +213,7 @@ pub fn is_fenced(e: &sqlx::Error) -> bool {
     sql_state(e).as_deref() == Some(FENCED)
 }
 
-/// SQLSTATE of `fenced()` (migrations/20261205000001_fenced.sql).
+/// SQLSTATE of `fenced()` (migrations/20261205000002_fenced.sql).
 const FENCED: &str = "PF001";
 
 fn sql_state(e: &sqlx::Error) -> Option<String> {
