@@ -55,6 +55,18 @@ pub(super) struct Down {
 }
 
 impl Down {
+    fn unreachable(&mut self, e: &anyhow::Error) {
+        self.set_cause(format!("database unreachable: {}", plain_any(e)));
+    }
+
+    /// A query or connection attempt past `CTL_TIMEOUT` (a half-open path).
+    fn no_answer(&mut self) {
+        self.set_cause(format!(
+            "database unreachable: no answer within {}",
+            fmt_dur(CTL_TIMEOUT)
+        ));
+    }
+
     /// A new cause is logged once, not once per attempt.
     pub(super) fn set_cause(&mut self, cause: String) {
         if cause != self.cause {
@@ -122,14 +134,11 @@ impl Link {
         let (mut c, pid, inc, standby) = match tokio::time::timeout(CTL_TIMEOUT, attempt).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                d.unreachable(&e);
                 return Reconnect::StillDown;
             }
             Err(_) => {
-                d.set_cause(format!(
-                    "database unreachable: no answer within {}",
-                    fmt_dur(CTL_TIMEOUT)
-                ));
+                d.no_answer();
                 return Reconnect::StillDown;
             }
         };
@@ -149,7 +158,7 @@ impl Link {
                             ));
                         }
                         Err(e) => {
-                            d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                            d.unreachable(&e);
                             return Reconnect::StillDown;
                         }
                     }
@@ -192,7 +201,7 @@ impl Link {
                 ));
             }
             Err(e) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                d.unreachable(&e);
                 return Reconnect::StillDown;
             }
         }
@@ -210,14 +219,11 @@ impl Link {
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                d.set_cause(format!("database unreachable: {}", plain_any(&e)));
+                d.unreachable(&e);
                 return Reconnect::StillDown;
             }
             Err(_) => {
-                d.set_cause(format!(
-                    "database unreachable: no answer within {}",
-                    fmt_dur(CTL_TIMEOUT)
-                ));
+                d.no_answer();
                 return Reconnect::StillDown;
             }
         }
