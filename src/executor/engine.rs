@@ -5,9 +5,10 @@
 //! owns the Job and hands attempts to workers over channels: each worker
 //! already owns its own connection and runs one attempt at a time, so
 //! "lock, poll, unlock, apply, lock, report" keeps the worker loop a
-//! straight line; the Job is only ever touched for microseconds, except
-//! while a chunk of keys is read (the reader holds the lock then, so the
-//! next batch waits for the keys it needs, as before). The coordinator
+//! straight line; the Job is only ever touched for microseconds. A chunk
+//! of keys is read without the lock, in a task of its own beside the
+//! batches (the Job asks for it ahead of need, see `Walk::read_ahead`),
+//! and its result handed back under the lock (`read_done`). The coordinator
 //! (`runner`) takes the same lock once a tick to feed the pause switch,
 //! the link state and the controller's knobs, and to serve `poll_store`.
 
