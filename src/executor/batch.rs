@@ -122,22 +122,18 @@ const TRANSACTION_TIMEOUT_SINCE: u32 = 170_000;
 /// statement; a worker's connection runs nothing but batches). The others
 /// bound the harm a stalled or cut-off pacer can do to live traffic: the
 /// server ends a worker's transaction left idle (pacer frozen between two
-/// statements of a batch that is an explicit transaction), and from PostgreSQL 17 any transaction outliving
-/// a batch's worst case (at most three statements, each within
-/// `statement_timeout`, with at most the idle timeout before each), and
-/// notices a dead peer by itself; so row locks are never held for longer
-/// than these. `tcp_*` are ignored on a Unix socket; `tcp_user_timeout`
-/// needs PostgreSQL 12.
+/// statements of a batch that is an explicit transaction), and from
+/// PostgreSQL 17 any transaction outliving a batch's worst case (at most
+/// three statements, each within `statement_timeout`, with at most the
+/// idle timeout before each), and
+/// notices a dead peer by itself (the keepalives every pacer session takes
+/// in `store::connect`); so row locks are never held for longer than these.
 pub fn session_limits_sql(l: &crate::policy::Limits, server_version_num: u32) -> String {
     let idle = l.idle_in_transaction_timeout.as_millis().max(1);
     let mut sql = format!(
         "SELECT set_config('lock_timeout', '{}', false),
                 set_config('statement_timeout', '{}', false),
-                set_config('idle_in_transaction_session_timeout', '{idle}', false),
-                set_config('tcp_keepalives_idle', '10', false),
-                set_config('tcp_keepalives_interval', '5', false),
-                set_config('tcp_keepalives_count', '3', false),
-                set_config('tcp_user_timeout', '30000', false)",
+                set_config('idle_in_transaction_session_timeout', '{idle}', false)",
         l.lock_timeout.as_millis(),
         l.statement_timeout.as_millis()
     );

@@ -136,7 +136,7 @@ pub fn simulate(
     seed: u64,
     duration: Option<Duration>,
 ) -> anyhow::Result<Outcome> {
-    simulate_with(policy, model, scenario, seed, duration, true, None)
+    simulate_rows(policy, model, scenario, seed, duration, None)
 }
 
 /// As `simulate`, on a table of `rows` pending rows (`None`: more than the

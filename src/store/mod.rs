@@ -122,15 +122,27 @@ pub async fn connect(url: &str, app_name: &str) -> anyhow::Result<PgConnection> 
         .await
         .map_err(|e| Fail::failed(format!("cannot connect to {}: {e}", redact::url(url))))?;
     set_nodelay_on_tcp_sockets();
-    // Each setting on its own: `client_connection_check_interval` needs
-    // Postgres 14, `tcp_user_timeout` 12; an older server just lacks that
+    // One round trip for all of them; only a server that lacks one
+    // (`client_connection_check_interval` needs Postgres 14,
+    // `tcp_user_timeout` 12) gets them one by one, and just lacks that
     // safety net. `tcp_*` are ignored on a Unix socket.
-    for (name, value) in KEEPALIVE_SETTINGS {
-        let _ = sqlx::query("SELECT set_config($1, $2, false)")
-            .bind(name)
-            .bind(value)
-            .execute(&mut conn)
-            .await;
+    let all = KEEPALIVE_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("set_config('{name}', '{value}', false)"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if conn
+        .execute(AssertSqlSafe(format!("SELECT {all}")))
+        .await
+        .is_err()
+    {
+        for (name, value) in KEEPALIVE_SETTINGS {
+            let _ = sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(name)
+                .bind(value)
+                .execute(&mut conn)
+                .await;
+        }
     }
     Ok(conn)
 }
