@@ -14,6 +14,9 @@
 //! p95 window has to fill with slow requests) and `stop_for`: that is
 //! what an operator experiences.
 
+#[path = "testbed_addr.rs"]
+mod testbed_addr;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,37 +44,17 @@ struct Args {
     #[arg(long, default_value_t = 2.0)]
     confirm: f64,
     /// Database (on the testbed primary) for the benchmark table.
-    #[arg(long, default_value_t = testbed_pg("PACER_TESTBED_PRIMARY_PORT", 15432))]
+    #[arg(long, default_value_t = testbed_addr::pg("PACER_TESTBED_PRIMARY_PORT", 15432, "pacer_reaction"))]
     database_url: String,
-    #[arg(long, default_value_t = testbed_pg("PACER_TESTBED_REPLICA_PORT", 15433))]
+    #[arg(long, default_value_t = testbed_addr::pg("PACER_TESTBED_REPLICA_PORT", 15433, "pacer_reaction"))]
     replica_url: String,
-    #[arg(long, default_value_t = testbed_http("PACER_TESTBED_TRAFFIC_PORT", 19300))]
+    #[arg(long, default_value_t = testbed_addr::http("PACER_TESTBED_TRAFFIC_PORT", 19300))]
     traffic: String,
-    #[arg(long, default_value_t = testbed_http("PACER_TESTBED_PROMETHEUS_PORT", 19090))]
+    #[arg(long, default_value_t = testbed_addr::http("PACER_TESTBED_PROMETHEUS_PORT", 19090))]
     prometheus: String,
     /// pacer's `[http] listen` (the testbed's Prometheus scrapes it).
-    #[arg(long, default_value_t = format!("127.0.0.1:{}", testbed_port("PACER_TESTBED_PACER_PORT", 19187)))]
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", testbed_addr::port("PACER_TESTBED_PACER_PORT", 19187)))]
     http_listen: String,
-}
-
-/// A port of the testbed: the variable of scripts/testbed-ports.sh, else its
-/// default. The testbed runs on ports of its own, never on the user's servers.
-fn testbed_port(var: &str, default: u16) -> u16 {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn testbed_pg(var: &str, default: u16) -> String {
-    format!(
-        "postgres://postgres@127.0.0.1:{}/pacer_reaction",
-        testbed_port(var, default)
-    )
-}
-
-fn testbed_http(var: &str, default: u16) -> String {
-    format!("http://127.0.0.1:{}", testbed_port(var, default))
 }
 
 const P95: &str = r#"histogram_quantile(0.95, sum by (le) (rate(traffic_request_duration_seconds_bucket{route="checkout"}[10s])))"#;

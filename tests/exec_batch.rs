@@ -91,6 +91,20 @@ fn code(e: &sqlx::Error) -> String {
         .unwrap_or_else(|| format!("not a database error: {e}"))
 }
 
+/// Batch 1 under epoch 5 on a worker connection of its own, running in
+/// the background (so the test can watch it wait); its backend pid.
+async fn spawn_batch(
+    url: &str,
+    sql: &str,
+    ks: &[i64],
+) -> (tokio::task::JoinHandle<Result<i64, sqlx::Error>>, i32) {
+    let mut w = PgConnection::connect(url).await.unwrap();
+    let wpid = pid(&mut w).await;
+    let (sql, ks) = (sql.to_string(), ks.to_vec());
+    let batch = tokio::spawn(async move { run_batch(&mut w, &sql, &ks, 1, 5).await });
+    (batch, wpid)
+}
+
 async fn wait_for_lock_wait(pool: &PgPool, pid: i32) {
     assert!(
         wait_until(Duration::from_secs(10), || async {
@@ -179,13 +193,7 @@ async fn a_bump_committed_while_the_batch_runs_fences_it(pool: PgPool) {
         .await
         .unwrap();
 
-    let mut w = PgConnection::connect(&url).await.unwrap();
-    let wpid = pid(&mut w).await;
-    let batch = tokio::spawn({
-        let sql = sql.clone();
-        let ks = ks.clone();
-        async move { run_batch(&mut w, &sql, &ks, 1, 5).await }
-    });
+    let (batch, wpid) = spawn_batch(&url, &sql, &ks).await;
     wait_for_lock_wait(&pool, wpid).await;
 
     // The old runner saves its position (no key update), then another
@@ -221,13 +229,7 @@ async fn the_check_and_a_bump_wait_for_each_other(pool: PgPool) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let mut w = PgConnection::connect(&url).await.unwrap();
-    let wpid = pid(&mut w).await;
-    let batch = tokio::spawn({
-        let sql = sql.clone();
-        let ks = ks.clone();
-        async move { run_batch(&mut w, &sql, &ks, 1, 5).await }
-    });
+    let (batch, wpid) = spawn_batch(&url, &sql, &ks).await;
     wait_for_lock_wait(&pool, wpid).await;
     sqlx::query("UPDATE pacer.jobs SET epoch = epoch + 1 WHERE name = 't'")
         .execute(&mut *tx)
@@ -283,13 +285,7 @@ async fn a_batch_killed_after_its_update_leaves_nothing(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let mut w = PgConnection::connect(&url).await.unwrap();
-    let wpid = pid(&mut w).await;
-    let batch = tokio::spawn({
-        let sql = sql.clone();
-        let ks = ks.clone();
-        async move { run_batch(&mut w, &sql, &ks, 1, 5).await }
-    });
+    let (batch, wpid) = spawn_batch(&url, &sql, &ks).await;
     assert!(
         wait_until(Duration::from_secs(10), || async {
             sqlx::query_scalar::<_, bool>(

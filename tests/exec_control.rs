@@ -203,11 +203,72 @@ async fn rows_inserted_behind_the_cursor_are_swept(pool: PgPool) {
         .unwrap();
     assert!(st.success());
     assert_eq!(counters(&pool, "t").await, (0, 10_300, 0));
-    let pass: i32 = sqlx::query_scalar("SELECT pass FROM pacer.jobs WHERE name = 't'")
+    // Pass 1's whole-table check found the inserted rows, so it walked
+    // the keys; pass 2's found nothing.
+    assert_eq!(stored_pass(&pool).await, 2, "a sweep pass must have run");
+}
+
+async fn stored_pass(pool: &PgPool) -> i32 {
+    sqlx::query_scalar("SELECT pass FROM pacer.jobs WHERE name = 't'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The sweep after the first pass starts with one whole-table check; when
+/// nothing is pending, that check ends the run instead of a keyset walk.
+#[sqlx::test(migrations = false)]
+async fn a_clean_table_is_proven_by_one_whole_table_check(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 6_000).await;
+    let (_dir, policy) = policy(&url, &Spec::default());
+    let out = output(pacer(&["run"], &policy)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 6_000, 0));
+    let log = out.all();
+    assert_eq!(
+        log.matches("sweep: no row of the table is pending").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("walking the keys"), "{log}");
+    // Pass 0 applied everything; the check closed pass 1 before any read.
+    assert_eq!(stored_pass(&pool).await, 1, "{log}");
+}
+
+/// A whole-table check that cannot answer within its bound (here: one row
+/// whose `pending` takes 3 s to evaluate once it is done, against a 2 s
+/// bound) proves nothing: the sweep walks the keys as before, and the run
+/// still ends with every row applied once.
+#[sqlx::test(migrations = false)]
+async fn a_slow_whole_table_check_falls_back_to_the_keyset_walk(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 3_000).await;
+    let last: i64 = sqlx::query_scalar("SELECT max(id) FROM t")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(pass >= 1, "a sweep pass must have run");
+    let pending = format!("counter = 0 OR (id = {last} AND counter = 1 AND pg_sleep(3) IS NULL)");
+    let (_dir, policy) = policy(
+        &url,
+        &Spec {
+            pending: &pending,
+            ..Spec::default()
+        },
+    );
+    let out = output(pacer(&["run"], &policy)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(counters(&pool, "t").await, (0, 3_000, 0));
+    let log = out.all();
+    assert!(
+        log.contains("the whole-table check did not finish within its bound; walking the keys"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("sweep: no row of the table is pending"),
+        "{log}"
+    );
+    assert_eq!(stored_pass(&pool).await, 1, "{log}");
 }
 
 /// `pacer pause --reason` with a newline and an escape: stored, shown by

@@ -190,10 +190,15 @@ async fn a_half_open_network_neither_stalls_nor_doubles(pool: PgPool) {
     let carried_on = t0.elapsed();
     eprintln!("half-open: {frozen} connections frozen, the run carried on after {carried_on:.1?}");
 
-    let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-        .await
-        .expect("pacer did not finish within 120 s")
-        .unwrap();
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(120), child.wait()).await else {
+        let _ = child.kill().await;
+        panic!(
+            "pacer did not finish within 120 s (rows applied 0, 1, 2+ times: {:?}); log:\n{}",
+            counters(&pool, "t").await,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    let status = status.unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(0), "pacer failed; log:\n{text}");
     assert_eq!(

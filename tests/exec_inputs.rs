@@ -24,6 +24,26 @@ async fn nothing_written(pool: &PgPool) {
     assert_eq!((done, twice), (0, 0), "rows were written");
 }
 
+/// `pacer run` on table `t` until 500 rows are done, then SIGTERM; its output.
+async fn run_then_sigterm(pool: &PgPool, policy: &std::path::PathBuf) -> std::process::Output {
+    let child = spawn(capped(pacer(&["run"], policy)));
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            counters(pool, "t").await.1 > 500
+        })
+        .await
+    );
+    let pid = child.id().unwrap() as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[sqlx::test(migrations = false)]
 async fn bad_sql_and_missing_objects_stop_before_the_first_write(pool: PgPool) {
     let url = url_of(&pool).await;
@@ -244,22 +264,7 @@ async fn sigterm_stops_gracefully_and_the_next_run_resumes(pool: PgPool) {
             ..Spec::default()
         },
     );
-    let child = spawn(capped(pacer(&["run"], &p)));
-    assert!(
-        wait_until(Duration::from_secs(30), || async {
-            counters(&pool, "t").await.1 > 500
-        })
-        .await
-    );
-    let pid = child.id().unwrap() as i32;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let o = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let o = run_then_sigterm(&pool, &p).await;
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
         o.status.code(),
@@ -290,6 +295,54 @@ async fn sigterm_stops_gracefully_and_the_next_run_resumes(pool: PgPool) {
     let out = output(pacer(&["run"], &p)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert_eq!(counters(&pool, "t").await, (0, 20_000, 0));
+}
+
+/// A relative signal added to the policy of a stopped job used to end the
+/// next run with "no baseline was captured": its baseline is measured at
+/// resume and stored beside the ones the job started with.
+#[sqlx::test(migrations = false)]
+async fn a_relative_signal_added_after_the_start_gets_its_baseline_at_resume(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 20_000).await;
+    let spec = Spec {
+        batch: (200, 100, 300),
+        sleep_ms: 30,
+        workers: (1, 1, 1),
+        ..Spec::default()
+    };
+    let (_d, p) = policy(&url, &spec);
+    let o = run_then_sigterm(&pool, &p).await;
+    assert_eq!(o.status.code(), Some(0));
+    let before: serde_json::Value =
+        sqlx::query_scalar("SELECT baselines FROM pacer.jobs WHERE name = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(before, serde_json::json!({}));
+
+    let added = "[baseline]\nmin_samples = 3\n\n[[signal]]\nname = \"waiters\"\npostgres = \"lock_waiters\"\nslow_above = \"baseline + 50\"\nstop_above = \"baseline + 100\"\n";
+    let (_d2, p2) = policy(
+        &url,
+        &Spec {
+            extra: added,
+            ..spec
+        },
+    );
+    let out = output(pacer(&["run"], &p2)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.all()
+            .contains("measuring the baseline of signal(s) added since the job started"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(counters(&pool, "t").await, (0, 20_000, 0));
+    let after: serde_json::Value =
+        sqlx::query_scalar("SELECT baselines FROM pacer.jobs WHERE name = 't'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(after["waiters"].is_number(), "{after}");
 }
 
 #[sqlx::test(migrations = false)]

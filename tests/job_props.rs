@@ -132,6 +132,8 @@ struct World {
     link_up: bool,
     taken_over: bool,
     read_fails: Option<bool>,
+    /// Whole-table checks asked for.
+    checks: u64,
     batch_size: u32,
     /// Per inserted row: the pass the Job was in when it appeared.
     inserted_in_pass: BTreeMap<i64, i32>,
@@ -202,6 +204,7 @@ impl World {
             link_up: true,
             taken_over: false,
             read_fails: None,
+            checks: 0,
             batch_size,
             inserted_in_pass: BTreeMap::new(),
             credited: 0,
@@ -361,10 +364,35 @@ impl World {
                 return;
             };
             match io {
-                Io::ReadChunk { after, limit } => {
+                Io::ReadChunk {
+                    after,
+                    limit,
+                    whole_table_first,
+                } => {
                     if let Some(lost) = self.read_fails.take() {
                         self.job.handle_read_error(self.now, lost, "read failed");
                         continue;
+                    }
+                    if whole_table_first {
+                        if after.is_some() {
+                            self.violation(format!(
+                                "whole-table check asked mid-pass, after {after:?}"
+                            ));
+                        }
+                        // The check answers "nothing pending" truthfully, or
+                        // (every third time: its bound ran out) not at all.
+                        self.checks += 1;
+                        if !self.checks.is_multiple_of(3)
+                            && self.db.rows.values().all(|r| !r.pending)
+                        {
+                            let chunk = Chunk {
+                                last: None,
+                                read: 0,
+                                pending: Keys::I64(Vec::new()),
+                            };
+                            self.job.handle_chunk(self.now, chunk);
+                            continue;
+                        }
                     }
                     let after = after.map(|t| key_of(&t));
                     let read: Vec<(i64, bool)> = self

@@ -37,6 +37,12 @@ struct Args {
     /// Share of requests that are checkouts (read + write); the rest browse.
     #[arg(long, default_value_t = 0.3)]
     checkout_share: f64,
+    /// Orders one browse reads: 1 is a primary-key read, more the totals of
+    /// an order history page (`id >= $1 ORDER BY id LIMIT N`, summed in the
+    /// server), heavy enough that the p95 measures the database, not
+    /// scheduler jitter (bench/live).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    browse_rows: u32,
     /// Address of /metrics and /control (the testbed's traffic port).
     #[arg(long, default_value = "127.0.0.1:19300")]
     listen: SocketAddr,
@@ -133,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         table: args.table.clone(),
         checkout_share: args.checkout_share,
         max_in_flight: args.max_in_flight,
+        browse_rows: args.browse_rows,
     };
     workload::run(pool, cfg, control, metrics, log_tx, shutdown).await;
     if let Some(t) = log_task {

@@ -87,6 +87,9 @@ impl Knobs {
     /// still happens only once, not once per knob.
     ///
     /// `batch_secs` is the expected duration of a batch at the current size.
+    /// Any factor in (0, 1] is honoured, down to the limits' floor: a resume
+    /// after a long slide asks for β × the rate at the pause out of the
+    /// last calm knobs, which can be a thousandth of them.
     pub fn decrease(
         &self,
         factor: f64,
@@ -95,7 +98,12 @@ impl Knobs {
         l: &Limits,
         caps: &Caps,
     ) -> Knobs {
-        let factor = factor.clamp(0.01, 1.0);
+        // NaN (no rate to judge) cuts nothing; zero goes to the floor.
+        let factor = if factor.is_nan() {
+            1.0
+        } else {
+            factor.clamp(f64::MIN_POSITIVE, 1.0)
+        };
         let start = self.clamp(l, caps);
         let b0 = start.batch_size.max(1) as f64;
         let per_row = (batch_secs / b0).max(0.0);

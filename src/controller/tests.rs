@@ -55,6 +55,35 @@ fn decrease_with_batch_shrink_is_still_one_cut() {
     );
 }
 
+/// A resume after a long slide asks for β × the rate at the pause out of
+/// the last calm knobs: a factor far below 0.01 must still land there, or
+/// on the limits' floor, never at 1 % of the calm rate.
+#[test]
+fn decrease_honours_factors_below_one_percent() {
+    let l = limits();
+    let k = knobs(4000, 0, 4);
+    let bt = 0.4;
+    let f = 0.0005;
+    let d = k.decrease(f, false, bt, &l, &Caps::default());
+    let floor = knobs(
+        l.batch_size.min,
+        l.sleep.max.as_millis() as u64,
+        l.workers.min,
+    );
+    let per_row = bt / 4000.0;
+    let r = |k: &Knobs| k.rate(per_row * k.batch_size as f64);
+    assert!(
+        r(&d) <= (f * r(&k)).max(r(&floor)) * 1.01,
+        "{} rows/s from {} at factor {f}: {d:?}",
+        r(&d),
+        r(&k)
+    );
+    for nan_or_zero in [f64::NAN, 0.0] {
+        let d = k.decrease(nan_or_zero, false, bt, &l, &Caps::default());
+        assert!(d.rate(bt).is_finite(), "{nan_or_zero}: {d:?}");
+    }
+}
+
 #[test]
 fn decrease_drops_workers_once_sleep_is_exhausted() {
     let l = limits();

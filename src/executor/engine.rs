@@ -31,6 +31,12 @@ pub struct Engine {
 /// What reading a chunk came to: `Err((lost, message))` on failure.
 pub type ReadResult = Result<(Option<String>, usize, Keys), (bool, String)>;
 
+/// How long the whole-table check at a sweep's start may hold its one
+/// snapshot: about 10–20M rows scanned on a modest server. A table too big
+/// for that is swept by the keyset walk, as before; the check's cost then
+/// is this bound, once per sweep, against a walk of many times as long.
+const SWEEP_CHECK_BOUND: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Answer `Io::ReadChunk` on the reader's connection (connecting it if it
 /// broke), without the lock: the connection comes back with the result.
 pub async fn read(
@@ -38,6 +44,7 @@ pub async fn read(
     reader: Option<PgConnection>,
     after: Option<String>,
     limit: u32,
+    whole_table_first: bool,
 ) -> (Option<PgConnection>, ReadResult) {
     // Every await has a deadline: a half-open connection must not leave
     // the walk waiting forever (it is dropped and reconnected instead).
@@ -57,6 +64,33 @@ pub async fn read(
             }
         },
     };
+    if whole_table_first {
+        sh.trips.trip();
+        let bound = SWEEP_CHECK_BOUND.min(sh.limits.statement_timeout);
+        match super::batch::within(
+            deadline,
+            "checking the whole table for pending rows",
+            sh.target.nothing_pending(&mut conn, bound),
+        )
+        .await
+        {
+            Ok(Some(true)) => {
+                tracing::info!("sweep: no row of the table is pending (one whole-table check)");
+                return (Some(conn), Ok((None, 0, sh.target.key_type.empty())));
+            }
+            Ok(Some(false)) => {}
+            Ok(None) => tracing::info!(
+                bound = ?bound,
+                "sweep: the whole-table check did not finish within its bound; walking the keys"
+            ),
+            Err(e) if super::batch::classify(&e).is_lost() => return read_failed(conn, &e),
+            // It only ever saves work: the walk decides instead.
+            Err(e) => tracing::warn!(
+                error = %super::target::db_message(&e),
+                "sweep: the whole-table check failed; walking the keys"
+            ),
+        }
+    }
     sh.trips.trip();
     match super::batch::within(
         deadline,
@@ -66,16 +100,20 @@ pub async fn read(
     .await
     {
         Ok(r) => (Some(conn), Ok(r)),
-        Err(e) => {
-            let lost = super::batch::classify(&e).is_lost();
-            let msg = if lost {
-                super::batch::plain_error(&e)
-            } else {
-                super::target::db_message(&e)
-            };
-            (if lost { None } else { Some(conn) }, Err((lost, msg)))
-        }
+        Err(e) => read_failed(conn, &e),
     }
+}
+
+/// A failed read: a lost connection is dropped (and reconnected on the
+/// next read), any other error keeps it.
+fn read_failed(conn: PgConnection, e: &sqlx::Error) -> (Option<PgConnection>, ReadResult) {
+    let lost = super::batch::classify(e).is_lost();
+    let msg = if lost {
+        super::batch::plain_error(e)
+    } else {
+        super::target::db_message(e)
+    };
+    (if lost { None } else { Some(conn) }, Err((lost, msg)))
 }
 
 impl Engine {

@@ -31,7 +31,7 @@ pub(super) async fn open(
     let settings = policy.settings_hash();
     let fingerprint = policy.fingerprint();
     let row = match store.job(ctl, job).await? {
-        Some(row) => {
+        Some(mut row) => {
             if row.fingerprint != fingerprint {
                 if !accept_policy_change {
                     return Err(Fail::invalid(format!(
@@ -66,6 +66,7 @@ pub(super) async fn open(
             if row.settings_hash != settings {
                 tracing::info!(job = %job, "limits/controller/signals/windows changed since the last run; using the new ones");
             }
+            add_missing_baselines(ctl, store, policy, pool, &mut row).await?;
             tracing::info!(job = %job, pass = row.pass, cursor = ?row.cursor_key, state = %row.state, "resuming");
             row
         }
@@ -101,6 +102,43 @@ pub(super) async fn open(
         }
     };
     Ok(Opened::Job(Box::new(row)))
+}
+
+/// A signal with a relative level added to the policy after the job
+/// started has no stored baseline: measure it now, before any batch of this
+/// run (we hold the runner lock, so no pacer is writing), and store it with
+/// the others. The ones the job started with are kept: a resumed run
+/// compares against the same normal as before.
+async fn add_missing_baselines(
+    ctl: &mut PgConnection,
+    store: &Store,
+    policy: &Policy,
+    pool: &sqlx::PgPool,
+    row: &mut JobRow,
+) -> anyhow::Result<()> {
+    let mut missing = policy.clone();
+    missing
+        .signals
+        .retain(|s| s.needs_baseline() && !row.baselines.contains_key(&s.name));
+    if missing.signals.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.signals.iter().map(|s| s.name.as_str()).collect();
+    tracing::warn!(
+        job = %row.name,
+        signals = %names.join(", "),
+        "measuring the baseline of signal(s) added since the job started; if a run stopped \
+         less than baseline.window ago, its load is part of this baseline"
+    );
+    let ctx = crate::signals::Context {
+        pool: Some(pool.clone()),
+    };
+    let measured = crate::signals::capture_baselines(&missing, &ctx)
+        .await
+        .map_err(|e| Fail::invalid(format!("{e:#}")))?;
+    row.baselines.extend(measured);
+    store.set_baselines(ctl, &row.name, &row.baselines).await?;
+    Ok(())
 }
 
 /// The job's current epoch (for releasing a lease claimed before any was

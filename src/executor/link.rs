@@ -59,12 +59,10 @@ impl Down {
         self.set_cause(format!("database unreachable: {}", plain_any(e)));
     }
 
-    /// A query or connection attempt past `CTL_TIMEOUT` (a half-open path).
-    fn no_answer(&mut self) {
-        self.set_cause(format!(
-            "database unreachable: no answer within {}",
-            fmt_dur(CTL_TIMEOUT)
-        ));
+    /// The value of a control-session step (see `bounded`), or `None` with
+    /// the cause (an error, or no answer) recorded.
+    fn answered<T>(&mut self, r: anyhow::Result<T>) -> Option<T> {
+        r.map_err(|e| self.unreachable(&e)).ok()
     }
 
     /// A new cause is logged once, not once per attempt.
@@ -131,25 +129,17 @@ impl Link {
                 .await?;
             anyhow::Ok((c, pid, inc, standby))
         };
-        let (mut c, pid, inc, standby) = match tokio::time::timeout(CTL_TIMEOUT, attempt).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                d.unreachable(&e);
-                return Reconnect::StillDown;
-            }
-            Err(_) => {
-                d.no_answer();
-                return Reconnect::StillDown;
-            }
+        let Some((mut c, pid, inc, standby)) = d.answered(bounded(attempt).await) else {
+            return Reconnect::StillDown;
         };
         if standby {
             d.set_cause("database unreachable: the server is a standby (in recovery); waiting for a primary".into());
             return Reconnect::StillDown;
         }
-        match try_runner_lock(&mut c, store, job).await {
+        match bounded(try_runner_lock(&mut c, store, job)).await {
             Ok(None) => {
                 if let Some(table) = &self.table {
-                    match try_table_lock(&mut c, table).await {
+                    match bounded(try_table_lock(&mut c, table)).await {
                         Ok(None) => {}
                         Ok(Some(holder)) => {
                             return Reconnect::StandDown(format!(
@@ -208,24 +198,17 @@ impl Link {
         // The lock was free, but a standby may have taken the job over and
         // finished or stopped while this runner was frozen or cut off: the
         // lease names the last runner. Not this one: stand down.
-        match tokio::time::timeout(CTL_TIMEOUT, store.lease(&mut c, job)).await {
-            Ok(Ok(Some(l))) => {
-                if let Some(h) = l.holder.filter(|h| h != crate::store::lease::runner_id()) {
-                    return Reconnect::StandDown(format!(
-                        "while this runner was unreachable another pacer took over job {job:?} ({h}); \
-                         standing down: one runner per job"
-                    ));
-                }
-            }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                d.unreachable(&e);
-                return Reconnect::StillDown;
-            }
-            Err(_) => {
-                d.no_answer();
-                return Reconnect::StillDown;
-            }
+        let Some(lease) = d.answered(bounded(store.lease(&mut c, job)).await) else {
+            return Reconnect::StillDown;
+        };
+        if let Some(h) = lease
+            .and_then(|l| l.holder)
+            .filter(|h| h != crate::store::lease::runner_id())
+        {
+            return Reconnect::StandDown(format!(
+                "while this runner was unreachable another pacer took over job {job:?} ({h}); \
+                 standing down: one runner per job"
+            ));
         }
         // Every acquisition of the runner lock takes a new epoch: a runner
         // that held the job before, this one included, commits nothing
@@ -253,14 +236,18 @@ impl Link {
         };
         // Alive again: renew the lease at once (a standby may be counting
         // down), and the new session ends by itself if this runner freezes.
-        if let Err(e) = store.renew_lease(&mut c, job, new_epoch, self.lease).await {
+        if let Err(e) = bounded(store.renew_lease(&mut c, job, new_epoch, self.lease)).await {
             d.set_cause(format!(
                 "control connection lost: renewing the lease failed: {}",
                 plain_any(&e)
             ));
             return Reconnect::StillDown;
         }
-        crate::store::lease::arm_idle_timeout(&mut c, self.lease).await;
+        let _ = tokio::time::timeout(
+            CTL_TIMEOUT,
+            crate::store::lease::arm_idle_timeout(&mut c, self.lease),
+        )
+        .await;
         let outage = d.since.elapsed();
         tracing::info!(
             outage = %fmt_dur(Duration::from_millis(outage.as_millis() as u64)),
@@ -303,10 +290,29 @@ impl Link {
     }
 }
 
+/// A control-session query that got no answer within `CTL_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("no answer within {0}")]
+pub(super) struct NoAnswer(String);
+
+/// A control-session step bounded by `CTL_TIMEOUT`. A half-open path (no
+/// data, no reset) never errors on its own: unbounded, one write of the
+/// tick's would hold the tick, and with it pauses, the lease and the end of
+/// the run, forever. No answer is an error `is_lost` recognises, so the
+/// caller drops the session as if it had broken.
+pub(super) async fn bounded<T>(
+    step: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(CTL_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| Err(NoAnswer(fmt_dur(CTL_TIMEOUT)).into()))
+}
+
 pub(super) fn is_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<sqlx::Error>()
-            .is_some_and(|e| super::batch::classify(e).is_lost())
+        c.is::<NoAnswer>()
+            || c.downcast_ref::<sqlx::Error>()
+                .is_some_and(|e| super::batch::classify(e).is_lost())
     })
 }
 

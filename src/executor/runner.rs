@@ -20,7 +20,7 @@ use tracing::Instrument as _;
 use super::engine::Engine;
 use super::identity::Opened;
 use super::job::{self, End, Finish, Job, StoreIo, Stored};
-use super::link::{CTL_TIMEOUT, Link, Reconnect, is_lost, plain, restart_from_store};
+use super::link::{CTL_TIMEOUT, Link, Reconnect, bounded, is_lost, plain, restart_from_store};
 use super::locks::{take_runner_lock, take_table_lock, wait_for_stale_backends};
 use super::probe::{dry_run, probe_update};
 use super::target::Target;
@@ -369,7 +369,7 @@ pub async fn run(
             // The reader reconnects at once, as at the start: its backend
             // is what tells `pacer status` a runner is alive while paused.
             let reloaded = async {
-                let r = restart_from_store(c, &store, &job).await?;
+                let r = bounded(restart_from_store(c, &store, &job)).await?;
                 let reader = tokio::time::timeout(CTL_TIMEOUT, crate::store::connect(&url, &app))
                     .await
                     .map_err(|_| anyhow::anyhow!("connecting the reader timed out"))??;
@@ -413,7 +413,7 @@ pub async fn run(
         if let (Some(lp), Some(c)) = (&local, link.conn.as_mut())
             && !switch.as_ref().is_some_and(|s| s.paused)
         {
-            match store.set_paused(c, &job, true, &lp.by, &lp.reason).await {
+            match bounded(store.set_paused(c, &job, true, &lp.by, &lp.reason)).await {
                 Ok(()) => sh.local_pause.clear_if(lp),
                 Err(e) => link.lose(format!("control connection lost: {e:#}")),
             }
@@ -494,7 +494,7 @@ pub async fn run(
             unrecorded.first(),
             link.conn.as_mut().filter(|_| !standing_down),
         ) {
-            match store.record_decision(c, &job, d).await {
+            match bounded(store.record_decision(c, &job, d)).await {
                 Ok(()) => {
                     unrecorded.remove(0);
                 }
@@ -553,22 +553,21 @@ pub async fn run(
             }
             continue;
         };
-        if let Err(e) = store
-            .record_sample(
-                c,
-                &job,
-                &crate::store::samples::NewSample {
-                    at: now,
-                    state: state.as_str(),
-                    knobs: &decision.knobs,
-                    rows_done,
-                    rows_per_second: line.rate,
-                    signals: &sample_signals,
-                    retries: &retries,
-                    view: Some(&decision.view),
-                },
-            )
-            .await
+        if let Err(e) = bounded(store.record_sample(
+            c,
+            &job,
+            &crate::store::samples::NewSample {
+                at: now,
+                state: state.as_str(),
+                knobs: &decision.knobs,
+                rows_done,
+                rows_per_second: line.rate,
+                signals: &sample_signals,
+                retries: &retries,
+                view: Some(&decision.view),
+            },
+        ))
+        .await
         {
             tracing::warn!(error = %e, "recording the tick's sample failed");
             if is_lost(&e) {
@@ -576,17 +575,16 @@ pub async fn run(
                 continue;
             }
         }
-        if let Err(e) = store
-            .save_position(
-                c,
-                &job,
-                link.epoch,
-                state.as_str(),
-                pass,
-                cursor.as_deref(),
-                &decision.knobs,
-            )
-            .await
+        if let Err(e) = bounded(store.save_position(
+            c,
+            &job,
+            link.epoch,
+            state.as_str(),
+            pass,
+            cursor.as_deref(),
+            &decision.knobs,
+        ))
+        .await
         {
             if crate::store::jobs::Fenced::is(&e) {
                 engine.lock().await.job.handle_stand_down(e.to_string());
@@ -689,29 +687,24 @@ pub async fn run(
             }
         }
         Some(End::Finished(Finish::Done)) => {
-            store
-                .save_position(&mut ctl, &job, epoch, "done", pass, None, &knobs)
-                .await?;
-            store
-                .finish(&mut ctl, &job, epoch, "done", "complete")
-                .await?;
+            bounded(store.save_position(&mut ctl, &job, epoch, "done", pass, None, &knobs)).await?;
+            bounded(store.finish(&mut ctl, &job, epoch, "done", "complete")).await?;
             // The timeline ends with the job's end, not its last tick.
-            let last = store
-                .record_sample(
-                    &mut ctl,
-                    &job,
-                    &crate::store::samples::NewSample {
-                        at: Utc::now(),
-                        state: "done",
-                        knobs: &knobs,
-                        rows_done: total_done,
-                        rows_per_second: 0.0,
-                        signals: &serde_json::json!({}),
-                        retries: &Default::default(),
-                        view: None,
-                    },
-                )
-                .await;
+            let last = bounded(store.record_sample(
+                &mut ctl,
+                &job,
+                &crate::store::samples::NewSample {
+                    at: Utc::now(),
+                    state: "done",
+                    knobs: &knobs,
+                    rows_done: total_done,
+                    rows_per_second: 0.0,
+                    signals: &serde_json::json!({}),
+                    retries: &Default::default(),
+                    view: None,
+                },
+            ))
+            .await;
             if let Err(e) = last {
                 tracing::warn!(error = %e, "recording the final sample failed");
             }
@@ -753,19 +746,18 @@ pub async fn run(
                 "stopped"
             };
             if let Some((pass, cursor)) = &position {
-                store
-                    .save_position(
-                        &mut ctl,
-                        &job,
-                        epoch,
-                        "stopped",
-                        *pass,
-                        cursor.as_deref(),
-                        &knobs,
-                    )
-                    .await?;
+                bounded(store.save_position(
+                    &mut ctl,
+                    &job,
+                    epoch,
+                    "stopped",
+                    *pass,
+                    cursor.as_deref(),
+                    &knobs,
+                ))
+                .await?;
             }
-            store.finish(&mut ctl, &job, epoch, "stopped", why).await?;
+            bounded(store.finish(&mut ctl, &job, epoch, "stopped", why)).await?;
             let left = left
                 .map(|n| format!("~{n}"))
                 .unwrap_or_else(|| "unknown".into());
@@ -788,10 +780,12 @@ pub async fn run(
         tracing::warn!(error = %e, "stopping the HTTP server");
     }
     // A standby may take over at once: this runner is gone.
-    if let Err(e) = store.release_lease(&mut ctl, &job, epoch).await {
+    if let Err(e) = bounded(store.release_lease(&mut ctl, &job, epoch)).await {
         tracing::warn!(error = %e, "releasing the lease failed (a standby takes over once it expires)");
     }
-    let _ = sqlx::Connection::close(ctl).await;
+    // Closing sends a goodbye and waits for nothing we need: bounded, as a
+    // silent path would hold the exit.
+    let _ = tokio::time::timeout(CTL_TIMEOUT, sqlx::Connection::close(ctl)).await;
     Ok(outcome)
 }
 
@@ -809,11 +803,10 @@ async fn record_end(
 ) -> String {
     let result = async {
         if let Some((pass, cursor)) = position {
-            store
-                .save_position(ctl, job, epoch, state, *pass, cursor.as_deref(), knobs)
+            bounded(store.save_position(ctl, job, epoch, state, *pass, cursor.as_deref(), knobs))
                 .await?;
         }
-        store.finish(ctl, job, epoch, state, message).await
+        bounded(store.finish(ctl, job, epoch, state, message)).await
     }
     .await;
     match result {

@@ -159,16 +159,19 @@ impl Target {
         self.read_sql_limit(with_cursor, "$1")
     }
 
+    /// `job.pending` as a condition: a NULL answer is not pending.
+    fn is_pending(&self) -> String {
+        format!("coalesce(({}), false)", self.pending)
+    }
+
     fn read_sql_limit(&self, with_cursor: bool, limit: &str) -> String {
-        let (k, t, p) = (&self.key_q, &self.table_q, &self.pending);
+        let (k, t, p) = (&self.key_q, &self.table_q, self.is_pending());
         let cond = if with_cursor {
             format!("{k} > ($2::{}{})", self.key_type.sql(), self.coll())
         } else {
             format!("{k} IS NOT NULL")
         };
-        format!(
-            "SELECT {k}, coalesce(({p}), false) FROM {t} WHERE {cond} ORDER BY {k} LIMIT {limit}"
-        )
+        format!("SELECT {k}, {p} FROM {t} WHERE {cond} ORDER BY {k} LIMIT {limit}")
     }
 
     /// Lock the batch's rows that are free right now; the others are set
@@ -184,10 +187,10 @@ impl Target {
     /// Which of `$1` still match `pending`.
     pub fn still_pending_sql(&self) -> String {
         format!(
-            "SELECT count(*) FROM {t} WHERE {k} = ANY($1) AND coalesce(({p}), false)",
+            "SELECT count(*) FROM {t} WHERE {k} = ANY($1) AND {p}",
             k = self.key_q,
             t = self.table_q,
-            p = self.pending
+            p = self.is_pending()
         )
     }
 
@@ -259,8 +262,10 @@ impl Target {
             return Ok(());
         }
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NULL AND coalesce(({}), false))",
-            self.table_q, self.key_q, self.pending
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NULL AND {})",
+            self.table_q,
+            self.key_q,
+            self.is_pending()
         );
         let has: bool = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_one(&mut *conn)
@@ -286,26 +291,35 @@ impl Target {
         conn: &mut PgConnection,
         limit: std::time::Duration,
     ) -> anyhow::Result<(i64, bool)> {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-        sqlx::query("SELECT set_config('statement_timeout', $1, true)")
-            .bind(limit.as_millis().to_string())
-            .execute(&mut *tx)
-            .await?;
         let sql = format!(
-            "SELECT count(*) FROM {} WHERE coalesce(({}), false)",
-            self.table_q, self.pending
+            "SELECT count(*) FROM {} WHERE {}",
+            self.table_q,
+            self.is_pending()
         );
-        let counted: Result<i64, _> = sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&mut *tx)
-            .await;
-        tx.rollback().await?;
-        match counted {
-            Ok(n) => Ok((n, true)),
-            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("57014") => {
-                Ok((self.estimate_pending(conn).await?, false))
-            }
-            Err(e) => Err(e.into()),
+        match bounded_scalar::<i64>(conn, limit, &sql).await? {
+            Some(n) => Ok((n, true)),
+            None => Ok((self.estimate_pending(conn).await?, false)),
         }
+    }
+
+    /// Whether no row of the whole table matches `pending`, in one round
+    /// trip: one statement, so one snapshot, which also holds back vacuum
+    /// while it runs; hence the server-side `bound` (a big table's sweep
+    /// is left to the keyset walk, whose reads each take a fresh snapshot).
+    /// `None`: no answer within `bound`.
+    pub async fn nothing_pending(
+        &self,
+        conn: &mut PgConnection,
+        bound: std::time::Duration,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+            self.table_q,
+            self.is_pending()
+        );
+        Ok(bounded_scalar::<bool>(conn, bound, &sql)
+            .await?
+            .map(|any| !any))
     }
 
     /// The planner's estimate of pending rows.
@@ -359,5 +373,33 @@ impl Target {
             }
         }
         Ok((all.last_text(), rows.len(), pending))
+    }
+}
+
+/// The one value of `select`, under a server-side `statement_timeout` of
+/// `bound`, in one round trip: SET LOCAL holds for the implicit transaction
+/// of this one simple-protocol message, and ends with it. `None`: no answer
+/// within `bound` (the server cancelled it, 57014).
+async fn bounded_scalar<T>(
+    conn: &mut PgConnection,
+    bound: std::time::Duration,
+    select: &str,
+) -> Result<Option<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    let sql = format!(
+        "SET LOCAL statement_timeout = {}; {select}",
+        bound.as_millis().max(1)
+    );
+    match sqlx::raw_sql(AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok(row) => Ok(Some(row.try_get::<T, _>(0)?)),
+        Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("57014") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

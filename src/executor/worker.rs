@@ -46,7 +46,11 @@ pub async fn run(
             e.job.handle_local_pause(sh.local_pause.get().is_some());
             match e.job.poll_io(Instant::now()) {
                 Some(Io::Apply(a)) => Some(a),
-                Some(Io::ReadChunk { after, limit }) => {
+                Some(Io::ReadChunk {
+                    after,
+                    limit,
+                    whole_table_first,
+                }) => {
                     // The read runs beside the batches (the Job asks for
                     // it ahead of need): this worker goes on applying the
                     // keys still queued meanwhile.
@@ -55,7 +59,9 @@ pub async fn run(
                     let (sh, engine) = (sh.clone(), engine.clone());
                     tokio::spawn(
                         async move {
-                            let (reader, r) = super::engine::read(&sh, reader, after, limit).await;
+                            let (reader, r) =
+                                super::engine::read(&sh, reader, after, limit, whole_table_first)
+                                    .await;
                             engine.lock().await.read_done(reader, r);
                             sh.wake.notify_waiters();
                         }

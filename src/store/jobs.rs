@@ -126,6 +126,25 @@ impl Store {
         Ok(())
     }
 
+    /// Baselines of signals added to the policy after the job started
+    /// (measured at resume), merged with the ones it started with.
+    pub async fn set_baselines(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+        baselines: &BTreeMap<String, f64>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {} SET baselines = $2, updated_at = now() WHERE name = $1",
+            self.t("jobs")
+        )))
+        .bind(name)
+        .bind(serde_json::to_value(baselines)?)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     /// Accept a changed `pending`/`update` (`--accept-policy-change`).
     pub async fn accept_change(
         &self,

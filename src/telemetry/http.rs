@@ -95,10 +95,16 @@ impl HttpServer {
         self.addr
     }
 
-    /// Finish in-flight requests and stop.
+    /// Finish in-flight requests and stop. A request still waiting after
+    /// a few seconds (`/status` reads the database, whose path may be
+    /// silent) is dropped rather than allowed to hold the process's exit.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
+        let HttpServer { stop, mut task, .. } = self;
+        let _ = stop.send(());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await {
+            Ok(r) => r??,
+            Err(_) => task.abort(),
+        }
         Ok(())
     }
 }

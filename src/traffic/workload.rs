@@ -21,6 +21,10 @@ pub struct Config {
     /// Requests in flight beyond this are dropped (and counted), so a dead
     /// database cannot make the generator exhaust memory.
     pub max_in_flight: usize,
+    /// Orders a browse reads: 1 is a primary-key read; more is a range
+    /// read (an order history page), heavy enough that its p95 measures
+    /// the database rather than scheduler jitter (bench/live).
+    pub browse_rows: u32,
 }
 
 /// One completed request, for the exact-latency file.
@@ -196,13 +200,29 @@ async fn request(sh: Arc<Shared>, n: u64, scheduled: Instant, scheduled_wall: Sy
 }
 
 async fn browse(sh: &Shared, id: i64) -> Result<(), sqlx::Error> {
+    if sh.cfg.browse_rows <= 1 {
+        let sql = format!(
+            "SELECT id, status, paid_at FROM {} WHERE id = $1",
+            sh.cfg.table
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&sh.pool)
+            .await?;
+        return Ok(());
+    }
+    // A summary of the next `browse_rows` orders from `id` (an account
+    // page's totals): an index range read whose work stays in the server,
+    // so the generator's own CPU does not grow with it.
     let sql = format!(
-        "SELECT id, status, paid_at FROM {} WHERE id = $1",
+        "SELECT count(*), sum(amount), max(paid_at), count(status) FROM \
+         (SELECT amount, paid_at, status FROM {} WHERE id >= $1 ORDER BY id LIMIT $2) page",
         sh.cfg.table
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(id)
-        .fetch_optional(&sh.pool)
+        .bind(i64::from(sh.cfg.browse_rows))
+        .fetch_one(&sh.pool)
         .await?;
     Ok(())
 }

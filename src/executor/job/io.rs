@@ -37,7 +37,18 @@ pub struct Stored {
 pub enum Io {
     /// Read up to `limit` keys after `after` (from the start if `None`),
     /// in key order; answer with `handle_chunk` or `handle_read_error`.
-    ReadChunk { after: Option<String>, limit: u32 },
+    ///
+    /// With `whole_table_first` (the first read of a sweep) the driver may
+    /// first ask the whole table, in one statement and so one snapshot,
+    /// whether any row is pending, and when none is, answer an empty chunk:
+    /// the same proof a keyset sweep that found nothing gives, for a
+    /// fraction of its reads. A check that fails or cannot answer within
+    /// its bound proves nothing: read as usual then.
+    ReadChunk {
+        after: Option<String>,
+        limit: u32,
+        whole_table_first: bool,
+    },
     /// Apply one attempt; answer with `handle_outcome(batch_id, …)`.
     Apply(Apply),
 }

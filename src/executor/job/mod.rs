@@ -343,6 +343,9 @@ impl Job {
                 return Some(Io::ReadChunk {
                     after: self.walk.read_cursor(),
                     limit: self.cfg.read_chunk,
+                    // Keys set aside are pending rows too, so the check
+                    // would find them; asked only when none are.
+                    whole_table_first: self.walk.sweep_start() && self.aside.is_empty(),
                 });
             }
             if self.walk.wants_read(bs) {

@@ -88,6 +88,14 @@ impl Walk {
         !self.exhausted && self.queue.len() < low
     }
 
+    /// Nothing of this sweep (a pass after the first) has been read yet
+    /// (a chunk either moves the cursor or exhausts the pass, so nothing is
+    /// queued, handed out or found either): a whole-table check may stand
+    /// in for the keyset walk.
+    pub fn sweep_start(&self) -> bool {
+        self.pass > 0 && self.read_cursor.is_none() && !self.exhausted
+    }
+
     pub fn read_cursor(&self) -> Option<String> {
         self.read_cursor.clone()
     }
