@@ -8,7 +8,8 @@
 //!    wait until the replica has replayed it all;
 //! 2. start `pacer-traffic` pinned to one core (`taskset`), open loop at
 //!    `--rate`, every request's latency logged; `--warmup`, then
-//!    `--baseline` of traffic with no backfill: its p95 is the run's normal;
+//!    `--baseline` of traffic with no backfill: its p95 is the run's normal
+//!    (and pacer measures its own baseline over the same span);
 //! 3. run the strategy for `--duration`, with a surge (`--surge` × the
 //!    arrival rate) from `--surge-at` for `--surge-for`;
 //! 4. stop it, count the rows it did, the WAL it wrote, the dead tuples it
@@ -95,10 +96,11 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     traffic_core: usize,
     /// Traffic before the baseline, not judged.
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Traffic with no backfill whose p95 is the run's normal.
-    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
+    /// Traffic with no backfill whose p95 is the run's normal: the judge's,
+    /// and pacer's (the policy's `[baseline] window` is set to it).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     baseline: Duration,
     /// How long each strategy runs.
     #[arg(long, default_value = "240s", value_parser = humantime::parse_duration)]
@@ -801,6 +803,16 @@ async fn run_pacer(a: &Args, name: &str, table: &str, deadline: Instant) -> anyh
     );
     set(&mut p, "prometheus", "url", a.prometheus.as_str().into());
     set(&mut p, "http", "listen", a.http_listen.as_str().into());
+    // pacer's normal is the same span of traffic as the judge's: the
+    // `--baseline` before the backfill (Prometheus has had the warm-up and
+    // the baseline by then). A shorter window of the policy's own can land
+    // on a quiet spell and pause the run on the traffic's noise.
+    set(
+        &mut p,
+        "baseline",
+        "window",
+        humantime::format_duration(a.baseline).to_string().into(),
+    );
     let policy = a.out.join(format!("{name}.toml"));
     std::fs::write(&policy, toml::to_string(&p)?)?;
     let log = std::fs::File::create(a.out.join(format!("{name}-pacer.log")))?;

@@ -283,6 +283,20 @@ async fn sigterm_stops_gracefully_and_the_next_run_resumes(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(st, "stopped");
+    // The report tells the end from the job's record, not from the last
+    // sample (taken while it was still running).
+    let out = output({
+        let mut c = pacer(&["report"], &p);
+        c.arg("--out").arg(_d.path().join("report"));
+        c
+    })
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let md = std::fs::read_to_string(_d.path().join("report/report.md")).unwrap();
+    assert!(
+        md.contains("| Outcome | **stopped** before finishing: stopped by signal"),
+        "{md}"
+    );
     let rows_done: i64 =
         sqlx::query_scalar("SELECT sum(rows)::bigint FROM pacer.progress WHERE job = 't'")
             .fetch_one(&pool)

@@ -22,6 +22,7 @@ fn info(policy: pacer::policy::Policy) -> ReportInfo {
             detail: format!("checked with postgres://app:{SECRET}@db.internal/shop"),
         }),
         rollback: None,
+        ended: None,
     }
 }
 

@@ -312,9 +312,35 @@ async fn run_pauses_when_checkout_p95_crosses_its_relative_stop_and_resumes_afte
         .wait_line(0, &["pausing", "checkout_p95"], Duration::from_secs(60))
         .await;
     assert_idle(&pool, &name).await;
-    common::traffic_control(serde_json::json!({ "added_latency_ms": 0 })).await;
-    run.wait_line(i, &["resuming"], Duration::from_secs(120))
+    // The injected latency does not respond to the pause: once the pause
+    // could have shown (twice the signal's 21 s delay plus stop_for), pacer
+    // says so, once, and stays paused.
+    let t = Instant::now();
+    let j = run
+        .wait_line(
+            i,
+            &["has not come down", "checkout_p95", "WARN"],
+            Duration::from_secs(120),
+        )
         .await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(30),
+        "reported after only {:?}:\n{}",
+        t.elapsed(),
+        run.log()
+    );
+    common::traffic_control(serde_json::json!({ "added_latency_ms": 0 })).await;
+    run.wait_line(j, &["resuming"], Duration::from_secs(120))
+        .await;
+    let lines = run.lines.lock().unwrap().clone();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("has not come down"))
+            .count(),
+        1,
+        "one warning per pause"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

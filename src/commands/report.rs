@@ -78,6 +78,10 @@ async fn report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
         database: Some(url.clone()),
         verification,
         rollback: None,
+        ended: Some(crate::report::Ended {
+            state: row.state.clone(),
+            message: row.message.clone(),
+        }),
     };
     crate::report::render(&history, &info, &args.out).map_err(|e| {
         Fail::failed(format!(

@@ -241,6 +241,15 @@ pub struct SignalView {
     /// How long a change of rate takes to show fully in this signal.
     #[serde(with = "humantime_serde")]
     pub delay: Duration,
+    /// Set while the job is paused by this signal and the signal has not
+    /// responded to the pause (see `Controller::unresponsive_for`): how
+    /// long the job has been paused.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub unresponsive_for: Option<Duration>,
 }
 
 impl View {
@@ -250,8 +259,12 @@ impl View {
             .iter()
             .map(|s| {
                 let n = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
+                let stuck = s
+                    .unresponsive_for
+                    .map(|d| format!(", not coming down after {} paused", fmt_dur(d)))
+                    .unwrap_or_default();
                 format!(
-                    "{} {} (raw {}, delay {})",
+                    "{} {} (raw {}, delay {}{stuck})",
                     s.name,
                     n(s.estimate),
                     n(s.raw),
@@ -343,7 +356,7 @@ pub fn fmt_dur(d: Duration) -> String {
 
 /// Three significant digits, without exponents in the range people read
 /// (latencies in seconds are often below 0.01).
-fn num(v: f64) -> String {
+pub fn num(v: f64) -> String {
     let a = v.abs();
     if v == 0.0 {
         // log10(0) is −∞: no digits to count.

@@ -30,7 +30,7 @@ pub use decision::{
     Action, BatchError, BatchOutcome, Cause, Decision, Inputs, ManualPause, SignalView, State, View,
 };
 /// Formatting shared with the logs and the report.
-pub use decision::{fmt_dur, knob_delta};
+pub use decision::{fmt_dur, knob_delta, num};
 pub use knobs::{Caps, Knobs};
 
 use std::time::Duration;
@@ -187,6 +187,9 @@ struct Track {
     est: Estimator,
     /// First tick of the current uninterrupted spell without a value.
     missing_since: Option<Time>,
+    /// The estimate at each tick of the current pause, back to the one
+    /// a delay ago (see `Controller::unresponsive_for`).
+    paused_trail: std::collections::VecDeque<(Time, f64)>,
 }
 
 /// How one signal reads at this tick.
@@ -307,6 +310,7 @@ impl Controller {
                 .map(|s| Track {
                     est: Estimator::new(s.smoothing, s.repeat_after),
                     missing_since: None,
+                    paused_trail: Default::default(),
                 })
                 .collect(),
             signals,
@@ -643,7 +647,27 @@ impl Controller {
             action
         };
         self.last_tick = Some(now);
-        let view = self.view(inputs, state);
+        if matches!(self.mode, Mode::Paused { .. }) {
+            for (s, t) in self.signals.iter().zip(&mut self.track) {
+                let Some(e) = t.est.estimate() else { continue };
+                t.paused_trail.push_back((now, e));
+                // Keep one entry at or before a delay ago; a delay past
+                // the start of time is never reached, and the first entry
+                // is all that counts.
+                match chrono::Duration::from_std(s.delay)
+                    .ok()
+                    .and_then(|d| now.checked_sub_signed(d))
+                {
+                    Some(cutoff) => {
+                        while t.paused_trail.get(1).is_some_and(|(at, _)| *at <= cutoff) {
+                            t.paused_trail.pop_front();
+                        }
+                    }
+                    None => t.paused_trail.truncate(1),
+                }
+            }
+        }
+        let view = self.view(now, inputs, state);
         Decision {
             at: now,
             state,
@@ -657,7 +681,7 @@ impl Controller {
     }
 
     /// What this tick judged, for operators (see `View`).
-    fn view(&self, inputs: &Inputs, state: State) -> View {
+    fn view(&self, now: Time, inputs: &Inputs, state: State) -> View {
         View {
             target_rate: if state == State::Paused {
                 0.0
@@ -674,9 +698,40 @@ impl Controller {
                     raw: inputs.readings.get(i).and_then(|r| r.value),
                     estimate: t.est.estimate(),
                     delay: s.delay,
+                    unresponsive_for: self.unresponsive_for(now, s, t),
                 })
                 .collect(),
         }
+    }
+
+    /// How long the job has been paused by `s` without `s` responding to
+    /// it, once that is clear. A pause stops every batch, so within
+    /// `settle` (twice the signal's delay, and its `stop_for`) pacer's own
+    /// effect leaves the estimate, or at least sets it falling. Still above
+    /// stop then, and down by less than 2 % of its excess over the last
+    /// delay, the signal is held up by something the backfill's current
+    /// rate does not change: other load, dead row versions the backfill
+    /// left for vacuum, a baseline taken in a quiet spell. A replica
+    /// working off a backlog keeps falling, and is not flagged.
+    fn unresponsive_for(&self, now: Time, s: &SignalLevels, t: &Track) -> Option<Duration> {
+        let Mode::Paused { since, key, .. } = &self.mode else {
+            return None;
+        };
+        if !key
+            .iter()
+            .any(|k| k.strip_prefix("signal:") == Some(&s.name))
+        {
+            return None;
+        }
+        let paused_for = (now - *since).to_std().unwrap_or_default();
+        let (stop, e) = (s.stop?, t.est.estimate()?);
+        let &(then, e_then) = t.paused_trail.front()?;
+        let window = (now - then).to_std().unwrap_or_default();
+        (paused_for >= settle(s)
+            && window >= s.delay
+            && e > stop
+            && e_then - e < 0.02 * (e_then - stop))
+            .then_some(paused_for)
     }
 
     /// Fold batch outcomes into the per-row time estimate and the recovery epoch.
@@ -929,6 +984,9 @@ impl Controller {
                     self.last_calm_knobs
                 };
                 let at_pause = (!manual_or_window).then_some(self.knobs);
+                for t in &mut self.track {
+                    t.paused_trail.clear();
+                }
                 self.mode = Mode::Paused {
                     since: now,
                     key,
@@ -946,6 +1004,9 @@ impl Controller {
             Mode::Paused { key, at_pause, .. } => (key, at_pause),
             Mode::Running => (Vec::new(), None),
         };
+        for t in &mut self.track {
+            t.paused_trail.clear();
+        }
         let (caps, _) = self.caps_at(now);
         let mut k = knobs;
         // After a signal pause: min(last calm rate, β × rate at the pause),
@@ -987,6 +1048,12 @@ impl Controller {
         self.epoch_open = true;
         self.epoch_delay = self.growth_delay;
     }
+}
+
+/// How long a pause takes to show fully in `s`: twice its delay, and the
+/// `stop_for` that a reading above stop needs.
+fn settle(s: &SignalLevels) -> Duration {
+    s.delay.saturating_mul(2).saturating_add(s.stop_for)
 }
 
 /// `now + d`, saturating at the end of time: a policy built in code may

@@ -262,3 +262,69 @@ fn a_zero_reading_beside_its_estimate_formats() {
     };
     assert_eq!(c.to_string(), "replica_lag 1.5 (estimate; raw 0) > slow 1");
 }
+
+/// A signal that stays up through a pause long enough for pacer's own
+/// effect to have left it is flagged (the operator hears why waiting may
+/// not end); one that comes down, even slowly (a replica working off a
+/// backlog), is not, and the flag goes with the pause.
+#[test]
+fn a_signal_that_does_not_respond_to_a_pause_is_flagged() {
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.remove(0); // replica_lag: stop 10 for 5 s
+    let run = |lag: &dyn Fn(i64) -> f64| {
+        let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+        (0..200)
+            .map(|t| {
+                let d = c.step(
+                    at(t),
+                    &Inputs {
+                        readings: vec![Reading::value(lag(t), at(t))],
+                        ..Default::default()
+                    },
+                );
+                (d.state, d.view.signals[0].unresponsive_for)
+            })
+            .collect::<Vec<_>>()
+    };
+    let paused_at = |v: &[(State, Option<Duration>)]| {
+        v.iter().position(|(s, _)| *s == State::Paused).unwrap() as i64
+    };
+    let flagged_at = |v: &[(State, Option<Duration>)]| v.iter().position(|(_, u)| u.is_some());
+
+    // Stays at 30 s behind: paused after stop_for, flagged once twice its
+    // delay and stop_for have passed, with how long the job has been paused.
+    let stuck = run(&|_| 30.0);
+    let p0 = paused_at(&stuck);
+    let delay = Controller::new(&p, &BTreeMap::new()).unwrap().signals[0].delay;
+    let settle = (2 * delay.as_secs() + 5) as i64;
+    let f = flagged_at(&stuck).expect("flagged") as i64;
+    assert_eq!(f, p0 + settle, "{stuck:?}");
+    assert_eq!(
+        stuck[f as usize].1,
+        Some(Duration::from_secs(settle as u64))
+    );
+    assert!(
+        stuck[f as usize..]
+            .iter()
+            .all(|(s, u)| *s == State::Paused && u.is_some())
+    );
+
+    // Stuck with noise around it: flagged too.
+    let noisy = run(&|t| 30.0 + 3.0 * (t as f64 * 1.7).sin());
+    assert!(flagged_at(&noisy).is_some(), "{noisy:?}");
+
+    // Working off the backlog: 60 s behind at the pause (t = 5), falling
+    // 0.3 s a second from then, still above stop for two and a half
+    // minutes: not flagged.
+    let draining = run(&|t| (60.0 - 0.3 * (t as f64 - 5.0).max(0.0)).max(0.0));
+    assert_eq!(paused_at(&draining), 5);
+    assert!(flagged_at(&draining).is_none(), "{draining:?}");
+
+    // Stuck, then back below stop: the flag goes, and the job resumes.
+    let recovers = run(&|t| if t < 60 { 30.0 } else { 0.5 });
+    assert!(flagged_at(&recovers).is_some());
+    assert!(
+        recovers.last().unwrap() == &(State::Running, None),
+        "{recovers:?}"
+    );
+}

@@ -30,6 +30,18 @@ pub struct ReportInfo {
     pub verification: Option<Verification>,
     /// SQL that undoes the job, if the author provided one.
     pub rollback: Option<String>,
+    /// How the job ended by its own record (`pacer.jobs`): a run stopped
+    /// by a signal, or one that failed, leaves its last sample at the state
+    /// it was running in, so the samples alone cannot tell.
+    pub ended: Option<Ended>,
+}
+
+/// A job's final state and message as its runner wrote them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    /// `done`, `stopped` or `failed`; any other state is not an end.
+    pub state: String,
+    pub message: Option<String>,
 }
 
 /// The result of `pacer verify`.
@@ -55,7 +67,13 @@ impl ReportInfo {
 /// temporary name and renamed into place, so a failed render never leaves a
 /// half-written report behind.
 pub fn render(history: &History, extra: &ReportInfo, dir: &Path) -> anyhow::Result<()> {
-    let stats = stats::RunStats::from_history(history);
+    let mut stats = stats::RunStats::from_history(history);
+    if let (Some(s), Some(e)) = (stats.as_mut(), extra.ended.as_ref())
+        && matches!(e.state.as_str(), "done" | "stopped" | "failed")
+    {
+        s.final_state = e.state.clone();
+        s.final_message = e.message.clone();
+    }
     let svg = timeline::svg(history, stats.as_ref(), extra).context("drawing the timeline")?;
     let md = runbook::markdown(history, stats.as_ref(), extra);
     std::fs::create_dir_all(dir)

@@ -40,8 +40,16 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
     let _ = writeln!(md, "| | |\n|---|---|");
     match stats {
         Some(s) => {
+            let why = s
+                .final_message
+                .as_deref()
+                .filter(|m| !m.is_empty())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
             let outcome = match s.final_state.as_str() {
                 "done" => "finished".to_string(),
+                "stopped" => format!("**stopped** before finishing{why}"),
+                "failed" => format!("**failed**{why}"),
                 "paused" => "**paused** at the end of the record".to_string(),
                 other => format!("{other} at the end of the record (not finished)"),
             };

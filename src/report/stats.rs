@@ -32,6 +32,8 @@ pub struct RunStats {
     pub decisions_by_action: BTreeMap<String, u64>,
     /// State at the last sample.
     pub final_state: String,
+    /// Why the job ended, when its own record says (`ReportInfo::ended`).
+    pub final_message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +155,7 @@ impl RunStats {
             signals,
             decisions_by_action,
             final_state: last.state.clone(),
+            final_message: None,
         })
     }
 

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::controller::fmt_dur;
 use crate::controller::{Action, Decision, Knobs};
+use crate::controller::{fmt_dur, num};
 
 use super::logging::{JOB_SPAN, job_span};
 
@@ -275,6 +275,28 @@ pub fn log_progress(p: &ProgressLine) {
         workers = p.knobs.workers,
         "progress: {}",
         p.sentence()
+    );
+}
+
+/// A signal that has not come down in a pause long enough for pacer's own
+/// effect on it to have gone (`SignalView::unresponsive_for`).
+pub fn log_unresponsive(s: &crate::controller::SignalView, paused_for: Duration, job: &str) {
+    let n = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
+    tracing::warn!(
+        target: "pacer::pause",
+        signal = %s.name,
+        estimate = s.estimate,
+        paused_for_seconds = paused_for.as_secs(),
+        delay_seconds = s.delay.as_secs(),
+        "{} has not come down in {} paused (estimate {}, raw {}; its changes show within {}): \
+         what holds it above stop is not this backfill's rate (other load, dead row versions \
+         the backfill left for vacuum, or a baseline taken in a quiet spell); job {job} stays \
+         paused until it calms down",
+        s.name,
+        fmt_dur(paused_for),
+        n(s.estimate),
+        n(s.raw),
+        fmt_dur(s.delay)
     );
 }
 

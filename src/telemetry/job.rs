@@ -53,6 +53,8 @@ pub struct JobTelemetry {
     bar: Option<ProgressView>,
     /// Repeated small cuts, folded into one line per minute per cause.
     fold: std::sync::Mutex<super::fold::Fold>,
+    /// Signals already reported as not responding to the current pause.
+    unresponsive: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl JobTelemetry {
@@ -82,6 +84,7 @@ impl JobTelemetry {
             opts,
             bar,
             fold: Default::default(),
+            unresponsive: Default::default(),
         })
     }
 
@@ -122,7 +125,29 @@ impl JobTelemetry {
         if !cut || self.fold.is_poisoned() {
             events::log_decision(d, &self.job, &self.labels);
         }
+        self.unresponsive_check(d);
         self.metrics.observe_decision(d);
+    }
+
+    /// A WARN once per pause for each signal that does not respond to it
+    /// (`SignalView::unresponsive_for`): waiting may never end, and what
+    /// holds the signal up is for a person to find.
+    fn unresponsive_check(&self, d: &Decision) {
+        let Ok(mut seen) = self.unresponsive.lock() else {
+            return;
+        };
+        if d.state != crate::controller::State::Paused {
+            seen.clear();
+            return;
+        }
+        for s in &d.view.signals {
+            if let Some(paused_for) = s.unresponsive_for
+                && seen.insert(s.name.clone())
+            {
+                self.span
+                    .in_scope(|| events::log_unresponsive(s, paused_for, &self.job));
+            }
+        }
     }
 
     /// One finished batch attempt.

@@ -476,6 +476,7 @@ mod tests {
                     raw: Some(1.0),
                     estimate: Some(estimate),
                     delay: Duration::from_millis(1500),
+                    unresponsive_for: None,
                 }],
             },
         };
