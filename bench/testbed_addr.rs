@@ -10,7 +10,8 @@ pub fn port(var: &str, default: u16) -> u16 {
         .unwrap_or(default)
 }
 
-/// A database of the testbed's primary or replica.
+/// A database of the testbed's primary, replica or solo cluster
+/// (`PACER_TESTBED_SOLO_PORT`, 15434).
 pub fn pg(var: &str, default: u16, db: &str) -> String {
     format!("postgres://postgres@127.0.0.1:{}/{db}", port(var, default))
 }

@@ -54,6 +54,10 @@ pub struct PolicyArg {
     /// PACER_POLICY__<SECTION>__<KEY> environment variables.
     #[arg(long, short = 'p', value_name = "FILE")]
     pub policy: PathBuf,
+    /// In a fleet policy ([fleet], [[target]]): act on this target's
+    /// database only (status, pause, resume, verify, report, cleanup).
+    #[arg(long, value_name = "NAME")]
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,4 +196,14 @@ pub struct SimulateArgs {
     /// Also write DIR/timeline.svg and DIR/report.md for the simulated run.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Simulate a fleet of TARGETS databases on CLUSTERS clusters (e.g.
+    /// `100x10`) under the policy's [fleet] limits, one shared budget per
+    /// cluster; target sizes span two decades below --rows (default
+    /// 1000000).
+    #[arg(long, value_name = "TARGETSxCLUSTERS")]
+    pub fleet: Option<crate::sim::FleetShape>,
+    /// With --fleet: targets running at once (default: the policy's
+    /// fleet.max_active_targets, else 4).
+    #[arg(long, value_name = "N", requires = "fleet")]
+    pub max_active: Option<u32>,
 }

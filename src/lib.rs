@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod controller;
 pub mod executor;
+pub mod fleet;
 pub mod history;
 pub mod policy;
 pub mod preflight;

@@ -18,10 +18,12 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::text::show;
 
 mod error;
+mod fleet;
 mod load;
 mod tree;
 
 pub use error::PolicyError;
+pub use fleet::{FleetConfig, FleetTarget, OnTargetFailure, Scope, target_job_name};
 
 /// Prefix of environment variables that override scalar policy keys,
 /// e.g. `PACER_POLICY__LIMITS__BATCH_SIZE__MAX=2000`.
@@ -83,6 +85,12 @@ pub struct Policy {
     pub signals: Vec<Signal>,
     #[serde(default, rename = "window")]
     pub windows: Vec<Window>,
+    /// Fleet limits; with `[[target]]`, the policy runs on many databases
+    /// (see `fleet` and docs/FLEET.md).
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<FleetTarget>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -397,6 +405,10 @@ pub struct Signal {
     /// age plus the scrape interval.
     #[serde(default, with = "humantime_serde")]
     pub delay: Option<Duration>,
+    /// In a fleet: whether the signal feeds its cluster's shared budget or
+    /// acts on its own target (default by source: `Signal::fleet_scope`).
+    #[serde(default)]
+    pub scope: Option<Scope>,
 }
 
 /// Which kind of source a signal reads.
@@ -1053,6 +1065,8 @@ impl Policy {
                 );
             }
         }
+
+        self.validate_fleet(&mut err);
 
         if p.is_empty() {
             Ok(())

@@ -772,3 +772,94 @@ fn the_simulated_run_dispatches_through_the_job() {
         );
     }
 }
+
+/// A simulated fleet keeps the fleet's limits and cannot beat its budgets:
+/// it never finishes before the slowest cluster could have written all of
+/// its rows, nor after the targets one by one would have; never more
+/// targets at once than allowed; canaries finish before anyone else starts.
+#[test]
+fn a_simulated_fleet_keeps_its_limits_and_its_budgets() {
+    let policy = Policy::from_toml(
+        "fleet.toml",
+        &format!(
+            "{}\n[fleet]\nmax_active_targets = 3\ncanary = 2\ncoordination_url = \"postgres://h/c\"\n\
+             [[target]]\nname = \"a\"\nurl = \"postgres://h/a\"\n[[target]]\nname = \"b\"\nurl = \"postgres://h/b\"\n",
+            std::fs::read_to_string("policies/demo.toml").unwrap()
+        ),
+    )
+    .unwrap();
+    for (scenario, seed) in [("steady", 3), ("replica-storm", 11)] {
+        let o = sim::simulate_fleet(
+            &policy,
+            &Model::builtin(),
+            &Scenario::load(scenario).unwrap(),
+            seed,
+            Some(std::time::Duration::from_secs(3 * 3600)),
+            "24x4".parse().unwrap(),
+            200_000,
+            None,
+        )
+        .unwrap();
+        assert_eq!(o.max_active_targets, 3);
+        assert!(o.peak_active <= 3 && o.peak_active > 1, "{o:?}");
+        let finish = o.finish_seconds.expect("the fleet finishes in 3 h");
+        let floor = o.budget_seconds.unwrap();
+        let serial = o.serial_seconds.unwrap();
+        assert!(
+            finish >= floor - 1.0,
+            "{scenario}: {finish} < floor {floor}"
+        );
+        assert!(finish <= serial, "{scenario}: {finish} > serial {serial}");
+        assert_eq!(o.rows_done, o.rows_total);
+        let canaries_done = o.per_target[..2]
+            .iter()
+            .map(|t| t.finished.unwrap())
+            .fold(0.0, f64::max);
+        for t in &o.per_target[2..] {
+            assert!(
+                t.started.unwrap() >= canaries_done,
+                "{t:?} before the canaries"
+            );
+        }
+        for t in &o.per_target {
+            assert!(t.finished.unwrap() >= t.started.unwrap());
+            assert!(t.rows >= 2_000 && t.rows <= 200_000, "{t:?}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--fleet",
+            "8x2",
+            "--rows",
+            "50000",
+            "--duration",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        "8 targets on 2 clusters",
+        "budget floor",
+        "sum of single runs",
+        "fleet / floor",
+    ] {
+        assert!(text.contains(want), "{want} missing:\n{text}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--fleet",
+            "2x8",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more clusters than targets"));
+}

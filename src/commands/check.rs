@@ -3,7 +3,7 @@ use crate::store::database_url;
 use crate::text::message_line;
 
 pub fn run(args: &CheckArgs) -> u8 {
-    let p = match super::load_policy(&args.policy.policy) {
+    let p = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -14,9 +14,32 @@ pub fn run(args: &CheckArgs) -> u8 {
         p.signals.len(),
         p.windows.len()
     );
+    if p.is_fleet() {
+        match p.file_targets(&args.policy.policy) {
+            Ok(Some(t)) => println!(
+                "  fleet: {} target(s): {}",
+                t.len(),
+                t.iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(None) => {
+                println!("  fleet: targets from fleet.targets_query, listed when the fleet starts")
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return exit::INVALID;
+            }
+        }
+    }
     if args.offline {
         println!("offline: SQL not checked against the database (--offline)");
         return exit::OK;
+    }
+    if let Err(code) = super::one_database(&p, &args.policy, "check") {
+        println!("  (`pacer check --offline` validates a fleet policy without a database)");
+        return code;
     }
     if let Ok(Some(si)) =
         super::block_on(async { Ok(crate::signals::prometheus::resolve_scrape_interval(&p).await) })

@@ -10,10 +10,13 @@ use crate::store::{Fail, Store, database_url, runner_app_name};
 /// and, without `--force`, for a job that is not done or still has rows
 /// pending by the same count `pacer verify` makes.
 pub fn run(args: &CleanupArgs) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if let Err(code) = super::one_database(&policy, &args.policy, "cleanup") {
+        return code;
+    }
     let result = super::block_on(cleanup(&policy, args));
     match result {
         Ok(code) => code,

@@ -7,12 +7,23 @@ use crate::telemetry::redact;
 /// `pacer report`: the stored history of the policy's job, rendered like a
 /// simulation's (`report::render`), with the verification result.
 pub fn run(args: &ReportArgs) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
-    let result = super::block_on(report(&policy, args));
+    let result = if policy.is_fleet() {
+        super::block_on(fleet_report(&policy, args))
+    } else {
+        super::block_on(report(&policy, args))
+    };
     match result {
+        Ok(()) if policy.is_fleet() => {
+            println!(
+                "wrote {} and a directory per started target",
+                args.out.join("report.md").display()
+            );
+            exit::OK
+        }
         Ok(()) => {
             println!(
                 "wrote {} and {}",
@@ -89,4 +100,68 @@ async fn report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
             args.out.display()
         ))
     })
+}
+
+/// `pacer report` on a fleet: DIR/report.md, the fleet at a glance (what
+/// `pacer status` shows, as a table), and DIR/<target>/ with the report of
+/// every target that started, each as `--target` would write it.
+async fn fleet_report(policy: &Policy, args: &ReportArgs) -> anyhow::Result<()> {
+    let fleet = &policy.job.name;
+    let v = crate::fleet::status::status(policy, &args.policy.policy)
+        .await?
+        .ok_or_else(|| {
+            Fail::invalid(format!("fleet {fleet} has not started: nothing to report"))
+        })?;
+    let targets = crate::fleet::resolve_targets(policy, &args.policy.policy).await?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| Fail::failed(format!("cannot create {}: {e}", args.out.display())))?;
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut md = format!(
+        "# Fleet {fleet}\n\n{} targets: {} done, {} running ({} of them paused), {} waiting, {} failed, {} stopped.\n\n",
+        n("targets_total"),
+        n("done"),
+        n("running"),
+        n("paused"),
+        n("waiting"),
+        n("failed"),
+        n("stopped")
+    );
+    if let Some(p) = v["paused_by"].as_object() {
+        md.push_str(&format!(
+            "The fleet is paused by {}: {}.\n\n",
+            p.get("by").and_then(|x| x.as_str()).unwrap_or(""),
+            p.get("reason").and_then(|x| x.as_str()).unwrap_or("")
+        ));
+    }
+    md.push_str("| target | cluster | state | started | finished | last word | report |\n|---|---|---|---|---|---|---|\n");
+    for t in v["targets"].as_array().into_iter().flatten() {
+        let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
+        let name = s("target");
+        let link = match targets.iter().find(|x| x.name == name) {
+            Some(ft) if s("state") != "waiting" => {
+                let sub = ReportArgs {
+                    policy: args.policy.clone(),
+                    out: args.out.join(&name),
+                };
+                match report(&policy.for_target(ft), &sub).await {
+                    Ok(()) => format!("[{name}/report.md]({name}/report.md)"),
+                    Err(e) => format!("none: {}", crate::text::message_line(&redact::error(&e))),
+                }
+            }
+            Some(_) => "-".to_string(),
+            None => "no longer in the policy".to_string(),
+        };
+        md.push_str(&format!(
+            "| {name} | {} | {} | {} | {} | {} | {link} |\n",
+            s("cluster"),
+            s("state"),
+            s("started_at"),
+            s("finished_at"),
+            s("message").replace('|', "\\|")
+        ));
+    }
+    let path = args.out.join("report.md");
+    std::fs::write(&path, md)
+        .map_err(|e| Fail::failed(format!("cannot write {}: {e}", path.display())))?;
+    Ok(())
 }

@@ -11,7 +11,10 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: &RunArgs) -> u8 {
-    let mut policy = match super::load_policy(&args.policy.policy) {
+    let mut policy = match super::load_policy(&crate::cli::PolicyArg {
+        target: None,
+        ..args.policy.clone()
+    }) {
         Ok(p) => p,
         Err(code) => return code,
     };
@@ -28,7 +31,24 @@ pub fn run(args: &RunArgs) -> u8 {
         dry_run: args.dry_run,
         log_batches: args.log_batches,
         standby: args.standby,
+        serve_http: true,
+        budget: None,
+        metrics_hub: None,
     };
+    if let Some(t) = &args.policy.target {
+        eprintln!(
+            "error: --target {}: `pacer run` runs the whole fleet, each target under its cluster's shared budget; a target run alone would lose the cluster's signals",
+            crate::text::show(t)
+        );
+        return exit::INVALID;
+    }
+    if policy.is_fleet() && (args.dry_run || args.standby) {
+        eprintln!(
+            "error: --{} is for a single database; a fleet policy ([fleet], [[target]]) runs each target itself",
+            if args.dry_run { "dry-run" } else { "standby" }
+        );
+        return exit::INVALID;
+    }
     rt.block_on(async move {
         // Part of each Prometheus signal's delay, which paces growth: read
         // once at start, so a run follows the Prometheus it actually reads.
@@ -59,7 +79,17 @@ pub fn run(args: &RunArgs) -> u8 {
                 }
             }
         });
-        match run_job(&policy, &opts, stop_rx).await {
+        let outcome = if policy.is_fleet() {
+            let fo = crate::fleet::FleetOptions {
+                policy_path: opts.policy_path.clone(),
+                accept_policy_change: opts.accept_policy_change,
+                log_batches: opts.log_batches,
+            };
+            crate::fleet::run(&policy, &fo, stop_rx).await
+        } else {
+            run_job(&policy, &opts, stop_rx).await
+        };
+        match outcome {
             Ok(o) => {
                 println!("{}", o.summary);
                 o.code

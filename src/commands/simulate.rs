@@ -12,10 +12,14 @@ use crate::policy::Policy;
 use crate::sim::{self, Model, Scenario};
 
 pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if args.fleet.is_some() && args.report.is_some() {
+        eprintln!("error: --report draws one database's run; it does not combine with --fleet");
+        return exit::INVALID;
+    }
     let inputs = || -> anyhow::Result<(Scenario, Model)> {
         let scenario = Scenario::load(&args.scenario)?;
         let model = match &args.model {
@@ -28,6 +32,9 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
         };
         Ok((scenario, model))
     };
+    if let Some(shape) = args.fleet {
+        return fleet(args, &policy, shape, inputs);
+    }
     let outcome = inputs().and_then(|(scenario, model)| {
         sim::simulate_rows(
             &policy,
@@ -175,4 +182,46 @@ fn write_report(args: &SimulateArgs, policy: &Policy, outcome: &sim::Outcome) ->
         dir.join("report.md").display()
     );
     exit::OK
+}
+
+/// `pacer simulate --fleet`: the fleet's finishing time against the sum of
+/// single runs and the cluster budgets' floor.
+fn fleet(
+    args: &SimulateArgs,
+    policy: &Policy,
+    shape: sim::FleetShape,
+    inputs: impl FnOnce() -> anyhow::Result<(Scenario, Model)>,
+) -> u8 {
+    let outcome = inputs().and_then(|(scenario, model)| {
+        sim::simulate_fleet(
+            policy,
+            &model,
+            &scenario,
+            args.seed,
+            args.duration,
+            shape,
+            args.rows.unwrap_or(1_000_000).max(1),
+            args.max_active,
+        )
+    });
+    match outcome {
+        Ok(o) if args.json => match serde_json::to_string_pretty(&o) {
+            Ok(s) => {
+                println!("{s}");
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("cannot encode the result: {e}");
+                exit::FAILED
+            }
+        },
+        Ok(o) => {
+            print!("{}", sim::fleet_table(&o));
+            exit::OK
+        }
+        Err(e) => {
+            super::print_error(&format!("{}: ", args.policy.policy.display()), &e);
+            exit::INVALID
+        }
+    }
 }

@@ -2,10 +2,13 @@ use crate::cli::{StatusArgs, exit};
 use crate::store::status::{not_started, status};
 
 pub fn run(args: &StatusArgs) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if policy.is_fleet() {
+        return fleet(&policy, args);
+    }
     let result = super::block_on(status(&policy));
     match result {
         Ok(None) => {
@@ -82,5 +85,105 @@ fn print_text(v: &serde_json::Value) {
     }
     if v["message"].is_string() {
         println!("  {}", s("message"));
+    }
+}
+
+/// `pacer status` on a fleet policy without `--target`.
+fn fleet(policy: &crate::policy::Policy, args: &StatusArgs) -> u8 {
+    match super::block_on(crate::fleet::status::status(policy, &args.policy.policy)) {
+        Ok(None) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"fleet": policy.job.name, "state": "not started"})
+                );
+            } else {
+                println!("fleet {} has not started", policy.job.name);
+            }
+            exit::PENDING
+        }
+        Ok(Some(v)) => {
+            if args.json {
+                println!("{v}");
+            } else {
+                print_fleet(&v);
+            }
+            exit::OK
+        }
+        Err(e) => super::print_error("error: ", &e),
+    }
+}
+
+fn print_fleet(v: &serde_json::Value) {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    let eta = v["eta_seconds"]
+        .as_i64()
+        .map(|e| humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string())
+        .unwrap_or_else(|| "-".into());
+    println!(
+        "fleet {}: {} targets: {} done, {} running{}, {} waiting, {} failed{}; ETA {eta}{}",
+        v["fleet"].as_str().unwrap_or(""),
+        n("targets_total"),
+        n("done"),
+        n("running"),
+        if n("paused") > 0 {
+            format!(" ({} paused)", n("paused"))
+        } else {
+            String::new()
+        },
+        n("waiting"),
+        n("failed"),
+        if n("stopped") > 0 {
+            format!(", {} stopped", n("stopped"))
+        } else {
+            String::new()
+        },
+        if v["runner_alive"] == true {
+            ""
+        } else {
+            " (no fleet runner is running)"
+        }
+    );
+    if let Some(p) = v["paused_by"].as_object() {
+        println!(
+            "  paused by {}: {}",
+            p.get("by").and_then(|x| x.as_str()).unwrap_or(""),
+            p.get("reason").and_then(|x| x.as_str()).unwrap_or("")
+        );
+    }
+    for t in v["targets"].as_array().into_iter().flatten() {
+        let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+        let job = &t["job"];
+        let progress = if job.is_object() {
+            let eta = job["eta_seconds"]
+                .as_i64()
+                .map(|e| {
+                    humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string()
+                })
+                .unwrap_or_else(|| "-".into());
+            format!(
+                "  {} rows done, ~{} pending, {} rows/s, ETA {eta}{}",
+                job["rows_done"],
+                job["rows_pending"],
+                job["rows_per_second"],
+                job["paused_by"]["reason"]
+                    .as_str()
+                    .map(|r| format!("; paused: {r}"))
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
+        let msg = t["job_error"]
+            .as_str()
+            .or(t["message"].as_str())
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default();
+        println!(
+            "  {:<12} cluster {:<7} {:<8}{progress}{msg}",
+            s("target"),
+            s("cluster"),
+            s("state"),
+        );
     }
 }

@@ -7,10 +7,13 @@ use crate::policy::Policy;
 use crate::store::{Fail, Store, database_url};
 
 pub fn run(args: &VerifyArgs) -> u8 {
-    let policy = match super::load_policy(&args.policy.policy) {
+    let policy = match super::load_policy(&args.policy) {
         Ok(p) => p,
         Err(code) => return code,
     };
+    if let Err(code) = super::one_database(&policy, &args.policy, "verify") {
+        return code;
+    }
     let result = super::block_on(verify(&policy));
     match result {
         Ok(v) => {

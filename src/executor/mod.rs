@@ -40,6 +40,26 @@ use crate::policy::Limits;
 use crate::store::Store;
 pub use runner::{RunOptions, RunOutcome, run};
 
+/// A rate shared with other jobs (a fleet's targets on one cluster): the
+/// job's workers take their rows from it, its pause pauses the job, and
+/// it learns from the job's batches. The executor knows nothing of what
+/// shares it.
+pub trait Budget: Send + Sync {
+    /// How long to wait before writing `rows` more rows, and whether the
+    /// rows are granted after that wait. A wait longer than a slice is
+    /// not granted: the caller waits, then asks again, so a rate that
+    /// changes meanwhile (a pause lifted, a cut undone) applies at once.
+    fn acquire(&self, rows: u64) -> (Duration, bool);
+    /// A pause the budget imposes (a cluster signal in stop), shown as a
+    /// pause by whoever holds the budget.
+    fn pause(&self) -> Option<ManualPause>;
+    /// One of the job's batches completed.
+    fn observe(&self, batch: &BatchOutcome);
+    /// Whether the job runs (is not paused), each tick: a paused job's
+    /// share goes to the others.
+    fn set_running(&self, running: bool);
+}
+
 /// What the coordinator tells the workers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Command {
@@ -59,6 +79,8 @@ pub struct Shared {
     /// work since the last tick; the coordinator takes it each tick.
     pub app_limited: AtomicBool,
     pub governor: Option<DefaultDirectRateLimiter>,
+    /// The shared budget of a fleet target (`RunOptions::budget`).
+    pub budget: Option<std::sync::Arc<dyn Budget>>,
     pub outcomes: mpsc::UnboundedSender<BatchOutcome>,
     /// Batch lines at INFO (`--log-batches`) instead of DEBUG.
     pub log_batches: bool,
@@ -134,6 +156,7 @@ impl Shared {
             limits,
             app_limited: AtomicBool::new(false),
             governor,
+            budget: None,
             outcomes,
             log_batches: false,
             local_pause: Default::default(),

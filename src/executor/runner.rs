@@ -42,6 +42,20 @@ pub struct RunOptions {
     /// Wait as a standby until the active runner's lease lapses (also
     /// `[job] standby`).
     pub standby: bool,
+    /// Serve `[http] listen`. Off for a fleet's targets: the fleet runner
+    /// answers for all of them.
+    pub serve_http: bool,
+    /// A rate shared with other jobs (a fleet cluster's budget).
+    pub budget: Option<Arc<dyn super::Budget>>,
+    /// Where the job's metrics are served from when it serves no HTTP of
+    /// its own (a fleet's `/metrics`).
+    pub metrics_hub: Option<Arc<crate::telemetry::hub::MetricsHub>>,
+}
+
+impl std::fmt::Debug for dyn super::Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Budget")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +125,13 @@ pub async fn run(
     // Before the first write: an operator who cannot reach /pause must
     // learn it now, not in the middle of a backfill.
     let local_pause: Arc<super::LocalPause> = Default::default();
-    let server = serve_http(policy, &telemetry, local_pause.clone()).await?;
+    if let Some(hub) = &opts.metrics_hub {
+        hub.add(telemetry.metrics());
+    }
+    let server = match opts.serve_http {
+        true => Some(serve_http(policy, &telemetry, local_pause.clone()).await?),
+        false => None,
+    };
     // The runner lock comes first: a second `pacer run` of a running job
     // must touch nothing (no migration, no probe on live rows) before it
     // learns it is not the runner.
@@ -189,6 +209,7 @@ pub async fn run(
         out_tx,
     );
     shared.log_batches = opts.log_batches;
+    shared.budget = opts.budget.clone();
     shared.local_pause = local_pause.clone();
     shared.incarnation.store(incarnation, Ordering::SeqCst);
     let sh = Arc::new(shared);
@@ -278,6 +299,9 @@ pub async fn run(
         let mut retries = std::collections::BTreeMap::new();
         while let Ok(b) = out_rx.try_recv() {
             metrics.observe_batch(&b);
+            if let Some(budget) = &opts.budget {
+                budget.observe(&b);
+            }
             if let Some(class) = b.error {
                 telemetry.retry(class);
                 *retries.entry(class.as_str()).or_insert(0u64) += 1;
@@ -438,7 +462,8 @@ pub async fn run(
                     reason: s.reason.clone(),
                 })
             })
-            .or(local);
+            .or(local)
+            .or_else(|| opts.budget.as_ref().and_then(|b| b.pause()));
         let now_paused = switch.as_ref().is_some_and(|s| s.paused);
         if link.conn.is_some()
             && (last_switch.is_some_and(|p| p != now_paused)
@@ -473,6 +498,9 @@ pub async fn run(
         // The Job and the workers hear of a pause before anyone else (the
         // log, the decisions table): once it is announced, it holds.
         let paused = decision.state == State::Paused;
+        if let Some(b) = &opts.budget {
+            b.set_running(!paused);
+        }
         engine
             .lock()
             .await
@@ -616,7 +644,7 @@ pub async fn run(
     };
     if let Some(End::StoodDown(msg)) = &end {
         // The job belongs to the other runner now: record nothing.
-        let _ = server.shutdown().await;
+        let _ = shutdown(server).await;
         return Ok(RunOutcome {
             code: exit::FAILED,
             summary: format!("job {job}: {msg}"),
@@ -635,7 +663,7 @@ pub async fn run(
         {
             Some(c) => c,
             None => {
-                let _ = server.shutdown().await;
+                let _ = shutdown(server).await;
                 let cause = link.down.map(|d| d.cause).unwrap_or_default();
                 let why = match &end {
                     Some(End::Failed(msg)) => msg.clone(),
@@ -776,7 +804,7 @@ pub async fn run(
     if outcome.code == exit::OK && matches!(end, Some(End::Finished(Finish::Done))) {
         telemetry.finish(&outcome.summary);
     }
-    if let Err(e) = server.shutdown().await {
+    if let Err(e) = shutdown(server).await {
         tracing::warn!(error = %e, "stopping the HTTP server");
     }
     // A standby may take over at once: this runner is gone.
@@ -816,6 +844,13 @@ async fn record_end(
             tracing::warn!(error = %e, "recording the failure failed");
             format!(" (recording the failure in pacer's tables failed too: {e})")
         }
+    }
+}
+
+async fn shutdown(server: Option<HttpServer>) -> anyhow::Result<()> {
+    match server {
+        Some(s) => s.shutdown().await,
+        None => Ok(()),
     }
 }
 

@@ -146,6 +146,18 @@ pub async fn run(
 /// The hard `max_rows_per_second` cap. A batch larger than one second of
 /// quota takes its permits in one-second slices, so it still passes.
 async fn wait_for_quota(sh: &Shared, rows: usize) {
+    if let Some(b) = &sh.budget {
+        loop {
+            let (wait, granted) = b.acquire(rows as u64);
+            if wait > Duration::from_millis(5) {
+                sh.app_limited.store(true, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+            if granted {
+                break;
+            }
+        }
+    }
     let Some(lim) = &sh.governor else { return };
     let cap = sh.limits.max_rows_per_second.unwrap_or(u32::MAX).max(1);
     let t0 = Instant::now();

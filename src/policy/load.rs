@@ -88,7 +88,8 @@ pub(super) fn load(
         )
     })?;
     let mut policy = parse(&text, &overrides).map_err(|p| fail(p, &overrides))?;
-    if policy.database.url.is_none() {
+    // A fleet's databases are its targets': DATABASE_URL is not one of them.
+    if policy.database.url.is_none() && !policy.is_fleet() {
         policy.database.url = database_url;
     }
     policy

@@ -11,6 +11,7 @@
 
 mod bound;
 mod dispatch;
+mod fleet;
 mod measure;
 mod model;
 mod run;
@@ -20,6 +21,7 @@ mod table;
 
 pub use bound::{Oracle, Reach};
 pub use dispatch::{DispatchStats, KeySpace};
+pub use fleet::{FleetOutcome, FleetShape, FleetTargetOutcome, fleet_table, simulate_fleet};
 pub use measure::{Meter, SimKind};
 pub use model::{Conditions, DEFAULT_MODEL, Model, Plant, Truth};
 pub use run::{RunStats, Strategy};

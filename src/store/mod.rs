@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod decisions;
+pub mod fleet;
 pub mod history;
 pub mod jobs;
 pub mod lease;

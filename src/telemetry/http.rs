@@ -21,7 +21,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE, Metrics};
+use super::hub::Exposition;
+use super::metrics::{CLASSIC_CONTENT_TYPE, CONTENT_TYPE};
 use super::redact;
 
 /// Environment variable holding the control token.
@@ -110,7 +111,7 @@ impl HttpServer {
 }
 
 struct AppState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Exposition>,
     control: Arc<dyn Control>,
     /// SHA-256 of the token: compared in constant time.
     token: Option<[u8; 32]>,
@@ -121,7 +122,7 @@ struct AppState {
 pub async fn serve(
     listen: &str,
     token: Option<String>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Exposition>,
     control: Arc<dyn Control>,
 ) -> Result<HttpServer, HttpError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(listen)

@@ -6,6 +6,7 @@
 pub mod events;
 pub mod fold;
 pub mod http;
+pub mod hub;
 pub mod job;
 pub mod logging;
 pub mod metrics;

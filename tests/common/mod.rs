@@ -30,6 +30,12 @@ pub fn replica_port() -> u16 {
     port("PACER_TESTBED_REPLICA_PORT", 15433)
 }
 
+/// The testbed's second, standalone cluster (`scripts/testbed up solo`, no
+/// replica): with the primary, fleet tests span two clusters.
+pub fn solo_port() -> u16 {
+    port("PACER_TESTBED_SOLO_PORT", 15434)
+}
+
 /// The testbed primary, without a database: `postgres://postgres@127.0.0.1:15432`.
 pub fn primary_server() -> String {
     format!("postgres://postgres@127.0.0.1:{}", primary_port())
@@ -38,6 +44,16 @@ pub fn primary_server() -> String {
 /// The testbed replica, without a database.
 pub fn replica_server() -> String {
     format!("postgres://postgres@127.0.0.1:{}", replica_port())
+}
+
+/// The solo cluster, without a database: `postgres://postgres@127.0.0.1:15434`.
+pub fn solo_server() -> String {
+    format!("postgres://postgres@127.0.0.1:{}", solo_port())
+}
+
+/// A database of the solo cluster: `postgres://postgres@127.0.0.1:15434/{db}`.
+pub fn solo_url(db: &str) -> String {
+    format!("{}/{db}", solo_server())
 }
 
 /// The testbed's Prometheus, `host:port`.
