@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::sync::watch;
 
 use super::budget::ClusterBudget;
-use crate::controller::{Controller, Inputs, ManualPause, State};
+use crate::controller::{Action, Controller, Inputs, ManualPause, State};
 use crate::policy::Policy;
 
 /// What the fleet runner knows of one cluster.
@@ -93,20 +93,29 @@ pub async fn run(info: Arc<ClusterInfo>, mut stop: watch::Receiver<bool>) -> any
             ),
         });
         info.budget.set(d.view.target_rate, pause);
+        // Calm growth moves the knobs nearly every tick: those lines are
+        // debug, as a single job's are; cuts, pauses and resumes are info.
+        let growth = d.action == Action::Increase && last_state == Some(d.state);
         if d.changed() || last_state != Some(d.state) {
-            tracing::info!(
-                target: "pacer::fleet",
-                cluster = short,
-                state = d.state.as_str(),
-                rate = d.view.target_rate,
-                targets = info.budget.active(),
-                signals = %d.view.signals_line(),
-                "cluster {}: {} ({} rows/s shared by {} running)",
-                short,
+            let line = format!(
+                "cluster {short}: {} ({} rows/s shared by {} running)",
                 d.summary(),
                 crate::controller::num(d.view.target_rate),
                 info.budget.active()
             );
+            if growth {
+                tracing::debug!(target: "pacer::fleet", cluster = short, state = d.state.as_str(), rate = d.view.target_rate, "{line}");
+            } else {
+                tracing::info!(
+                    target: "pacer::fleet",
+                    cluster = short,
+                    state = d.state.as_str(),
+                    rate = d.view.target_rate,
+                    targets = info.budget.active(),
+                    signals = %d.view.signals_line(),
+                    "{line}"
+                );
+            }
         }
         last_state = Some(d.state);
     }
