@@ -9,26 +9,50 @@ pub fn run(args: &StatusArgs) -> u8 {
     if policy.is_fleet() {
         return fleet(&policy, args);
     }
-    let result = super::block_on(status(&policy));
+    let not_started_text = format!("job {} has not started", policy.job.name);
+    show(
+        super::block_on(status(&policy)),
+        args.json,
+        || (not_started(&policy), not_started_text),
+        print_text,
+    )
+}
+
+/// Print a status (JSON or text), or what says it has not started (exit 1).
+fn show(
+    result: anyhow::Result<Option<serde_json::Value>>,
+    json: bool,
+    not_started: impl FnOnce() -> (serde_json::Value, String),
+    print: fn(&serde_json::Value),
+) -> u8 {
     match result {
         Ok(None) => {
-            if args.json {
-                println!("{}", not_started(&policy));
+            let (v, text) = not_started();
+            if json {
+                println!("{v}");
             } else {
-                println!("job {} has not started", policy.job.name);
+                println!("{text}");
             }
             exit::PENDING
         }
         Ok(Some(v)) => {
-            if args.json {
+            if json {
                 println!("{v}");
             } else {
-                print_text(&v);
+                print(&v);
             }
             exit::OK
         }
         Err(e) => super::print_error("error: ", &e),
     }
+}
+
+/// `eta_seconds` of a status, for people.
+fn eta_text(v: &serde_json::Value) -> String {
+    v["eta_seconds"]
+        .as_i64()
+        .map(|e| humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_text(v: &serde_json::Value) {
@@ -44,10 +68,7 @@ fn print_text(v: &serde_json::Value) {
         s("rows_pending"),
         s("rows_at_start")
     );
-    let eta = v["eta_seconds"]
-        .as_i64()
-        .map(|e| humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string())
-        .unwrap_or_else(|| "-".into());
+    let eta = eta_text(v);
     println!(
         "  rate {} rows/s over the last minute, ETA {eta}",
         s("rows_per_second")
@@ -90,36 +111,23 @@ fn print_text(v: &serde_json::Value) {
 
 /// `pacer status` on a fleet policy without `--target`.
 fn fleet(policy: &crate::policy::Policy, args: &StatusArgs) -> u8 {
-    match super::block_on(crate::fleet::status::status(policy, &args.policy.policy)) {
-        Ok(None) => {
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"fleet": policy.job.name, "state": "not started"})
-                );
-            } else {
-                println!("fleet {} has not started", policy.job.name);
-            }
-            exit::PENDING
-        }
-        Ok(Some(v)) => {
-            if args.json {
-                println!("{v}");
-            } else {
-                print_fleet(&v);
-            }
-            exit::OK
-        }
-        Err(e) => super::print_error("error: ", &e),
-    }
+    let name = &policy.job.name;
+    show(
+        super::block_on(crate::fleet::status::status(policy, &args.policy.policy)),
+        args.json,
+        || {
+            (
+                serde_json::json!({"fleet": name, "state": "not started"}),
+                format!("fleet {name} has not started"),
+            )
+        },
+        print_fleet,
+    )
 }
 
 fn print_fleet(v: &serde_json::Value) {
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let eta = v["eta_seconds"]
-        .as_i64()
-        .map(|e| humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string())
-        .unwrap_or_else(|| "-".into());
+    let eta = eta_text(v);
     println!(
         "fleet {}: {} targets: {} done, {} running{}, {} waiting, {} failed{}; ETA {eta}{}",
         v["fleet"].as_str().unwrap_or(""),
@@ -155,12 +163,7 @@ fn print_fleet(v: &serde_json::Value) {
         let s = |k: &str| t[k].as_str().unwrap_or("-").to_string();
         let job = &t["job"];
         let progress = if job.is_object() {
-            let eta = job["eta_seconds"]
-                .as_i64()
-                .map(|e| {
-                    humantime::format_duration(std::time::Duration::from_secs(e as u64)).to_string()
-                })
-                .unwrap_or_else(|| "-".into());
+            let eta = eta_text(job);
             format!(
                 "  {} rows done, ~{} pending, {} rows/s, ETA {eta}{}",
                 job["rows_done"],

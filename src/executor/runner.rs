@@ -29,7 +29,7 @@ use crate::cli::exit;
 use crate::controller::{Controller, Inputs, ManualPause, State, fmt_dur};
 use crate::policy::Policy;
 use crate::store::{Fail, Store, database_url, runner_app_name};
-use crate::telemetry::http::{self, HttpError, HttpServer};
+use crate::telemetry::http::{self, HttpServer};
 use crate::telemetry::{JobTelemetry, TelemetryOptions};
 
 #[derive(Debug, Clone)]
@@ -871,9 +871,5 @@ async fn serve_http(
         Arc::new(super::control::StoreControl::new(policy).with_local_pause(local_pause)),
     )
     .await
-    .map_err(|e| match e {
-        HttpError::Bind { .. } => Fail::failed(e.to_string()),
-        HttpError::WeakToken { .. } => Fail::invalid(format!("[http] listen = {listen:?}: {e}")),
-        _ => Fail::invalid(e.to_string()),
-    })
+    .map_err(|e| e.into_fail(listen))
 }

@@ -110,7 +110,8 @@ impl ClusterBudget {
     }
 
     /// Each running target's share of the rate.
-    pub fn share(&self) -> f64 {
+    #[cfg(test)]
+    fn share(&self) -> f64 {
         let g = self.lock();
         g.rate.unwrap_or(0.0) / g.running().max(1) as f64
     }

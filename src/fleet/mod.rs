@@ -128,14 +128,14 @@ pub async fn run(
             .copied()
             .find(|i| !targets[*i].replicas.is_empty())
             .unwrap_or(members[0]);
-        let mut cp = policy.for_cluster(&targets[via], short(id));
-        if targets[via].replicas.is_empty() {
-            let before = cp.signals.len();
-            cp.signals
-                .retain(|s| s.postgres.as_deref() != Some("replication_lag_seconds"));
-            if cp.signals.len() < before {
-                tracing::info!(target: "pacer::fleet", cluster = short(id), "cluster {}: none of its targets names replicas, so replication_lag_seconds does not apply to it", short(id));
-            }
+        let cp = policy.for_cluster(&targets[via], short(id));
+        let cluster_signals = policy
+            .signals
+            .iter()
+            .filter(|s| s.fleet_scope() == crate::policy::Scope::Cluster)
+            .count();
+        if cp.signals.len() < cluster_signals {
+            tracing::info!(target: "pacer::fleet", cluster = short(id), "cluster {}: none of its targets names replicas, so replication_lag_seconds does not apply to it", short(id));
         }
         let info = Arc::new(ClusterInfo {
             id: id.clone(),
@@ -163,10 +163,7 @@ pub async fn run(
         }),
     )
     .await
-    .map_err(|e| match e {
-        crate::telemetry::http::HttpError::Bind { .. } => Fail::failed(e.to_string()),
-        _ => Fail::invalid(format!("[http] listen = {listen:?}: {e}")),
-    })?;
+    .map_err(|e| e.into_fail(listen))?;
 
     let started = Instant::now();
     let mut running: JoinSet<(usize, anyhow::Result<RunOutcome>)> = JoinSet::new();
@@ -417,16 +414,16 @@ pub async fn set_switch(
         };
         return crate::store::control::set_switch(&policy.for_target(t), paused, by, reason).await;
     };
-    let store = Store::for_policy(policy);
-    let mut c = crate::store::connect(&url, "pacer-cli")
-        .await
-        .map_err(|e| Fail::failed(format!("fleet.coordination_url: {e:#}")))?;
-    store.migrate(&mut c).await?;
-    store
-        .set_paused(&mut c, &policy.job.name, paused, by, reason)
-        .await?;
-    let _ = sqlx::Connection::close(c).await;
-    Ok(())
+    crate::store::control::set_switch_at(
+        &url,
+        &Store::for_policy(policy),
+        &policy.job.name,
+        paused,
+        by,
+        reason,
+    )
+    .await
+    .map_err(|e| Fail::failed(format!("fleet.coordination_url: {e:#}")))
 }
 
 /// A target's end in the schedule's terms, and one line for the log.

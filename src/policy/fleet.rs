@@ -216,28 +216,11 @@ impl Policy {
         if let Some(u) = &f.catalog_url {
             url_check(err, "fleet.catalog_url", u);
         }
-        let known_inline = !self.targets.is_empty();
-        if known_inline && self.targets.len() > 1 && f.coordination_url.is_none() {
-            err(
-                "fleet.coordination_url",
-                format!(
-                    "is required with more than one target ({} here): fleet state lives in that database",
-                    self.targets.len()
-                ),
-            );
-        }
-        if known_inline && (f.canary as usize) > self.targets.len() {
-            err(
-                "fleet.canary",
-                format!(
-                    "{} is more than the {} targets",
-                    f.canary,
-                    self.targets.len()
-                ),
-            );
-        }
-        for (k, w) in target_problems(&self.job.name, &self.targets, "target") {
-            err(&k, w);
+        // Targets from a file or a query are checked when they are read.
+        if !self.targets.is_empty() {
+            for (k, w) in self.target_problems(&self.targets) {
+                err(&k, w);
+            }
         }
     }
 
@@ -277,16 +260,27 @@ impl Policy {
         origin: &str,
         targets: Vec<FleetTarget>,
     ) -> Result<Vec<FleetTarget>, PolicyError> {
-        let mut p = target_problems(&self.job.name, &targets, "target");
-        let f = self.fleet.clone().unwrap_or_default();
+        let mut p = self.target_problems(&targets);
         if targets.is_empty() {
             p.push((String::new(), "lists no target".into()));
         }
+        if p.is_empty() {
+            Ok(targets)
+        } else {
+            Err(PolicyError::new(origin, p))
+        }
+    }
+
+    /// Everything wrong with this list of targets under this policy:
+    /// each target's own problems, and the fleet limits it cannot meet.
+    fn target_problems(&self, targets: &[FleetTarget]) -> Vec<(String, String)> {
+        let mut p = each_target_problems(&self.job.name, targets);
+        let f = self.fleet.clone().unwrap_or_default();
         if targets.len() > 1 && f.coordination_url.is_none() {
             p.push((
                 "fleet.coordination_url".into(),
                 format!(
-                    "is required with more than one target ({}): fleet state lives in that database",
+                    "is required with more than one target ({} here): fleet state lives in that database",
                     targets.len()
                 ),
             ));
@@ -297,11 +291,7 @@ impl Policy {
                 format!("{} is more than the {} targets", f.canary, targets.len()),
             ));
         }
-        if p.is_empty() {
-            Ok(targets)
-        } else {
-            Err(PolicyError::new(origin, p))
-        }
+        p
     }
 
     /// The single-database policy one target runs: the fleet's policy with
@@ -324,7 +314,9 @@ impl Policy {
     }
 
     /// The policy of one cluster's shared budget: the cluster signals only,
-    /// read through `via` (one of the cluster's targets).
+    /// read through `via` (one of the cluster's targets). Replication lag
+    /// is read from `via`'s replicas: a cluster whose `via` names none has
+    /// no replication lag to read, and goes without that signal.
     pub fn for_cluster(&self, via: &FleetTarget, cluster: &str) -> Policy {
         let mut p = self.for_target(via);
         p.job.name = format!("{}.cluster-{cluster}", self.job.name);
@@ -334,6 +326,9 @@ impl Policy {
             .signals
             .iter()
             .filter(|s| s.fleet_scope() == Scope::Cluster)
+            .filter(|s| {
+                !via.replicas.is_empty() || s.postgres.as_deref() != Some("replication_lag_seconds")
+            })
             .cloned()
             .map(|mut s| {
                 s.scope = None;
@@ -362,11 +357,11 @@ fn url_check(err: &mut dyn FnMut(&str, String), key: &str, url: &str) {
 }
 
 /// Names unique and usable as job-name parts, URLs that are Postgres URLs.
-fn target_problems(job: &str, targets: &[FleetTarget], what: &str) -> Vec<(String, String)> {
+fn each_target_problems(job: &str, targets: &[FleetTarget]) -> Vec<(String, String)> {
     let mut p = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, t) in targets.iter().enumerate() {
-        let at = format!("{what}[{i}]");
+        let at = format!("target[{i}]");
         if t.name.is_empty() {
             p.push((format!("{at}.name"), "must not be empty".into()));
         } else if !t

@@ -110,12 +110,30 @@ pub async fn set_switch(
     let url = database_url(policy).ok_or_else(|| {
         Fail::invalid("no database: set database.url in the policy or DATABASE_URL")
     })?;
-    let mut conn = super::connect(&url, "pacer-cli").await?;
-    let store = Store::for_policy(policy);
+    set_switch_at(
+        &url,
+        &Store::for_policy(policy),
+        &policy.job.name,
+        paused,
+        by,
+        reason,
+    )
+    .await
+}
+
+/// Flip `job`'s switch in pacer's tables of the database at `url` (a
+/// fleet's switch lives in its coordination database).
+pub async fn set_switch_at(
+    url: &str,
+    store: &Store,
+    job: &str,
+    paused: bool,
+    by: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let mut conn = super::connect(url, "pacer-cli").await?;
     store.migrate(&mut conn).await?;
-    store
-        .set_paused(&mut conn, &policy.job.name, paused, by, reason)
-        .await?;
+    store.set_paused(&mut conn, job, paused, by, reason).await?;
     let _ = sqlx::Connection::close(conn).await;
     Ok(())
 }

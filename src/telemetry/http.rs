@@ -117,6 +117,21 @@ struct AppState {
     token: Option<[u8; 32]>,
 }
 
+impl HttpError {
+    /// As a command's error: exit 2 for a configuration the operator must
+    /// change (no token for a non-loopback address, weak token,
+    /// unresolvable name), 3 when the address is in use.
+    pub fn into_fail(self, listen: &str) -> anyhow::Error {
+        match self {
+            HttpError::Bind { .. } => crate::store::Fail::failed(self.to_string()),
+            HttpError::WeakToken { .. } => {
+                crate::store::Fail::invalid(format!("[http] listen = {listen:?}: {self}"))
+            }
+            _ => crate::store::Fail::invalid(self.to_string()),
+        }
+    }
+}
+
 /// Bind `listen` and serve until `shutdown`. Refuses a non-loopback address
 /// without a token, and a token shorter than `MIN_TOKEN_LEN`.
 pub async fn serve(

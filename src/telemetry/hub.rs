@@ -141,7 +141,7 @@ mod tests {
         let a_at = text.find("pacer_rows_done_total{").unwrap();
         let next_type = text[type_at + 1..].find("# TYPE").unwrap() + type_at + 1;
         assert!(type_at < a_at && a_at < next_type, "{text}");
-        // And Prometheus's own parser reads it.
+        // The classic format (curl, promtool) has no OpenMetrics `# EOF`.
         assert!(!hub.encode_classic().contains("# EOF"));
     }
 }
