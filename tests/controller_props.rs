@@ -429,11 +429,15 @@ proptest! {
                 let since = *missing_since.get_or_insert(i);
                 let d = &r.decisions[i];
                 let beyond = (i - since) as u64 >= s.missing_grace;
+                // (A batch-level hiccup may trade batch for sleep at the
+                // same rate: growth is of the rate.)
+                let (r0, r1, _) = r.rates[i];
+                let rose = r1 > r0 * (1.0 + 1e-6);
                 match g.on_missing {
                     OnMissing::Pause if beyond => prop_assert_eq!(d.state, State::Paused, "tick {}: {:?}", i, d),
                     // Within grace, or on_missing = hold: never grow.
-                    OnMissing::Pause | OnMissing::Hold => prop_assert!(!grew(&d.before, &d.knobs), "tick {i}: {d:?}"),
-                    OnMissing::Ignore if !beyond => prop_assert!(!grew(&d.before, &d.knobs), "tick {i}: {d:?}"),
+                    OnMissing::Pause | OnMissing::Hold => prop_assert!(!rose, "tick {i}: {d:?}"),
+                    OnMissing::Ignore if !beyond => prop_assert!(!rose, "tick {i}: {d:?}"),
                     OnMissing::Ignore => {}
                 }
             }
@@ -493,7 +497,8 @@ proptest! {
                 && i < h
                 && d.state != State::Paused
             {
-                prop_assert!(!grew(&d.before, &d.knobs), "tick {i}: grew during hold after resume: {d:?}");
+                let (r0, r1, _) = r.rates[i];
+                prop_assert!(r1 <= r0 * (1.0 + 1e-6), "tick {i}: grew during hold after resume: {d:?}");
             }
         }
     }
@@ -545,7 +550,8 @@ fn repeated_trip_during_hold_resumes_lower() {
         manual: false,
         app_limited: false,
     };
-    let mut ticks = vec![tick(Class::Calm); 3];
+    // (Calm long enough for the estimate to be judged: half its 10 s τ.)
+    let mut ticks = vec![tick(Class::Calm); 8];
     ticks.push(tick(Class::Stop)); // pause
     ticks.extend(vec![tick(Class::Calm); 6]); // resume after 5 s calm
     ticks.push(tick(Class::Stop)); // same cause during the hold
@@ -559,7 +565,7 @@ fn repeated_trip_during_hold_resumes_lower() {
     assert_eq!(resumes.len(), 2, "{:#?}", r.decisions);
     let (a, b) = (resumes[0].knobs, resumes[1].knobs);
     let rate = |k: Knobs| k.rate(0.2);
-    let paused_at = r.decisions[3].before;
+    let paused_at = r.decisions[8].before;
     assert!(
         rate(a) <= rate(paused_at) * 0.5 * 1.05,
         "first resume at ≤ beta × the rate at the pause: {paused_at:?} then {a:?}"

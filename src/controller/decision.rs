@@ -286,20 +286,26 @@ impl Decision {
             )
     }
 
-    /// One sentence for an operator, e.g. `slowing down: checkout_p95 0.41 >
-    /// slow 0.40 (baseline 0.33 * 1.2); batch 2000→1000, sleep 100ms→200ms`.
-    pub fn summary(&self) -> String {
-        let verb = match self.action {
+    /// What the decision did, as the log's first words.
+    pub fn verb(&self) -> &'static str {
+        match self.action {
             Action::Hold if self.state == State::Paused => "paused",
             Action::Hold if self.state == State::Slowing => "holding (recovering)",
             Action::Hold => "holding",
             Action::Increase => "speeding up",
+            // A batch-level hiccup: smaller batches at the same rate.
+            Action::Decrease if self.state == State::Running => "smaller batches",
             Action::Decrease => "slowing down",
             Action::Pause => "pausing",
             Action::Resume => "resuming",
             Action::Clamp => "capping",
-        };
-        let mut s = verb.to_string();
+        }
+    }
+
+    /// One sentence for an operator, e.g. `slowing down: checkout_p95 0.41 >
+    /// slow 0.40 (baseline 0.33 * 1.2); batch 2000→1000, sleep 100ms→200ms`.
+    pub fn summary(&self) -> String {
+        let mut s = self.verb().to_string();
         if !self.causes.is_empty() {
             s.push_str(": ");
             s.push_str(

@@ -79,6 +79,22 @@ impl Estimator {
         self.value
     }
 
+    /// Whether the estimate rests on enough of its span to judge slow and
+    /// growth by: half the counting window, or half the EWMA's time
+    /// constant, since the first reading. Before that the estimate is one
+    /// or two readings: a count signal's first reading of 1 against
+    /// `slow_above = 0.5` is one Poisson event, and a cut on it marks the
+    /// start rate as a trouble spot that growth then approaches additively
+    /// for many minutes. Stop is not gated: it stays on raw readings.
+    pub fn judged(&self, now: Time) -> bool {
+        let span = match self.smoothing {
+            Smoothing::Window(w) => w,
+            Smoothing::Ewma(tau) => tau,
+        };
+        self.first_seen
+            .is_some_and(|f| secs(now, f) >= span.as_secs_f64() / 2.0)
+    }
+
     /// Fold in this tick's raw reading (a fresh value).
     pub fn observe(&mut self, now: Time, raw: f64) {
         self.first_seen.get_or_insert(now);

@@ -79,6 +79,30 @@ impl Knobs {
         }
     }
 
+    /// Smaller batches at the same effective rate: batch and sleep both
+    /// scale by `factor` (rate = workers × batch / (batch × per-row +
+    /// sleep) is unchanged), within the limits. For hiccups that are about
+    /// the transaction, not the load: one slow batch, an odd lock timeout.
+    pub fn shrink_batch(&self, factor: f64, l: &Limits, caps: &Caps) -> Knobs {
+        let f = if factor.is_nan() {
+            1.0
+        } else {
+            factor.clamp(0.0, 1.0)
+        };
+        let start = self.clamp(l, caps);
+        let b = ((start.batch_size as f64 * f).floor() as u32).max(l.batch_size.min);
+        // The batch's own share: at the batch floor the sleep stays.
+        let f = b as f64 / start.batch_size.max(1) as f64;
+        // Rounded up to the nanosecond, so the rate never ends above.
+        let sleep = (start.sleep.as_nanos() as f64 * f).ceil();
+        Knobs {
+            batch_size: b,
+            sleep: Duration::from_nanos(sleep as u64),
+            ..start
+        }
+        .clamp(l, caps)
+    }
+
     /// Cut the effective rate by `factor` once, spread over the knobs:
     /// sleep first (finest grain), then workers once sleep is at its max,
     /// then batch size once both are exhausted. With `shrink_batch` (slow

@@ -190,6 +190,9 @@ struct Track {
     /// The estimate at each tick of the current pause, back to the one
     /// a delay ago (see `Controller::unresponsive_for`).
     paused_trail: std::collections::VecDeque<(Time, f64)>,
+    /// How far the estimate was above slow when it last asked for a cut;
+    /// cleared once it is calm again.
+    excess_at_cut: Option<f64>,
 }
 
 /// How one signal reads at this tick.
@@ -262,6 +265,8 @@ pub struct Controller {
     /// Effective rate (rows/s) when trouble last appeared (a cut or a
     /// pause): growth turns additive above half of it.
     rate_at_cut: Option<f64>,
+    /// Last rate-neutral batch shrink after a batch-level hiccup.
+    last_resize: Option<Time>,
 }
 
 impl Controller {
@@ -311,6 +316,7 @@ impl Controller {
                     est: Estimator::new(s.smoothing, s.repeat_after),
                     missing_since: None,
                     paused_trail: Default::default(),
+                    excess_at_cut: None,
                 })
                 .collect(),
             signals,
@@ -331,6 +337,7 @@ impl Controller {
             growth_delay,
             epoch_delay: Duration::ZERO,
             rate_at_cut: None,
+            last_resize: None,
         })
     }
 
@@ -395,6 +402,9 @@ impl Controller {
     pub fn step(&mut self, now: Time, inputs: &Inputs) -> Decision {
         let before = self.knobs;
         let mut causes = Vec::new();
+        // Batch time as known before this tick's batches: one outlier
+        // folded in would make itself look sustained.
+        let usual_batch_secs = self.bt();
         self.learn(inputs);
 
         // Classify every signal.
@@ -402,6 +412,8 @@ impl Controller {
         let mut worst_slow_factor: Option<f64> = None;
         // Some estimate is above its stop level (not yet sustained).
         let mut deeper = false;
+        // Every slow signal is still on its way down from the last cut.
+        let mut explained = true;
         for (i, sig) in self.signals.iter().enumerate() {
             let reading = inputs.readings.get(i);
             let fresh = reading.and_then(|r| {
@@ -475,13 +487,20 @@ impl Controller {
                             deeper = true;
                             Class::Slow
                         }
+                        // Too little evidence yet to call it slow or calm:
+                        // neither cut nor grow on it.
+                        _ if !track.est.judged(now) => Class::Hold,
                         (_, Some(slow)) if e > slow => {
                             causes.push(signal_cause("slow", slow, &sig.slow_expr));
                             let f = slow_factor(self.cfg.beta, e, slow, sig.stop);
                             worst_slow_factor = Some(worst_slow_factor.map_or(f, |w| w.min(f)));
+                            explained &= track.excess_at_cut.is_some_and(|x| e - slow <= x / 2.0);
                             Class::Slow
                         }
-                        _ => Class::Calm,
+                        _ => {
+                            track.excess_at_cut = None;
+                            Class::Calm
+                        }
                     }
                 }
             };
@@ -561,25 +580,54 @@ impl Controller {
                 self.last_calm_knobs = self.knobs;
             }
             let mut factor = worst_slow_factor;
+            // Batch-level hiccups shrink the batch but keep the rate.
+            let mut resize: Option<f64> = None;
+            let mut batch_cut = false;
             for c in &batch_causes {
-                let f = match c {
-                    Cause::SlowBatch { duration, target } => {
-                        (target.as_secs_f64() / duration.as_secs_f64()).max(self.cfg.beta)
-                    }
+                let (f, hiccup) = match c {
+                    // One slow batch while batches are on target on
+                    // average is noise (a checkpoint, a cache miss); a
+                    // smoothed batch time over target is the database
+                    // slowing down under the backfill: a cut.
+                    Cause::SlowBatch { duration, target } => (
+                        (target.as_secs_f64() / duration.as_secs_f64()).max(self.cfg.beta),
+                        usual_batch_secs <= target.as_secs_f64(),
+                    ),
                     // An odd lock timeout or deadlock is the application's
-                    // own contention: a mild cut (and smaller batches). A
-                    // quarter of the tick's batches failing is pacer's: β.
+                    // own contention: smaller batches hold fewer of its
+                    // rows. A quarter of the tick's batches failing is
+                    // pacer's: β.
                     Cause::BatchError { count, .. }
                         if *count < 2 || (*count as f64) < 0.25 * inputs.batches.len() as f64 =>
                     {
-                        slow_factor(self.cfg.beta, 0.0, 0.0, None).max(mild_factor(self.cfg.beta))
+                        (mild_factor(self.cfg.beta), true)
                     }
-                    _ => self.cfg.beta,
+                    _ => (self.cfg.beta, false),
                 };
-                factor = Some(factor.map_or(f, |w| w.min(f)));
+                batch_cut |= !hiccup;
+                let slot = if hiccup { &mut resize } else { &mut factor };
+                *slot = Some(slot.map_or(f, |w| w.min(f)));
             }
             causes.extend(batch_causes.iter().cloned());
-            if let Some(f) = factor {
+            if factor.is_none()
+                && let Some(f) = resize
+            {
+                // Rate-neutral: batch and sleep shrink together. A cut of
+                // the rate here, every few minutes on a noisy day, undid
+                // the additive growth near the last trouble spot (the
+                // seed's demo-live policy sat at half its bound for ten
+                // minutes on a steady day, tuning seed 3).
+                if self
+                    .last_resize
+                    .is_none_or(|t| (now - t).to_std().unwrap_or_default() >= self.cfg.cooldown)
+                {
+                    self.knobs = self.knobs.shrink_batch(f, &self.limits, &caps);
+                    self.last_resize = Some(now);
+                    (Action::Decrease, State::Running)
+                } else {
+                    (Action::Hold, State::Running)
+                }
+            } else if let Some(f) = factor {
                 // Which signals ask for the cut: their delay is the epoch's.
                 let cause_delay = classes
                     .iter()
@@ -588,7 +636,25 @@ impl Controller {
                     .map(|(_, s)| s.delay)
                     .max()
                     .unwrap_or(self.cfg.tick);
-                if self.may_decrease(now, deeper) {
+                // Once the epoch is over, a signal still above slow but at
+                // most half as far above it as at the last cut is that cut
+                // still showing through its measurement window (one delay
+                // shows about two thirds of a change through the
+                // smoothing): cutting again would answer the same trouble
+                // twice. A batch cause or a signal past stop cuts
+                // regardless.
+                // For one more epoch at most: a signal that stays above slow
+                // is cut below it in the end.
+                let in_second_epoch = self.last_decrease.is_some_and(|d| {
+                    (now - d).to_std().unwrap_or_default()
+                        < self.epoch_delay.max(self.cfg.cooldown).saturating_mul(2)
+                });
+                let on_its_way = explained
+                    && in_second_epoch
+                    && !deeper
+                    && !batch_cut
+                    && worst_slow_factor.is_some();
+                if !on_its_way && self.may_decrease(now, deeper) {
                     let lock_trouble = classes
                         .iter()
                         .zip(&self.signals)
@@ -607,6 +673,12 @@ impl Controller {
                     // a batch-level hiccup does not.
                     if worst_slow_factor.is_some() {
                         self.rate_at_cut = Some(self.rate_of(&before));
+                    }
+                    for ((t, sig), c) in self.track.iter_mut().zip(&self.signals).zip(&classes) {
+                        if let (Class::Slow, Some(slow), Some(e)) = (c, sig.slow, t.est.estimate())
+                        {
+                            t.excess_at_cut = Some(e - slow);
+                        }
                     }
                     self.last_decrease = Some(now);
                     self.epoch_open = true;

@@ -115,12 +115,19 @@ fn decision_explains_relative_level_with_baseline() {
     let p = Policy::from_toml("demo.toml", DEMO).unwrap();
     let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
     let mut c = Controller::new(&p, &baselines).unwrap();
-    let inputs = Inputs {
+    let inputs = |t| Inputs {
         // slow = 0.396, stop = 0.495.
-        readings: vec![Reading::value(0.41, at(0)), Reading::value(0.5, at(0))],
+        readings: vec![Reading::value(0.41, at(t)), Reading::value(0.5, at(t))],
         ..Default::default()
     };
-    let d = c.step(at(0), &inputs);
+    // The first readings are too little evidence to cut on: the
+    // controller holds until half the smoothing span is behind them.
+    let d = c.step(at(0), &inputs(0));
+    assert_eq!((d.action, d.state), (Action::Hold, State::Running));
+    let d = (1..120)
+        .map(|t| c.step(at(t), &inputs(t)))
+        .find(|d| d.action != Action::Hold)
+        .expect("a cut once the estimate is judged");
     assert_eq!(d.action, Action::Decrease);
     assert_eq!(d.state, State::Slowing);
     let s = d.summary();
@@ -327,4 +334,122 @@ fn a_signal_that_does_not_respond_to_a_pause_is_flagged() {
         recovers.last().unwrap() == &(State::Running, None),
         "{recovers:?}"
     );
+}
+
+/// The demo policy with replica lag alone (stop 10, slow 2, a tick-plus-τ
+/// delay) and a controller stepped once a second with one 1000-row batch a
+/// tick of `batch_ms`.
+fn lag_only() -> Policy {
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.remove(0);
+    p
+}
+
+fn lag_tick(v: f64, t: i64, batch_ms: u64) -> Inputs {
+    batch_tick(v, t, batch_ms, 1000)
+}
+
+fn batch_tick(v: f64, t: i64, batch_ms: u64, rows: u32) -> Inputs {
+    Inputs {
+        readings: vec![Reading::value(v, at(t))],
+        batches: vec![BatchOutcome {
+            started: at(t) - chrono::Duration::milliseconds(batch_ms as i64),
+            duration: Duration::from_millis(batch_ms),
+            rows: rows.into(),
+            error: None,
+        }],
+        ..Default::default()
+    }
+}
+
+/// One slow batch among batches on target is the transaction's hiccup, not
+/// the load's: smaller batches at the same rate, no cut, and the trouble
+/// spot growth approaches slowly is not moved. Sustained slow batches cut.
+#[test]
+fn one_slow_batch_shrinks_the_batch_at_the_same_rate() {
+    let p = lag_only();
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    for t in 0..30 {
+        c.step(at(t), &lag_tick(0.1, t, 200));
+    }
+    let d = c.step(at(30), &lag_tick(0.1, 30, 1500));
+    assert_eq!((d.action, d.state), (Action::Decrease, State::Running));
+    assert!(d.knobs.batch_size < d.before.batch_size, "{d:?}");
+    let (r0, r1) = (c.rate_of(&d.before), c.rate_of(&d.knobs));
+    assert!((r1 - r0).abs() <= r0 * 1e-6, "{r0} → {r1}");
+    assert!(
+        d.summary().starts_with("smaller batches: batch took"),
+        "{}",
+        d.summary()
+    );
+
+    // Batches still slow after the shrink (2.5 s a batch, whatever its
+    // size): the usual batch time is over target, and that is the
+    // database slowing down under the backfill: a cut of the rate.
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let cut = (0..60)
+        .map(|t| {
+            let rows = c.knobs().batch_size;
+            c.step(at(t), &batch_tick(0.1, t, 2500, rows))
+        })
+        .find(|d| d.state == State::Slowing)
+        .expect("sustained slow batches cut the rate");
+    assert!(
+        c.rate_of(&cut.knobs) < c.rate_of(&cut.before) * 0.99,
+        "{cut:?}"
+    );
+}
+
+/// The first reading of a signal is not yet an estimate: a count signal's
+/// first 1 against slow 0.5 is one Poisson event. No cut until half its
+/// smoothing span is behind it; a reading that stays above slow cuts then.
+#[test]
+fn no_slow_cut_on_the_first_readings() {
+    let p = lag_only();
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let d = c.step(at(0), &lag_tick(3.0, 0, 200));
+    assert_eq!((d.action, d.state), (Action::Hold, State::Running));
+    let first_cut = (1..60)
+        .find(|t| c.step(at(*t), &lag_tick(3.0, *t, 200)).action == Action::Decrease)
+        .expect("cuts once the estimate is judged");
+    let tau = p.controller.smoothing.as_secs() as i64;
+    assert!(first_cut >= tau / 2, "cut at {first_cut} s, τ {tau} s");
+}
+
+/// After a cut's epoch, a signal still above slow but at most half as far
+/// above it as at the cut is that cut still showing: hold, for one more
+/// epoch at most. One that has not come down by half cuts again.
+#[test]
+fn a_cut_still_showing_is_not_cut_again() {
+    let p = lag_only();
+    let delay = Controller::new(&p, &BTreeMap::new()).unwrap().signals[0].delay;
+    let epoch = delay.max(p.controller.cooldown).as_secs() as i64;
+    // Cuts in the first `within` seconds after the signal settles at
+    // `after` from a spell at 4 (twice slow).
+    let cuts = |after: f64, within: i64| {
+        let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+        for t in 0..30 {
+            c.step(at(t), &lag_tick(0.5, t, 200));
+        }
+        // At 4 until its second cut: the first comes as the estimate
+        // crosses slow, the second an epoch later, with most of the excess
+        // (about 2) in the estimate.
+        let mut n = 0;
+        let mut t = 30;
+        while n < 2 {
+            n += (c.step(at(t), &lag_tick(4.0, t, 200)).action == Action::Decrease) as usize;
+            t += 1;
+            assert!(t < 200, "no second cut");
+        }
+        (t..t + within)
+            .filter(|t| c.step(at(*t), &lag_tick(after, *t, 200)).action == Action::Decrease)
+            .count()
+    };
+    // Down to 2.3 (15 % of the excess left): an epoch later the estimate
+    // shows less than half the excess, no cut for a second epoch; still
+    // above slow after that, it is cut.
+    assert_eq!(cuts(2.3, 2 * epoch - 1), 0);
+    assert!(cuts(2.3, 3 * epoch) >= 1);
+    // Down to 3.6 only (80 % left): cut again after the epoch.
+    assert!(cuts(3.6, 2 * epoch - 1) >= 1);
 }

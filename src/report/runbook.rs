@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ReportInfo;
 use super::stats::RunStats;
-use crate::controller::{Action, fmt_dur};
+use crate::controller::{Action, Decision, State, fmt_dur};
 use crate::history::History;
 use crate::telemetry::events::group;
 
@@ -308,25 +308,28 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
     let _ = writeln!(md, "Retries: {}.\n", retries_text(h));
     let slowdowns = slowdown_causes(h);
     if !slowdowns.is_empty() {
-        let total: u64 = h
-            .decisions
-            .iter()
-            .filter(|d| d.action == Action::Decrease)
-            .count() as u64;
+        let total: u64 = h.decisions.iter().filter(|d| rate_cut(d)).count() as u64;
         let _ = writeln!(
             md,
-            "pacer slowed down {} times. Why (a slow-down can have several causes):\n",
-            group(total)
+            "pacer slowed down {}. Why (a slow-down can have several causes):\n",
+            times(total)
         );
         for (cause, n) in &slowdowns {
-            let times = if *n == 1 {
-                "once".to_string()
-            } else {
-                format!("{} times", group(*n))
-            };
-            let _ = writeln!(md, "- {cause}: {times}");
+            let _ = writeln!(md, "- {cause}: {}", times(*n));
         }
         md.push('\n');
+    }
+    let resized = h
+        .decisions
+        .iter()
+        .filter(|d| d.action == Action::Decrease && d.state == State::Running)
+        .count() as u64;
+    if resized > 0 {
+        let _ = writeln!(
+            md,
+            "It made batches smaller at the same rate {} (one slow batch, an odd lock timeout or deadlock).\n",
+            times(resized)
+        );
     }
     let notable: Vec<_> = h
         .decisions
@@ -400,11 +403,25 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
     crate::telemetry::redact::text(&md).into_owned()
 }
 
+/// `once`, `12 times`.
+fn times(n: u64) -> String {
+    if n == 1 {
+        "once".to_string()
+    } else {
+        format!("{} times", group(n))
+    }
+}
+
+/// A cut of the rate, not a rate-neutral batch shrink after a hiccup.
+fn rate_cut(d: &Decision) -> bool {
+    d.action == Action::Decrease && d.state == State::Slowing
+}
+
 /// How often each kind of cause made pacer slow down, most frequent first.
 fn slowdown_causes(h: &History) -> Vec<(String, u64)> {
     use crate::controller::Cause;
     let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for d in h.decisions.iter().filter(|d| d.action == Action::Decrease) {
+    for d in h.decisions.iter().filter(|d| rate_cut(d)) {
         let mut seen = std::collections::BTreeSet::new();
         for c in &d.causes {
             let key = match c {

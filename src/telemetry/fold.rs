@@ -6,7 +6,9 @@
 //! stop-level cut and first cut of a new cause is printed as it happens;
 //! further cuts for the same cause within a minute are counted and printed
 //! once, when the minute is over or something else happens, as
-//! `slowing down ×N in 60s: <cause>; <knobs first → last>`.
+//! `slowing down ×N in 60s: <cause>; <knobs first → last>` (or `smaller
+//! batches ×N …` for batch-level hiccups, which shrink the batch at the
+//! same rate).
 
 use crate::controller::{Action, Cause, Decision, Knobs, knob_delta};
 
@@ -38,7 +40,7 @@ impl Line {
             } => {
                 let secs = SPAN_SECS;
                 let causes: Vec<String> = last.causes.iter().map(|c| c.to_string()).collect();
-                let mut s = format!("slowing down ×{count} in {secs}s: {}", causes.join(", "));
+                let mut s = format!("{} ×{count} in {secs}s: {}", last.verb(), causes.join(", "));
                 let delta = knob_delta(first_before, &last.knobs);
                 if !delta.is_empty() {
                     s.push_str("; ");
@@ -83,6 +85,8 @@ fn key(d: &Decision) -> Vec<String> {
         .collect();
     k.sort();
     k.dedup();
+    // A rate-neutral batch shrink and a cut of the rate are told apart.
+    k.push(d.verb().to_string());
     k
 }
 
@@ -188,6 +192,38 @@ mod tests {
         let s = lines[1].summary();
         assert!(s.starts_with("slowing down ×4 in 60s: p95"), "{s}");
         assert!(s.contains("sleep 10ms→50ms"), "{s}");
+    }
+
+    /// Batch hiccups (smaller batches at the same rate) fold under their
+    /// own verb, apart from cuts of the rate for the same cause.
+    #[test]
+    fn smaller_batches_fold_apart_from_cuts() {
+        let slow_batch = |secs: i64, state: State| Decision {
+            state,
+            causes: vec![Cause::SlowBatch {
+                duration: Duration::from_millis(1500),
+                target: Duration::from_secs(1),
+            }],
+            ..cut(secs, "slow", 0)
+        };
+        let mut f = Fold::default();
+        let mut lines = Vec::new();
+        for s in [0, 10, 20] {
+            lines.extend(f.push(&slow_batch(s, State::Running)));
+        }
+        lines.extend(f.push(&slow_batch(30, State::Slowing)));
+        lines.extend(f.expire(slow_batch(100, State::Running).at));
+        let text: Vec<String> = lines.iter().map(|l| l.summary()).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("smaller batches: batch took 1.5s"),
+            "{text:?}"
+        );
+        assert!(text[1].starts_with("smaller batches ×2 in 60s"), "{text:?}");
+        assert!(
+            text[2].starts_with("slowing down: batch took 1.5s"),
+            "{text:?}"
+        );
     }
 
     #[test]
