@@ -26,6 +26,8 @@ pub struct Baseline {
     pub value: f64,
     pub samples: usize,
     pub how: String,
+    /// The readings the median was taken of.
+    pub points: Vec<f64>,
 }
 
 /// Not enough history (yet): what was found, for the error or the wait log.
@@ -61,11 +63,55 @@ pub async fn capture(policy: &Policy, ctx: &Context) -> anyhow::Result<BTreeMap<
     let results =
         futures::future::join_all(jobs.into_iter().map(|(s, p)| measure(policy, s, p))).await;
     for r in results {
-        let (name, b) = r?;
-        tracing::info!(signal = %name, baseline = b.value, samples = b.samples, "baseline measured: {}", b.how);
-        out.insert(name, b.value);
+        let (s, b) = r?;
+        tracing::info!(signal = %s.name, baseline = b.value, samples = b.samples, "baseline measured: {}", b.how);
+        let level = |l: &Option<crate::policy::Level>| l.and_then(|l| l.resolve(Some(b.value)));
+        if let Some(w) = noise_warning(&b.points, level(&s.slow_above), level(&s.stop_above)) {
+            tracing::warn!(signal = %s.name, "{}: {w}", s.name);
+        }
+        out.insert(s.name.clone(), b.value);
     }
     Ok(out)
+}
+
+/// Share of readings above a level at which the signal's own noise, before
+/// any backfill, is taken to cross it: a stop reached by noise pauses the
+/// job again and again (the seed's +20 % on a p95 of a few milliseconds:
+/// 53 % of 10-second windows over it with no backfill on the testbed).
+const NOISY_STOP_SHARE: f64 = 0.05;
+const NOISY_SLOW_SHARE: f64 = 0.25;
+
+/// A warning when the baseline's own readings already cross the levels the
+/// job will be judged by.
+pub fn noise_warning(points: &[f64], slow: Option<f64>, stop: Option<f64>) -> Option<String> {
+    if points.is_empty() {
+        return None;
+    }
+    let share =
+        |level: f64| points.iter().filter(|v| **v > level).count() as f64 / points.len() as f64;
+    let advice = "a longer range window in the query, a longer stop_for, or levels further \
+                  from the baseline make it steadier";
+    if let Some(stop) = stop
+        && share(stop) >= NOISY_STOP_SHARE
+    {
+        return Some(format!(
+            "{:.0} % of the readings the baseline was measured on are already above stop ({}), \
+             with no backfill judged yet: the job may pause on the signal's own noise; {advice}",
+            100.0 * share(stop),
+            crate::controller::num(stop)
+        ));
+    }
+    if let Some(slow) = slow
+        && share(slow) >= NOISY_SLOW_SHARE
+    {
+        return Some(format!(
+            "{:.0} % of the readings the baseline was measured on are already above slow ({}): \
+             the job will slow down on the signal's own noise; {advice}",
+            100.0 * share(slow),
+            crate::controller::num(slow)
+        ));
+    }
+    None
 }
 
 enum Prepared {
@@ -73,7 +119,11 @@ enum Prepared {
     Sampled(Box<dyn super::Source>),
 }
 
-async fn measure(policy: &Policy, s: &Signal, p: Prepared) -> anyhow::Result<(String, Baseline)> {
+async fn measure<'a>(
+    policy: &Policy,
+    s: &'a Signal,
+    p: Prepared,
+) -> anyhow::Result<(&'a Signal, Baseline)> {
     let cfg = &policy.baseline;
     let retry = policy.controller.tick.max(Duration::from_secs(5));
     loop {
@@ -92,7 +142,7 @@ async fn measure(policy: &Policy, s: &Signal, p: Prepared) -> anyhow::Result<(St
             }
         };
         match (attempt, cfg.on_insufficient) {
-            (Ok(b), _) => return Ok((s.name.clone(), b)),
+            (Ok(b), _) => return Ok((s, b)),
             (Err(Short(why)), OnInsufficient::Refuse) => anyhow::bail!(
                 "signal {:?}: not enough history for a baseline: {why}. Wait and retry, shorten \
                  baseline.window, set baseline.on_insufficient = \"wait\", or give the signal a fixed \
@@ -135,6 +185,7 @@ async fn from_prometheus(
     Ok(Baseline {
         value: median(&values).expect("non-empty"),
         samples: values.len(),
+        points: values.clone(),
         how: format!(
             "median of {} points over the last {} (step {step}s)",
             values.len(),
@@ -173,6 +224,7 @@ async fn from_samples(
                     values.len(),
                     humantime::format_duration(tick)
                 ),
+                points: values,
             });
         }
     }
@@ -200,7 +252,30 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, noise_warning};
+
+    #[test]
+    fn a_baseline_whose_readings_cross_stop_is_flagged() {
+        // A p95 of ~4 ms read every second: 10 of 60 readings above +20 %.
+        let mut points = vec![0.004; 50];
+        points.extend([0.0055; 10]);
+        let w = noise_warning(&points, Some(0.0044), Some(0.0048)).expect("flagged");
+        assert!(
+            w.starts_with(
+                "17 % of the readings the baseline was measured on are already above stop (0.0048)"
+            ),
+            "{w}"
+        );
+        // Quiet readings: nothing to say.
+        let quiet = vec![0.004; 60];
+        assert_eq!(noise_warning(&quiet, Some(0.0044), Some(0.0048)), None);
+        // Above slow often, never above stop: the slow warning.
+        let mut slowish = vec![0.004; 40];
+        slowish.extend([0.0046; 20]);
+        let w = noise_warning(&slowish, Some(0.0044), Some(0.0048)).expect("flagged");
+        assert!(w.contains("already above slow (0.0044)"), "{w}");
+        assert_eq!(noise_warning(&[], Some(1.0), Some(2.0)), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {
