@@ -8,6 +8,15 @@ use std::process::Command;
 use pacer::policy::Policy;
 use pacer::sim::{self, Model, Plant, Scenario, Setup, Strategy};
 
+/// `pacer simulate ARGS`, run from the crate's root.
+fn simulate_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .arg("simulate")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn demo() -> Policy {
     Policy::load(Path::new("policies/demo.toml")).expect("demo policy loads")
 }
@@ -584,16 +593,7 @@ fn cli_text_logs_decisions_then_a_table() {
     }
     assert!(table.contains("conservative") && table.contains("aggressive"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args([
-            "simulate",
-            "--policy",
-            "policies/demo.toml",
-            "--scenario",
-            "nope",
-        ])
-        .output()
-        .unwrap();
+    let out = simulate_cli(&["--policy", "policies/demo.toml", "--scenario", "nope"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"nope\""));
 }
@@ -686,15 +686,7 @@ fn cli_report_writes_a_timeline_and_a_runbook() {
 /// and so beat a fixed loop at the start knobs by a wide margin.
 #[test]
 fn lock_bound_policy_shrinks_batches_and_beats_the_fixed_loop() {
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args([
-            "simulate",
-            "--policy",
-            "tests/fixtures/lock-bound.toml",
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let out = simulate_cli(&["--policy", "tests/fixtures/lock-bound.toml", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -826,20 +818,16 @@ fn a_simulated_fleet_keeps_its_limits_and_its_budgets() {
             assert!(t.rows >= 2_000 && t.rows <= 200_000, "{t:?}");
         }
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args([
-            "simulate",
-            "--policy",
-            "policies/demo.toml",
-            "--fleet",
-            "8x2",
-            "--rows",
-            "50000",
-            "--duration",
-            "1h",
-        ])
-        .output()
-        .unwrap();
+    let out = simulate_cli(&[
+        "--policy",
+        "policies/demo.toml",
+        "--fleet",
+        "8x2",
+        "--rows",
+        "50000",
+        "--duration",
+        "1h",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     for want in [
@@ -850,16 +838,7 @@ fn a_simulated_fleet_keeps_its_limits_and_its_budgets() {
     ] {
         assert!(text.contains(want), "{want} missing:\n{text}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args([
-            "simulate",
-            "--policy",
-            "policies/demo.toml",
-            "--fleet",
-            "2x8",
-        ])
-        .output()
-        .unwrap();
+    let out = simulate_cli(&["--policy", "policies/demo.toml", "--fleet", "2x8"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("more clusters than targets"));
 }

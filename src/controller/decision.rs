@@ -286,15 +286,22 @@ impl Decision {
             )
     }
 
+    /// A batch-level hiccup's answer: smaller batches at the same rate, a
+    /// decrease that leaves the job running (a cut of the rate slows it).
+    pub fn is_batch_resize(&self) -> bool {
+        self.action == Action::Decrease && self.state == State::Running
+    }
+
     /// What the decision did, as the log's first words.
     pub fn verb(&self) -> &'static str {
+        if self.is_batch_resize() {
+            return "smaller batches";
+        }
         match self.action {
             Action::Hold if self.state == State::Paused => "paused",
             Action::Hold if self.state == State::Slowing => "holding (recovering)",
             Action::Hold => "holding",
             Action::Increase => "speeding up",
-            // A batch-level hiccup: smaller batches at the same rate.
-            Action::Decrease if self.state == State::Running => "smaller batches",
             Action::Decrease => "slowing down",
             Action::Pause => "pausing",
             Action::Resume => "resuming",

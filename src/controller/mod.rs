@@ -641,10 +641,9 @@ impl Controller {
                 // still showing through its measurement window (one delay
                 // shows about two thirds of a change through the
                 // smoothing): cutting again would answer the same trouble
-                // twice. A batch cause or a signal past stop cuts
-                // regardless.
-                // For one more epoch at most: a signal that stays above slow
-                // is cut below it in the end.
+                // twice. For one more epoch at most: a signal that stays
+                // above slow is cut below it in the end. A batch cause or a
+                // signal past stop cuts regardless.
                 let in_second_epoch = self.last_decrease.is_some_and(|d| {
                     (now - d).to_std().unwrap_or_default()
                         < self.epoch_delay.max(self.cfg.cooldown).saturating_mul(2)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::ReportInfo;
 use super::stats::RunStats;
-use crate::controller::{Action, Decision, State, fmt_dur};
+use crate::controller::{Action, Decision, fmt_dur};
 use crate::history::History;
 use crate::telemetry::events::group;
 
@@ -319,11 +319,7 @@ pub fn markdown(h: &History, stats: Option<&RunStats>, info: &ReportInfo) -> Str
         }
         md.push('\n');
     }
-    let resized = h
-        .decisions
-        .iter()
-        .filter(|d| d.action == Action::Decrease && d.state == State::Running)
-        .count() as u64;
+    let resized = h.decisions.iter().filter(|d| d.is_batch_resize()).count() as u64;
     if resized > 0 {
         let _ = writeln!(
             md,
@@ -414,7 +410,7 @@ fn times(n: u64) -> String {
 
 /// A cut of the rate, not a rate-neutral batch shrink after a hiccup.
 fn rate_cut(d: &Decision) -> bool {
-    d.action == Action::Decrease && d.state == State::Slowing
+    d.action == Action::Decrease && !d.is_batch_resize()
 }
 
 /// How often each kind of cause made pacer slow down, most frequent first.

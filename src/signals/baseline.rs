@@ -91,23 +91,23 @@ pub fn noise_warning(points: &[f64], slow: Option<f64>, stop: Option<f64>) -> Op
         |level: f64| points.iter().filter(|v| **v > level).count() as f64 / points.len() as f64;
     let advice = "a longer range window in the query, a longer stop_for, or levels further \
                   from the baseline make it steadier";
-    if let Some(stop) = stop
-        && share(stop) >= NOISY_STOP_SHARE
+    if let Some((stop, part)) = stop.map(|l| (l, share(l)))
+        && part >= NOISY_STOP_SHARE
     {
         return Some(format!(
             "{:.0} % of the readings the baseline was measured on are already above stop ({}), \
              with no backfill judged yet: the job may pause on the signal's own noise; {advice}",
-            100.0 * share(stop),
+            100.0 * part,
             crate::controller::num(stop)
         ));
     }
-    if let Some(slow) = slow
-        && share(slow) >= NOISY_SLOW_SHARE
+    if let Some((slow, part)) = slow.map(|l| (l, share(l)))
+        && part >= NOISY_SLOW_SHARE
     {
         return Some(format!(
             "{:.0} % of the readings the baseline was measured on are already above slow ({}): \
              the job will slow down on the signal's own noise; {advice}",
-            100.0 * share(slow),
+            100.0 * part,
             crate::controller::num(slow)
         ));
     }
@@ -185,12 +185,12 @@ async fn from_prometheus(
     Ok(Baseline {
         value: median(&values).expect("non-empty"),
         samples: values.len(),
-        points: values.clone(),
         how: format!(
             "median of {} points over the last {} (step {step}s)",
             values.len(),
             humantime::format_duration(window)
         ),
+        points: values,
     })
 }
 
