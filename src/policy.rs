@@ -149,6 +149,27 @@ pub struct Job {
     /// reconnect) renews it again well within this.
     #[serde(default = "default_takeover_after", with = "humantime_serde")]
     pub takeover_after: Duration,
+    /// What pacer does about the dead row versions its updates leave in
+    /// the table: say so when a pause does not bring a signal down, or
+    /// `VACUUM` the table then, or whenever they pile up. Off by default:
+    /// a DBA decides when their tables are vacuumed.
+    #[serde(default)]
+    pub vacuum: VacuumMode,
+}
+
+/// `[job] vacuum`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VacuumMode {
+    /// Log the table's dead row versions and the command to clear them.
+    #[default]
+    Off,
+    /// Run `VACUUM (SKIP_LOCKED)` on the table, once per stuck pause.
+    WhenStuck,
+    /// As `when-stuck`, and also while the job runs, whenever the dead
+    /// versions have piled up again (looked at every 10 s), so that they
+    /// never get to hold a signal up.
+    AsItGoes,
 }
 
 fn default_idempotent() -> bool {

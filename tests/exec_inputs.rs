@@ -635,6 +635,23 @@ async fn a_least_privilege_role_runs_a_backfill(pool: PgPool) {
     let out = output(pacer(&["check"], &p)).await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    // VACUUM is the table owner's: `job.vacuum = "when-stuck"` would only
+    // ever say what to run.
+    let (_dv, pv) = policy(&as_role, &good);
+    let text = std::fs::read_to_string(&pv).unwrap().replacen(
+        "[job]\n",
+        "[job]\nvacuum = \"when-stuck\"\n",
+        1,
+    );
+    std::fs::write(&pv, text).unwrap();
+    let out = output(pacer(&["check"], &pv)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stdout.contains("warning: job.vacuum: role")
+            && out.stdout.contains("does not own t and may not VACUUM it"),
+        "{}",
+        out.stdout
+    );
     // The run also writes the replication heartbeat into pacer's schema.
     let lag = Spec {
         extra: "[[signal]]\nname = \"lag\"\npostgres = \"replication_lag_seconds\"\nstop_above = 100\non_missing = \"ignore\"\n",

@@ -363,6 +363,11 @@ fn file_values_have_strict_types() {
             "timezone = false",
             "job.timezone: invalid type: boolean",
         ),
+        (
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Europe/Berlin\"\nvacuum = \"always\"",
+            "job.vacuum: unknown variant `always`, expected one of `off`, `when-stuck`, `as-it-goes`",
+        ),
     ];
     for (from, to, expect) in cases {
         let text = demo_text();
@@ -392,6 +397,17 @@ fn file_values_have_strict_types() {
     assert_eq!(p.job.name, "3.14");
     assert_eq!(p.controller.beta, 0.25);
     assert_eq!(p.job.labels["tenant"], "acme");
+    assert_eq!(p.job.vacuum, pacer::policy::VacuumMode::Off);
+    let p = Policy::from_toml(
+        "t.toml",
+        &demo_text().replacen(
+            "timezone = \"Europe/Berlin\"",
+            "timezone = \"Europe/Berlin\"\nvacuum = \"when-stuck\"",
+            1,
+        ),
+    )
+    .unwrap();
+    assert_eq!(p.job.vacuum, pacer::policy::VacuumMode::WhenStuck);
 }
 
 /// However long the offending value, an error line stays short and still

@@ -26,6 +26,7 @@ pub mod runner;
 mod standby;
 pub mod tally;
 pub mod target;
+pub mod vacuum;
 pub mod worker;
 
 use std::sync::Mutex;

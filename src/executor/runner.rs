@@ -271,6 +271,7 @@ pub async fn run(
         lease: policy.job.lease,
     };
     let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
+    let mut vacuum = super::vacuum::Watch::new(policy.job.vacuum, &url, &job, &target.table_q);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -511,6 +512,7 @@ pub async fn run(
             paused,
         });
         telemetry.decision(&decision);
+        vacuum.tick(&decision);
         if decision.changed() {
             // Decisions made while the store was unreachable (the outage's
             // own pause) are recorded once it is back.

@@ -45,7 +45,38 @@ pub async fn check(
     schema(conn, policy, &role, r).await?;
     stats(conn, policy, &role, r).await?;
     signal_backend(conn, policy, &role, r).await?;
+    vacuum(conn, policy, &role, r).await?;
     Ok(table_ok)
+}
+
+/// `[job] vacuum` other than `"off"` runs `VACUUM` on the table, which
+/// only its owner (or the database's) may; Postgres would skip it with a
+/// WARNING the job's log never shows.
+async fn vacuum(
+    conn: &mut PgConnection,
+    policy: &Policy,
+    role: &str,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    if policy.job.vacuum == crate::policy::VacuumMode::Off {
+        return Ok(());
+    }
+    let Some(table) = sqlx::query_scalar::<_, String>(
+        "SELECT c::text FROM to_regclass($1) AS c WHERE c IS NOT NULL",
+    )
+    .bind(&policy.job.table)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(());
+    };
+    if !crate::executor::vacuum::may_vacuum(conn, &table).await? {
+        r.warnings.push(format!(
+            "job.vacuum: role {role} does not own {table} and may not VACUUM it: a pause held up by \
+             dead row versions will only say so (run pacer as the table's owner, or ask its owner to vacuum)"
+        ));
+    }
+    Ok(())
 }
 
 /// A standby ends the old runner's backends when it takes over

@@ -1,0 +1,145 @@
+//! A pause that dead row versions hold up (`[job] vacuum`): the service's
+//! health check here fails while the table holds more than 3,000 dead
+//! versions, as a service whose reads cross the backfilled range slows
+//! down with them. Autovacuum is off on the table, so only a VACUUM can
+//! bring the check back; pacer's pause alone never does.
+
+mod exec_common;
+
+use std::time::Duration;
+
+use axum::routing::get;
+use exec_common::*;
+use sqlx::PgPool;
+
+const LIMIT: i64 = 3000;
+
+async fn dead(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 't'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn vacuums(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 't'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// 503 while `t` has more than `LIMIT` dead row versions.
+async fn health_check(pool: PgPool) -> String {
+    let app = axum::Router::new().route(
+        "/health",
+        get(move || {
+            let pool = pool.clone();
+            async move {
+                if dead(&pool).await > LIMIT {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "slow")
+                } else {
+                    (axum::http::StatusCode::OK, "ok")
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/health")
+}
+
+async fn setup(
+    pool: &PgPool,
+    vacuum: &str,
+    rows: i64,
+    batch: u32,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let url = url_of(pool).await;
+    counter_table(pool, "t", rows).await;
+    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
+        .execute(pool)
+        .await
+        .unwrap();
+    let health = health_check(pool.clone()).await;
+    let (dir, path) = policy(
+        &url,
+        &Spec {
+            update: "UPDATE t SET counter = 1 WHERE id = ANY($1) AND counter = 0",
+            idempotent: true,
+            batch: (batch, batch, batch),
+            sleep_ms: 50,
+            extra: &format!(
+                "\n[[signal]]\nname = \"health\"\nhttp = \"{health}\"\nstop_for = \"0s\"\ntimeout = \"2s\"\n"
+            ),
+            ..Spec::default()
+        },
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replacen("[job]\n", &format!("[job]\nvacuum = \"{vacuum}\"\n"), 1);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[sqlx::test(migrations = false)]
+async fn when_stuck_vacuums_and_the_job_finishes(pool: PgPool) {
+    let (_dir, policy) = setup(&pool, "when-stuck", 20_000, 500).await;
+    let out = output(capped(pacer(&["run"], &policy))).await;
+    let log = out.all();
+    assert_eq!(out.code, Some(0), "{log}");
+    assert_eq!(counters(&pool, "t").await, (0, 20_000, 0), "{log}");
+    // 20,000 rows, a stop at 3,000 dead: the job paused on the check and
+    // a VACUUM of pacer's let it go on, more than once.
+    assert!(vacuums(&pool).await >= 2, "{log}");
+    assert!(log.contains("has not come down"), "{log}");
+    assert!(log.contains("vacuuming t: "), "{log}");
+    assert!(log.contains("vacuumed t in "), "{log}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn off_says_what_would_clear_it_and_waits(pool: PgPool) {
+    let (dir, policy) = setup(&pool, "off", 20_000, 500).await;
+    let log_path = dir.path().join("run.log");
+    let mut cmd = capped(pacer(&["run"], &policy));
+    cmd.stderr(std::process::Stdio::from(
+        std::fs::File::create(&log_path).unwrap(),
+    ));
+    let mut child = cmd.spawn().unwrap();
+    let said = wait_until(Duration::from_secs(60), || {
+        let p = log_path.clone();
+        async move {
+            std::fs::read_to_string(&p)
+                .unwrap_or_default()
+                .contains("(or job.vacuum = \"when-stuck\"")
+        }
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(said, "{log}");
+    assert!(log.contains("`VACUUM t`"), "{log}");
+    // Still paused on the check, and nothing vacuumed the table.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(child.try_wait().unwrap().is_none(), "{log}");
+    assert_eq!(vacuums(&pool).await, 0);
+    assert!(dead(&pool).await > LIMIT);
+    let (left, done, twice) = counters(&pool, "t").await;
+    assert!(left > 0 && done > 0 && twice == 0, "{left} {done} {twice}");
+    child.kill().await.unwrap();
+}
+
+/// `as-it-goes` vacuums while the job runs, before the dead versions get
+/// to fail the check: at 150 rows/s, 1,500 pile up between two looks,
+/// half the check's limit, and the job never pauses.
+#[sqlx::test(migrations = false)]
+async fn as_it_goes_vacuums_before_the_check_fails(pool: PgPool) {
+    let (_dir, policy) = setup(&pool, "as-it-goes", 4_500, 50).await;
+    let mut cmd = pacer(&["run"], &policy);
+    cmd.env("PACER_POLICY__LIMITS__MAX_ROWS_PER_SECOND", "150");
+    let out = output(cmd).await;
+    let log = out.all();
+    assert_eq!(out.code, Some(0), "{log}");
+    assert_eq!(counters(&pool, "t").await, (0, 4_500, 0), "{log}");
+    assert!(vacuums(&pool).await >= 1, "{log}");
+    assert!(log.contains("and job.vacuum = \"as-it-goes\""), "{log}");
+    assert!(!log.contains("pausing"), "{log}");
+}
