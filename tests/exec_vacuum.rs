@@ -143,3 +143,44 @@ async fn as_it_goes_vacuums_before_the_check_fails(pool: PgPool) {
     assert!(log.contains("and job.vacuum = \"as-it-goes\""), "{log}");
     assert!(!log.contains("pausing"), "{log}");
 }
+
+/// A transaction older than the dead versions keeps them: pacer's VACUUM
+/// then cleans little, which it says instead of trying again; once that
+/// transaction ends, the same VACUUM clears them.
+#[sqlx::test(migrations = false)]
+async fn a_vacuum_behind_an_old_snapshot_cleans_little(pool: PgPool) {
+    use pacer::executor::vacuum::{cleaned_little, dead_rows, vacuum};
+    counter_table(&pool, "t", 5_000).await;
+    // Autovacuum's analyze would replace the count with an estimate.
+    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut old = pool.acquire().await.unwrap();
+    for sql in [
+        "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        "SELECT count(*) FROM t",
+    ] {
+        sqlx::query(sql).execute(&mut *old).await.unwrap();
+    }
+    let mut c = pool.acquire().await.unwrap();
+    // The statistics a backend gathers reach the shared counters when
+    // its next transaction ends after this request.
+    for sql in [
+        "UPDATE t SET counter = 1",
+        "SELECT pg_stat_force_next_flush()",
+        "SELECT 1",
+    ] {
+        sqlx::query(sql).execute(&mut *c).await.unwrap();
+    }
+    let before = dead_rows(&mut c, "t").await.unwrap();
+    assert_eq!(before.dead, 5_000, "{before:?}");
+    vacuum(&mut c, "t").await.unwrap();
+    let after = dead_rows(&mut c, "t").await.unwrap();
+    assert!(cleaned_little(before, after), "{before:?} → {after:?}");
+    sqlx::query("COMMIT").execute(&mut *old).await.unwrap();
+    vacuum(&mut c, "t").await.unwrap();
+    let after = dead_rows(&mut c, "t").await.unwrap();
+    assert_eq!(after.dead, 0, "{after:?}");
+    assert!(!cleaned_little(before, after));
+}

@@ -280,7 +280,25 @@ async fn look(
         before.dead,
         after.dead
     );
+    if cleaned_little(before, after) {
+        tracing::warn!(
+            table,
+            dead_rows_before = before.dead,
+            dead_rows_after = after.dead,
+            "the VACUUM of {table} left most of its dead row versions: a transaction, prepared \
+             transaction or replication slot older than them still needs them (the \
+             oldest_transaction_seconds signal shows the first), or another VACUUM held the table"
+        );
+    }
     close(conn).await
+}
+
+/// A VACUUM that left at least half the dead versions did not get to
+/// them: something older than them holds the horizon back (a long
+/// transaction, a replication slot), or `SKIP_LOCKED` skipped the table.
+/// Vacuuming again will not help; a person has to look.
+pub fn cleaned_little(before: DeadRows, after: DeadRows) -> bool {
+    after.dead >= 1000 && 2 * after.dead >= before.dead
 }
 
 async fn close(conn: PgConnection) -> anyhow::Result<()> {
@@ -383,6 +401,20 @@ mod tests {
         let mut t = Trigger::default();
         assert_eq!(t.observe(&running, at(0), VacuumMode::Off), None);
         assert_eq!(t.observe(&running, at(100), VacuumMode::WhenStuck), None);
+    }
+
+    #[test]
+    fn a_vacuum_that_left_half_says_so() {
+        let d = |dead| DeadRows {
+            dead,
+            live: 1_000_000,
+        };
+        assert!(!cleaned_little(d(160_701), d(0)));
+        assert!(!cleaned_little(d(160_701), d(80_000)));
+        assert!(cleaned_little(d(160_701), d(80_351)));
+        assert!(cleaned_little(d(160_701), d(160_701)));
+        // A handful left is not worth a word.
+        assert!(!cleaned_little(d(1_500), d(999)));
     }
 
     #[test]
