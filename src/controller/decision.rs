@@ -276,6 +276,30 @@ impl View {
     }
 }
 
+#[cfg(test)]
+impl Decision {
+    /// A hold at 100 rows, no sleep, one worker, in `state`, showing
+    /// `view`: for the tests of what reads decisions (metrics, the
+    /// vacuum trigger).
+    pub fn holding(state: State, view: View) -> Decision {
+        let k = Knobs {
+            batch_size: 100,
+            sleep: Duration::ZERO,
+            workers: 1,
+        };
+        Decision {
+            at: chrono::Utc::now(),
+            state,
+            action: Action::Hold,
+            before: k,
+            knobs: k,
+            causes: vec![],
+            windows: vec![],
+            view,
+        }
+    }
+}
+
 impl Decision {
     /// Whether this decision is worth a log line: the state or knobs moved.
     pub fn changed(&self) -> bool {

@@ -14,6 +14,7 @@
 //! worth a VACUUM) are pure; `Watch` is the shell's part, spawned off the
 //! tick so that a long VACUUM never delays the controller.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgConnection;
@@ -151,8 +152,17 @@ pub struct Watch {
     table: String,
     trigger: Trigger,
     task: Option<tokio::task::JoinHandle<()>>,
+    looks: Arc<tokio::sync::Mutex<Looks>>,
+}
+
+/// What one look leaves for the next.
+#[derive(Default)]
+struct Looks {
+    /// Kept from one look to the next (`as-it-goes` looks every 10 s);
+    /// dropped after an error, so the next look connects again.
+    session: Option<PgConnection>,
     /// The role may not vacuum the table: said once, not every look.
-    denied: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    denied: bool,
 }
 
 impl Watch {
@@ -164,7 +174,7 @@ impl Watch {
             table: table.to_string(),
             trigger: Trigger::default(),
             task: None,
-            denied: Default::default(),
+            looks: Default::default(),
         }
     }
 
@@ -179,16 +189,18 @@ impl Watch {
             }
             return;
         }
-        let (mode, url, job, table, denied) = (
+        let (mode, url, job, table, looks) = (
             self.mode,
             self.url.clone(),
             self.job.clone(),
             self.table.clone(),
-            self.denied.clone(),
+            self.looks.clone(),
         );
         self.task = Some(tokio::spawn(
             async move {
-                if let Err(e) = look(mode, &url, &job, &table, &why, &denied).await {
+                let mut looks = looks.lock().await;
+                if let Err(e) = look(mode, &url, &job, &table, &why, &mut looks).await {
+                    looks.session = None;
                     tracing::warn!(table = %table, error = %e, "looking at the table's dead row versions failed");
                 }
             }
@@ -197,19 +209,25 @@ impl Watch {
     }
 }
 
+/// One look, on the kept session (connected first if there is none).
 async fn look(
     mode: VacuumMode,
     url: &str,
     job: &str,
     table: &str,
     why: &Why,
-    denied: &std::sync::atomic::AtomicBool,
+    looks: &mut Looks,
 ) -> anyhow::Result<()> {
-    use std::sync::atomic::Ordering;
-    // Not the runner's application_name: a later run waits for backends
-    // of that name to go before it writes, and this one writes nothing.
-    let mut conn = crate::store::connect(url, &vacuum_app_name(job)).await?;
-    let before = dead_rows(&mut conn, table).await?;
+    let conn = match &mut looks.session {
+        Some(c) => c,
+        // Not the runner's application_name: a later run waits for
+        // backends of that name to go before it writes, and this one
+        // writes nothing.
+        None => looks.session.insert(
+            crate::store::connect(url, &crate::store::app_name("pacer-vacuum", job)).await?,
+        ),
+    };
+    let before = dead_rows(conn, table).await?;
     let stuck = match why {
         Why::Stuck(names) => Some(names.join(", ")),
         Why::Routine => None,
@@ -225,7 +243,7 @@ async fn look(
                 before.live
             );
         }
-        return close(conn).await;
+        return Ok(());
     }
     let share = 100.0 * before.dead as f64 / before.live.max(1) as f64;
     if mode == VacuumMode::Off {
@@ -240,13 +258,13 @@ async fn look(
                 before.dead
             );
         }
-        return close(conn).await;
+        return Ok(());
     }
-    if denied.load(Ordering::Relaxed) {
-        return close(conn).await;
+    if looks.denied {
+        return Ok(());
     }
-    if !may_vacuum(&mut conn, table).await? {
-        denied.store(true, Ordering::Relaxed);
+    if !may_vacuum(conn, table).await? {
+        looks.denied = true;
         tracing::warn!(
             table,
             dead_rows = before.dead,
@@ -254,7 +272,7 @@ async fn look(
              VACUUM it (job.vacuum): ask its owner to run `VACUUM {table}`",
             before.dead
         );
-        return close(conn).await;
+        return Ok(());
     }
     let because = match &stuck {
         Some(stuck) => format!("{stuck} has not come down in the pause"),
@@ -267,16 +285,16 @@ async fn look(
         before.dead
     );
     let t0 = Instant::now();
-    vacuum(&mut conn, table).await?;
+    vacuum(conn, table).await?;
     let took = t0.elapsed();
-    let after = dead_rows(&mut conn, table).await?;
+    let after = dead_rows(conn, table).await?;
     tracing::info!(
         table,
         dead_rows_before = before.dead,
         dead_rows_after = after.dead,
         seconds = took.as_secs_f64(),
         "vacuumed {table} in {}: dead row versions {} → {}",
-        crate::controller::fmt_dur(round_ms(took)),
+        crate::controller::fmt_dur(took),
         before.dead,
         after.dead
     );
@@ -290,7 +308,7 @@ async fn look(
              oldest_transaction_seconds signal shows the first), or another VACUUM held the table"
         );
     }
-    close(conn).await
+    Ok(())
 }
 
 /// A VACUUM that left at least half the dead versions did not get to
@@ -301,44 +319,15 @@ pub fn cleaned_little(before: DeadRows, after: DeadRows) -> bool {
     after.dead >= 1000 && 2 * after.dead >= before.dead
 }
 
-async fn close(conn: PgConnection) -> anyhow::Result<()> {
-    let _ = tokio::time::timeout(Duration::from_secs(2), sqlx::Connection::close(conn)).await;
-    Ok(())
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
-}
-
-/// `pacer-vacuum:<job>`, within Postgres's 63 bytes.
-fn vacuum_app_name(job: &str) -> String {
-    let mut s = format!("pacer-vacuum:{job}");
-    while s.len() > 63 {
-        s.pop();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::{Action, Knobs, SignalView, View};
+    use crate::controller::{SignalView, View};
 
     fn decision(state: State, stuck: &[&str]) -> Decision {
-        let k = Knobs {
-            batch_size: 100,
-            sleep: Duration::ZERO,
-            workers: 1,
-        };
-        Decision {
-            at: chrono::Utc::now(),
+        Decision::holding(
             state,
-            action: Action::Hold,
-            before: k,
-            knobs: k,
-            causes: vec![],
-            windows: vec![],
-            view: View {
+            View {
                 target_rate: 0.0,
                 signals: ["p95", "lag"]
                     .iter()
@@ -351,7 +340,7 @@ mod tests {
                     })
                     .collect(),
             },
-        }
+        )
     }
 
     #[test]

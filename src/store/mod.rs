@@ -73,8 +73,13 @@ pub fn database_url(policy: &Policy) -> Option<String> {
 /// `pg_stat_activity`, and a new run refuses to start while an old run's
 /// backends with this name are alive.
 pub fn runner_app_name(job: &str) -> String {
-    // Postgres truncates application_name at 63 bytes.
-    let mut s = format!("pacer:{job}");
+    app_name("pacer", job)
+}
+
+/// `<prefix>:<job>` cut to the 63 bytes Postgres keeps of an
+/// `application_name`, on a character boundary.
+pub fn app_name(prefix: &str, job: &str) -> String {
+    let mut s = format!("{prefix}:{job}");
     while s.len() > 63 {
         s.pop();
     }

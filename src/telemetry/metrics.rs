@@ -449,36 +449,27 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::controller::{Knobs, SignalView, State, View};
+    use crate::controller::{SignalView, State, View};
 
     /// The target rate and estimates follow each decision's view, including
     /// back down to 0 when a pause comes.
     #[test]
     fn target_rate_and_estimates_follow_the_decisions() {
         let m = Metrics::new("j", &BTreeMap::new()).unwrap();
-        let k = Knobs {
-            batch_size: 100,
-            sleep: Duration::ZERO,
-            workers: 1,
-        };
-        let d = |state, target_rate, estimate| Decision {
-            at: chrono::Utc::now(),
-            state,
-            action: Action::Hold,
-            before: k,
-            knobs: k,
-            causes: vec![],
-            windows: vec![],
-            view: View {
-                target_rate,
-                signals: vec![SignalView {
-                    name: "p95".into(),
-                    raw: Some(1.0),
-                    estimate: Some(estimate),
-                    delay: Duration::from_millis(1500),
-                    unresponsive_for: None,
-                }],
-            },
+        let d = |state, target_rate, estimate| {
+            Decision::holding(
+                state,
+                View {
+                    target_rate,
+                    signals: vec![SignalView {
+                        name: "p95".into(),
+                        raw: Some(1.0),
+                        estimate: Some(estimate),
+                        delay: Duration::from_millis(1500),
+                        unresponsive_for: None,
+                    }],
+                },
+            )
         };
         m.observe_decision(&d(State::Running, 4321.5, 0.25));
         let text = m.encode();
