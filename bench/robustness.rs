@@ -48,6 +48,12 @@ struct Args {
     /// Write every run as JSON lines here.
     #[arg(long)]
     json: Option<String>,
+    /// Also write each run's day, tick by tick, as DIR/<cell>-seed<N>.csv:
+    /// knobs, pacer's rate and target rate, the oracle's safe rate, each
+    /// signal's reading and estimate (use with --only: a cell's day is
+    /// thousands of lines per seed).
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 const TUNING_SCENARIOS: &[&str] = &["business-day", "steady", "replica-storm"];
@@ -209,7 +215,13 @@ fn main() -> anyhow::Result<()> {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(c, seed)) = jobs.get(i) else { break };
                     let cell = &cells[c];
-                    match run_one(cell, &policies[&cell.policy], seed, &fixed_cache) {
+                    match run_one(
+                        cell,
+                        &policies[&cell.policy],
+                        seed,
+                        &fixed_cache,
+                        args.trace.as_deref(),
+                    ) {
                         Ok(r) => results.lock().unwrap().entry(c).or_default().push(r),
                         Err(e) => errors
                             .lock()
@@ -260,10 +272,20 @@ fn run_one(
     policy: &toml::Table,
     seed: u64,
     fixed_cache: &FixedCache,
+    trace: Option<&std::path::Path>,
 ) -> anyhow::Result<RunResult> {
     let policy = edited_policy(policy, &cell.edit, DELAY[cell.delay].1)?;
     let model = noisy_model(NOISE[cell.noise], DELAY[cell.delay].2)?;
     let scenario = Scenario::load(&cell.scenario)?;
+    if let Some(dir) = trace {
+        let name = format!(
+            "{}-seed{seed}.csv",
+            cell.label().replace([' ', '/', '='], "_")
+        );
+        let setup = Setup::new(&policy, &model, &scenario, seed, None)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(name), day_csv(&setup)?)?;
+    }
     let o = sim::simulate_pacer(&policy, &model, &scenario, seed, None)?;
     let key = (
         cell.policy.clone(),
@@ -292,6 +314,44 @@ fn run_one(
         fixed_percent_above_stop: fixed_pct,
         fixed_knobs,
     })
+}
+
+/// One pacer day tick by tick, beside the oracle's (bound.rs) safe rate.
+fn day_csv(setup: &Setup) -> anyhow::Result<String> {
+    let oracle = setup.oracle();
+    let run = setup.run(&Strategy::Pacer, true)?;
+    let history = run.history.unwrap_or_default();
+    let names: Vec<String> = setup.levels.iter().map(|l| l.name.clone()).collect();
+    let mut out = String::from("t,state,batch,sleep_ms,workers,rate,target,safe_rate");
+    for n in &names {
+        let _ = write!(out, ",{n},{n}_est");
+    }
+    out.push('\n');
+    let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
+    for (i, s) in history.samples.iter().enumerate() {
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{:.1},{},{}",
+            i,
+            s.state,
+            s.knobs.batch_size,
+            s.knobs.sleep.as_millis(),
+            s.knobs.workers,
+            s.rows_per_second,
+            num(s.target_rate),
+            num(oracle.rates.get(i).copied()),
+        );
+        for n in &names {
+            let _ = write!(
+                out,
+                ",{},{}",
+                num(s.signals.get(n).copied().flatten()),
+                num(s.estimates.get(n).copied().flatten())
+            );
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The most rows any fixed loop in the sweep did while spending at most

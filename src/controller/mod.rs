@@ -138,6 +138,10 @@ const COUNT_WINDOW: Duration = Duration::from_secs(30);
 /// the last known trouble spot slowly).
 const NEAR_CUT_STEP: f64 = 0.1;
 
+/// Where the batch size puts a lock-bound signal, as a share of its slow
+/// level (see `Controller::lock_batch`).
+const LOCK_AIM: f64 = 0.5;
+
 /// A signal's measurement delay and smoothing, from its source.
 fn delay_of(s: &Signal, cfg: &ControllerConfig, scrape: Duration) -> (Duration, Smoothing) {
     let tick = cfg.tick;
@@ -492,7 +496,7 @@ impl Controller {
                         _ if !track.est.judged(now) => Class::Hold,
                         (_, Some(slow)) if e > slow => {
                             causes.push(signal_cause("slow", slow, &sig.slow_expr));
-                            let f = slow_factor(self.cfg.beta, e, slow, sig.stop);
+                            let f = slow_factor(self.cfg.beta, e, slow, sig.stop, sig.baseline);
                             worst_slow_factor = Some(worst_slow_factor.map_or(f, |w| w.min(f)));
                             explained &= track.excess_at_cut.is_some_and(|x| e - slow <= x / 2.0);
                             Class::Slow
@@ -910,11 +914,20 @@ impl Controller {
         if calm_for >= c.worker_after.saturating_mul(4) {
             self.batch_ceiling = None;
         }
+        let sleep_min = l.sleep.min.max(caps.min_sleep.unwrap_or_default());
+        // Shorter batches cost nothing only while there is sleep to take
+        // them from: with none left, each batch's fixed cost (its round
+        // trip, its commit) would come out of the rate.
+        let mut lock_batch = self.lock_batch(now, rate, target, spr);
+        if k.sleep <= sleep_min {
+            lock_batch = lock_batch.max(k.batch_size);
+        }
         let batch_max = l
             .batch_size
             .max
             .min(caps.max_batch_size.unwrap_or(u32::MAX))
             .min(self.batch_ceiling.unwrap_or(u32::MAX))
+            .min(lock_batch)
             .max(l.batch_size.min);
         // Until a batch has been measured, grow the batch by steps only.
         let by_time = if inputs.batches.is_empty() && self.secs_per_row.is_none() {
@@ -928,7 +941,6 @@ impl Controller {
         k.batch_size = want.clamp(down.min(k.batch_size), up.max(k.batch_size));
         let b = k.batch_size as f64;
         let bt = b * spr;
-        let sleep_min = l.sleep.min.max(caps.min_sleep.unwrap_or_default());
 
         // One more worker when the current ones cannot deliver the target
         // even at the shortest sleep, after a calm spell since the last
@@ -952,6 +964,34 @@ impl Controller {
             .unwrap_or(l.sleep.max)
             .clamp(sleep_min.min(l.sleep.max), l.sleep.max);
         self.knobs = self.limit_growth(now, self.knobs, k);
+    }
+
+    /// The largest batch that keeps every lock-bound signal at about half
+    /// its slow level at `target` rows/s. Waiters on pacer's locks grow as
+    /// rate × batch time²: a batch holds its rows from the first update to
+    /// its commit, on average half its duration, so the rows held at any
+    /// moment are rate × T/2 and a live writer that meets one waits T/2
+    /// (Little's law). At the same rate, a batch half as long halves the
+    /// rows held and the wait, a quarter of the waiters; the rate stays
+    /// whole. Half of slow leaves room for a count that is Poisson noise
+    /// around its mean. Unbounded while the signal has not been judged or
+    /// counts nothing.
+    fn lock_batch(&self, now: Time, rate: f64, target: f64, spr: f64) -> u32 {
+        let bt = spr * self.knobs.batch_size as f64;
+        let mut most = u32::MAX;
+        for (s, t) in self.signals.iter().zip(&self.track) {
+            let (true, Some(slow), Some(e)) = (s.lock_bound, s.slow, t.est.estimate()) else {
+                continue;
+            };
+            // NaN or infinite where a rate or the estimate is zero: no bound.
+            let share = LOCK_AIM * slow / e * rate / target;
+            if !t.est.judged(now) || bt <= 0.0 || !share.is_finite() || share <= 0.0 {
+                continue;
+            }
+            let allowed = bt * share.sqrt();
+            most = most.min((allowed / spr).floor().clamp(0.0, u32::MAX as f64) as u32);
+        }
+        most
     }
 
     /// The most the effective rate may rise in one tick: ×(1 + growth) per
@@ -1145,7 +1185,22 @@ fn mild_factor(beta: f64) -> f64 {
 /// at `stop` cuts by `beta`. Plain AIMD's fixed halving wastes a quarter of
 /// capacity on the sawtooth; a cut proportional to the excursion keeps the
 /// job near the slow level.
-fn slow_factor(beta: f64, value: f64, slow: f64, stop: Option<f64>) -> f64 {
+///
+/// A signal judged against a baseline (p95 at `baseline * 1.1`) is taken to
+/// owe its excess over the baseline to the backfill: the cut is the share
+/// of the rate that brings it back to slow, `(slow − baseline) / (value −
+/// baseline)`, no deeper than `beta`. Near slow that is a cut of a few per
+/// cent where the linear rule cuts at least a fifth of `1 − beta`: an
+/// estimate a tenth of a per cent over a slow level at +10 % is 1 % beyond
+/// the backfill's share, and 1 % less rate brings it back. Where live load,
+/// not the backfill, raised the signal the cut falls short and the next
+/// epoch cuts again; queueing latency is convex in load, so the share
+/// over-cuts rather than under-cuts the backfill's own part.
+fn slow_factor(beta: f64, value: f64, slow: f64, stop: Option<f64>, baseline: Option<f64>) -> f64 {
+    if let Some(base) = baseline.filter(|b| b.is_finite() && *b >= 0.0 && slow > *b && value > slow)
+    {
+        return ((slow - base) / (value - base)).clamp(beta, 1.0);
+    }
     let severity = match stop {
         Some(stop) if stop > slow => ((value - slow) / (stop - slow)).clamp(0.0, 1.0),
         _ => 1.0,

@@ -453,3 +453,78 @@ fn a_cut_still_showing_is_not_cut_again() {
     // Down to 3.6 only (80 % left): cut again after the epoch.
     assert!(cuts(3.6, 2 * epoch - 1) >= 1);
 }
+
+/// A signal judged against its baseline is cut by the share of the rate
+/// that brings it back to slow: a few per cent just above slow, `beta` at
+/// and past the point where that share is deeper. Without a baseline the
+/// cut scales from a fifth of `1 − beta` at slow to `beta` at stop.
+#[test]
+fn a_baseline_signal_is_cut_by_its_share_over_slow() {
+    let (beta, base, slow, stop) = (0.5, 1.0, 1.1, Some(1.2));
+    let f = |v: f64, b: Option<f64>| slow_factor(beta, v, slow, stop, b);
+    assert!((f(1.11, Some(base)) - 0.1 / 0.11).abs() < 1e-9);
+    assert!((f(1.2, Some(base)) - 0.5).abs() < 1e-9);
+    assert_eq!(f(3.0, Some(base)), beta);
+    // 1 % of the backfill's share over slow: about a 1 % cut, where the
+    // rule without a baseline cuts at least 10 %.
+    assert!(f(1.101, Some(base)) > 0.99);
+    assert!((f(1.101, None) - 0.9).abs() < 0.01);
+    // A baseline at or above slow says nothing about the backfill's share.
+    assert_eq!(f(1.15, Some(1.1)), f(1.15, None));
+}
+
+/// `blocked_by_pacer` beside the demo policy's signals, slow at 0.5.
+fn with_lock_signal() -> Policy {
+    let text = format!(
+        "{DEMO}\n[[signal]]\nname = \"blocked\"\npostgres = \"blocked_by_pacer\"\n\
+         slow_above = 0.5\nstop_above = 4\nstop_for = \"10s\"\n"
+    );
+    Policy::from_toml("demo.toml", &text).unwrap()
+}
+
+/// Knobs after two calm minutes with pacer's lock waiters read at
+/// `blocked`, batches taking 0.1 ms a row.
+fn calm_with_waiters(blocked: f64) -> (Controller, Knobs) {
+    let p = with_lock_signal();
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.1)]);
+    let mut c = Controller::new(&p, &baselines).unwrap();
+    let mut k = c.knobs();
+    for t in 0..120 {
+        let rows = k.batch_size;
+        let ms = rows as f64 * 0.1;
+        let inputs = Inputs {
+            readings: vec![
+                Reading::value(0.1, at(t)),
+                Reading::value(0.2, at(t)),
+                Reading::value(blocked, at(t)),
+            ],
+            batches: vec![BatchOutcome {
+                started: at(t) - chrono::Duration::microseconds((ms * 1000.0) as i64),
+                duration: Duration::from_secs_f64(ms / 1000.0),
+                rows: rows.into(),
+                error: None,
+            }],
+            ..Default::default()
+        };
+        k = c.step(at(t), &inputs).knobs;
+    }
+    (c, k)
+}
+
+/// Waiters on pacer's locks grow as rate × batch time²: near slow, growth
+/// comes with shorter batches (less sleep between them), not a lower rate.
+#[test]
+fn lock_waiters_near_slow_keep_batches_short_at_the_same_rate() {
+    let (c0, none) = calm_with_waiters(0.0);
+    let (c1, near) = calm_with_waiters(0.45);
+    assert!(
+        (near.batch_size as f64) < 0.8 * none.batch_size as f64,
+        "{near:?} vs {none:?}"
+    );
+    assert!(
+        c1.rate_of(&near) >= 0.99 * c0.rate_of(&none),
+        "{} vs {} rows/s",
+        c1.rate_of(&near),
+        c0.rate_of(&none)
+    );
+}
