@@ -1189,7 +1189,8 @@ fn mild_factor(beta: f64) -> f64 {
 /// A signal judged against a baseline (p95 at `baseline * 1.1`) is taken to
 /// owe its excess over the baseline to the backfill: the cut is the share
 /// of the rate that brings it back to slow, `(slow − baseline) / (value −
-/// baseline)`, no deeper than `beta`. Near slow that is a cut of a few per
+/// baseline)`, no deeper than `beta` and no shallower than the line from no
+/// cut at slow to `beta` at stop. Near slow that is a cut of a few per
 /// cent where the linear rule cuts at least a fifth of `1 − beta`: an
 /// estimate a tenth of a per cent over a slow level at +10 % is 1 % beyond
 /// the backfill's share, and 1 % less rate brings it back. Where live load,
@@ -1197,14 +1198,18 @@ fn mild_factor(beta: f64) -> f64 {
 /// epoch cuts again; queueing latency is convex in load, so the share
 /// over-cuts rather than under-cuts the backfill's own part.
 fn slow_factor(beta: f64, value: f64, slow: f64, stop: Option<f64>, baseline: Option<f64>) -> f64 {
-    if let Some(base) = baseline.filter(|b| b.is_finite() && *b >= 0.0 && slow > *b && value > slow)
-    {
-        return ((slow - base) / (value - base)).clamp(beta, 1.0);
-    }
     let severity = match stop {
         Some(stop) if stop > slow => ((value - slow) / (stop - slow)).clamp(0.0, 1.0),
         _ => 1.0,
     };
+    if let Some(base) = baseline.filter(|b| b.is_finite() && *b >= 0.0 && slow > *b && value > slow)
+    {
+        // Still `beta` at stop where slow and stop are far from the
+        // baseline (at 1.4/1.5 the share alone cuts a signal at stop by a
+        // fifth).
+        let share = (slow - base) / (value - base);
+        return share.min(1.0 - (1.0 - beta) * severity).clamp(beta, 1.0);
+    }
     let mild = mild_factor(beta);
     mild - (mild - beta) * severity
 }

@@ -471,6 +471,11 @@ fn a_baseline_signal_is_cut_by_its_share_over_slow() {
     assert!((f(1.101, None) - 0.9).abs() < 0.01);
     // A baseline at or above slow says nothing about the backfill's share.
     assert_eq!(f(1.15, Some(1.1)), f(1.15, None));
+    // Levels far from the baseline: still `beta` at stop, where the share
+    // alone (0.4 / 0.5) would cut by a fifth.
+    let wide = |v: f64| slow_factor(beta, v, 1.4, Some(1.5), Some(base));
+    assert!((wide(1.5) - beta).abs() < 1e-9);
+    assert!((wide(1.45) - 0.75).abs() < 1e-9);
 }
 
 /// `blocked_by_pacer` beside the demo policy's signals, slow at 0.5.
