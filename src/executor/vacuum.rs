@@ -132,14 +132,32 @@ pub async fn may_vacuum(conn: &mut PgConnection, table: &str) -> Result<bool, sq
 /// already is left to it rather than waited for. No statement timeout:
 /// a vacuum cut short would have to start over; pacer's session ends
 /// with pacer (`client_connection_check_interval`), and the vacuum with it.
-pub async fn vacuum(conn: &mut PgConnection, table: &str) -> Result<(), sqlx::Error> {
+///
+/// Whether it vacuumed: a skipped table is only a WARNING from the
+/// server, so the table's count of manual vacuums tells (any leaf
+/// partition's, for a partitioned table).
+pub async fn vacuum(conn: &mut PgConnection, table: &str) -> Result<bool, sqlx::Error> {
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *conn)
         .await?;
+    let before = manual_vacuums(conn, table).await?;
     sqlx::query(AssertSqlSafe(format!("VACUUM (SKIP_LOCKED) {table}")))
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(manual_vacuums(conn, table).await? > before)
+}
+
+/// `vacuum_count` of `table`, or summed over its leaf partitions.
+async fn manual_vacuums(conn: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(s.vacuum_count), 0)::int8
+           FROM pg_stat_user_tables s
+          WHERE s.relid = $1::regclass
+             OR s.relid IN (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf)",
+    )
+    .bind(table)
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// The shell's side: watches each tick's decision and, when `Trigger`
@@ -285,7 +303,15 @@ async fn look(
         before.dead
     );
     let t0 = Instant::now();
-    vacuum(conn, table).await?;
+    if !vacuum(conn, table).await? {
+        tracing::info!(
+            table,
+            dead_rows = before.dead,
+            "did not vacuum {table}: another VACUUM of it (autovacuum's or someone's) holds the \
+             table, and pacer leaves the work to that one rather than queue behind it"
+        );
+        return Ok(());
+    }
     let took = t0.elapsed();
     let after = dead_rows(conn, table).await?;
     tracing::info!(
@@ -305,7 +331,7 @@ async fn look(
             dead_rows_after = after.dead,
             "the VACUUM of {table} left most of its dead row versions: a transaction, prepared \
              transaction or replication slot older than them still needs them (the \
-             oldest_transaction_seconds signal shows the first), or another VACUUM held the table"
+             oldest_transaction_seconds signal shows the first)"
         );
     }
     Ok(())
@@ -313,7 +339,7 @@ async fn look(
 
 /// A VACUUM that left at least half the dead versions did not get to
 /// them: something older than them holds the horizon back (a long
-/// transaction, a replication slot), or `SKIP_LOCKED` skipped the table.
+/// transaction, a replication slot).
 /// Vacuuming again will not help; a person has to look.
 pub fn cleaned_little(before: DeadRows, after: DeadRows) -> bool {
     after.dead >= 1000 && 2 * after.dead >= before.dead
