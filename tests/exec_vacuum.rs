@@ -28,6 +28,31 @@ async fn vacuums(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// `t` with 5,000 rows, out of autovacuum's reach: its analyze would
+/// replace the dead-row count with an estimate.
+async fn quiet_table(pool: &PgPool) {
+    counter_table(pool, "t", 5_000).await;
+    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// Every row of `t` updated, its dead versions in the shared statistics:
+/// a backend's counts reach them when its next transaction ends after
+/// the flush request.
+const UPDATE_ALL: &[&str] = &[
+    "UPDATE t SET counter = 1",
+    "SELECT pg_stat_force_next_flush()",
+    "SELECT 1",
+];
+
+async fn run(c: &mut sqlx::PgConnection, statements: &[&'static str]) {
+    for sql in statements {
+        sqlx::query(*sql).execute(&mut *c).await.unwrap();
+    }
+}
+
 /// 503 while `t` has more than `LIMIT` dead row versions.
 async fn health_check(pool: PgPool) -> String {
     let app = axum::Router::new().route(
@@ -150,29 +175,18 @@ async fn as_it_goes_vacuums_before_the_check_fails(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_vacuum_behind_an_old_snapshot_cleans_little(pool: PgPool) {
     use pacer::executor::vacuum::{cleaned_little, dead_rows, vacuum};
-    counter_table(&pool, "t", 5_000).await;
-    // Autovacuum's analyze would replace the count with an estimate.
-    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    quiet_table(&pool).await;
     let mut old = pool.acquire().await.unwrap();
-    for sql in [
-        "BEGIN ISOLATION LEVEL REPEATABLE READ",
-        "SELECT count(*) FROM t",
-    ] {
-        sqlx::query(sql).execute(&mut *old).await.unwrap();
-    }
+    run(
+        &mut old,
+        &[
+            "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            "SELECT count(*) FROM t",
+        ],
+    )
+    .await;
     let mut c = pool.acquire().await.unwrap();
-    // The statistics a backend gathers reach the shared counters when
-    // its next transaction ends after this request.
-    for sql in [
-        "UPDATE t SET counter = 1",
-        "SELECT pg_stat_force_next_flush()",
-        "SELECT 1",
-    ] {
-        sqlx::query(sql).execute(&mut *c).await.unwrap();
-    }
+    run(&mut c, UPDATE_ALL).await;
     let before = dead_rows(&mut c, "t").await.unwrap();
     assert_eq!(before.dead, 5_000, "{before:?}");
     assert!(vacuum(&mut c, "t").await.unwrap());
@@ -191,23 +205,15 @@ async fn a_vacuum_behind_an_old_snapshot_cleans_little(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_table_another_vacuum_holds_is_skipped_and_said_so(pool: PgPool) {
     use pacer::executor::vacuum::{dead_rows, vacuum};
-    counter_table(&pool, "t", 5_000).await;
-    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    quiet_table(&pool).await;
     let mut c = pool.acquire().await.unwrap();
-    for sql in [
-        "UPDATE t SET counter = 1",
-        "SELECT pg_stat_force_next_flush()",
-        "SELECT 1",
-    ] {
-        sqlx::query(sql).execute(&mut *c).await.unwrap();
-    }
+    run(&mut c, UPDATE_ALL).await;
     let mut holder = pool.acquire().await.unwrap();
-    for sql in ["BEGIN", "LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE"] {
-        sqlx::query(sql).execute(&mut *holder).await.unwrap();
-    }
+    run(
+        &mut holder,
+        &["BEGIN", "LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE"],
+    )
+    .await;
     assert!(!vacuum(&mut c, "t").await.unwrap(), "ran while held");
     assert_eq!(vacuums(&pool).await, 0);
     assert_eq!(dead_rows(&mut c, "t").await.unwrap().dead, 5_000);
