@@ -28,10 +28,10 @@ async fn vacuums(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// `t` with 5,000 rows, out of autovacuum's reach: its analyze would
-/// replace the dead-row count with an estimate.
-async fn quiet_table(pool: &PgPool) {
-    counter_table(pool, "t", 5_000).await;
+/// `t` with `rows` rows, out of autovacuum's reach: only a VACUUM clears
+/// its dead versions, and no analyze replaces their count with an estimate.
+async fn quiet_table(pool: &PgPool, rows: i64) {
+    counter_table(pool, "t", rows).await;
     sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
         .execute(pool)
         .await
@@ -81,11 +81,7 @@ async fn setup(
     batch: u32,
 ) -> (tempfile::TempDir, std::path::PathBuf) {
     let url = url_of(pool).await;
-    counter_table(pool, "t", rows).await;
-    sqlx::query("ALTER TABLE t SET (autovacuum_enabled = false)")
-        .execute(pool)
-        .await
-        .unwrap();
+    quiet_table(pool, rows).await;
     let health = health_check(pool.clone()).await;
     let (dir, path) = policy(
         &url,
@@ -175,7 +171,7 @@ async fn as_it_goes_vacuums_before_the_check_fails(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_vacuum_behind_an_old_snapshot_cleans_little(pool: PgPool) {
     use pacer::executor::vacuum::{cleaned_little, dead_rows, vacuum};
-    quiet_table(&pool).await;
+    quiet_table(&pool, 5_000).await;
     let mut old = pool.acquire().await.unwrap();
     run(
         &mut old,
@@ -205,7 +201,7 @@ async fn a_vacuum_behind_an_old_snapshot_cleans_little(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_table_another_vacuum_holds_is_skipped_and_said_so(pool: PgPool) {
     use pacer::executor::vacuum::{dead_rows, vacuum};
-    quiet_table(&pool).await;
+    quiet_table(&pool, 5_000).await;
     let mut c = pool.acquire().await.unwrap();
     run(&mut c, UPDATE_ALL).await;
     let mut holder = pool.acquire().await.unwrap();

@@ -918,7 +918,7 @@ impl Controller {
         // Shorter batches cost nothing only while there is sleep to take
         // them from: with none left, each batch's fixed cost (its round
         // trip, its commit) would come out of the rate.
-        let mut lock_batch = self.lock_batch(now, rate, target, spr);
+        let mut lock_batch = self.lock_batch(now, rate, target);
         if k.sleep <= sleep_min {
             lock_batch = lock_batch.max(k.batch_size);
         }
@@ -976,8 +976,7 @@ impl Controller {
     /// whole. Half of slow leaves room for a count that is Poisson noise
     /// around its mean. Unbounded while the signal has not been judged or
     /// counts nothing.
-    fn lock_batch(&self, now: Time, rate: f64, target: f64, spr: f64) -> u32 {
-        let bt = spr * self.knobs.batch_size as f64;
+    fn lock_batch(&self, now: Time, rate: f64, target: f64) -> u32 {
         let mut most = u32::MAX;
         for (s, t) in self.signals.iter().zip(&self.track) {
             let (true, Some(slow), Some(e)) = (s.lock_bound, s.slow, t.est.estimate()) else {
@@ -985,11 +984,13 @@ impl Controller {
             };
             // NaN or infinite where a rate or the estimate is zero: no bound.
             let share = LOCK_AIM * slow / e * rate / target;
-            if !t.est.judged(now) || bt <= 0.0 || !share.is_finite() || share <= 0.0 {
+            if !t.est.judged(now) || !share.is_finite() || share <= 0.0 {
                 continue;
             }
-            let allowed = bt * share.sqrt();
-            most = most.min((allowed / spr).floor().clamp(0.0, u32::MAX as f64) as u32);
+            // Batch time is proportional to batch size at the learned
+            // time per row, so the allowed time scales the batch alike.
+            let allowed = self.knobs.batch_size as f64 * share.sqrt();
+            most = most.min(allowed.floor().clamp(0.0, u32::MAX as f64) as u32);
         }
         most
     }

@@ -79,11 +79,14 @@ impl Trigger {
 }
 
 /// Dead and live row versions of a table (summed over its partitions),
-/// from the statistics collector.
+/// from the statistics collector, and how many manual VACUUMs it has had:
+/// a skipped table is only a WARNING from the server, so that count tells
+/// whether a VACUUM ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadRows {
     pub dead: i64,
     pub live: i64,
+    pub vacuums: i64,
 }
 
 /// A VACUUM is worth it when the dead versions are a real share of the
@@ -93,11 +96,12 @@ pub fn worth_vacuuming(r: DeadRows) -> bool {
     r.dead >= 1000 && r.dead as f64 >= 0.02 * r.live.max(0) as f64
 }
 
-/// `n_dead_tup` and `n_live_tup` of `table` (a `regclass` text), or of all
-/// its leaf partitions.
+/// `n_dead_tup`, `n_live_tup` and `vacuum_count` of `table` (a `regclass`
+/// text), or summed over all its leaf partitions.
 pub async fn dead_rows(conn: &mut PgConnection, table: &str) -> Result<DeadRows, sqlx::Error> {
     let r = sqlx::query(
-        "SELECT coalesce(sum(s.n_dead_tup), 0)::int8 AS dead, coalesce(sum(s.n_live_tup), 0)::int8 AS live
+        "SELECT coalesce(sum(s.n_dead_tup), 0)::int8 AS dead, coalesce(sum(s.n_live_tup), 0)::int8 AS live,
+                coalesce(sum(s.vacuum_count), 0)::int8 AS vacuums
            FROM pg_stat_user_tables s
           WHERE s.relid = $1::regclass
              OR s.relid IN (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf)",
@@ -108,6 +112,7 @@ pub async fn dead_rows(conn: &mut PgConnection, table: &str) -> Result<DeadRows,
     Ok(DeadRows {
         dead: r.try_get("dead")?,
         live: r.try_get("live")?,
+        vacuums: r.try_get("vacuums")?,
     })
 }
 
@@ -132,32 +137,27 @@ pub async fn may_vacuum(conn: &mut PgConnection, table: &str) -> Result<bool, sq
 /// already is left to it rather than waited for. No statement timeout:
 /// a vacuum cut short would have to start over; pacer's session ends
 /// with pacer (`client_connection_check_interval`), and the vacuum with it.
-///
-/// Whether it vacuumed: a skipped table is only a WARNING from the
-/// server, so the table's count of manual vacuums tells (any leaf
-/// partition's, for a partitioned table).
+/// Whether it vacuumed, by the table's count of manual VACUUMs.
 pub async fn vacuum(conn: &mut PgConnection, table: &str) -> Result<bool, sqlx::Error> {
+    let before = dead_rows(conn, table).await?;
+    Ok(vacuum_counted(conn, table, before).await?.is_some())
+}
+
+/// `vacuum` after `before` was read: the counts after it, or `None` when
+/// the table was skipped.
+async fn vacuum_counted(
+    conn: &mut PgConnection,
+    table: &str,
+    before: DeadRows,
+) -> Result<Option<DeadRows>, sqlx::Error> {
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *conn)
         .await?;
-    let before = manual_vacuums(conn, table).await?;
     sqlx::query(AssertSqlSafe(format!("VACUUM (SKIP_LOCKED) {table}")))
         .execute(&mut *conn)
         .await?;
-    Ok(manual_vacuums(conn, table).await? > before)
-}
-
-/// `vacuum_count` of `table`, or summed over its leaf partitions.
-async fn manual_vacuums(conn: &mut PgConnection, table: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(sum(s.vacuum_count), 0)::int8
-           FROM pg_stat_user_tables s
-          WHERE s.relid = $1::regclass
-             OR s.relid IN (SELECT relid FROM pg_partition_tree($1::regclass) WHERE isleaf)",
-    )
-    .bind(table)
-    .fetch_one(&mut *conn)
-    .await
+    let after = dead_rows(conn, table).await?;
+    Ok((after.vacuums > before.vacuums).then_some(after))
 }
 
 /// The shell's side: watches each tick's decision and, when `Trigger`
@@ -303,7 +303,7 @@ async fn look(
         before.dead
     );
     let t0 = Instant::now();
-    if !vacuum(conn, table).await? {
+    let Some(after) = vacuum_counted(conn, table, before).await? else {
         tracing::info!(
             table,
             dead_rows = before.dead,
@@ -311,9 +311,8 @@ async fn look(
              table, and pacer leaves the work to that one rather than queue behind it"
         );
         return Ok(());
-    }
+    };
     let took = t0.elapsed();
-    let after = dead_rows(conn, table).await?;
     tracing::info!(
         table,
         dead_rows_before = before.dead,
@@ -423,6 +422,7 @@ mod tests {
         let d = |dead| DeadRows {
             dead,
             live: 1_000_000,
+            vacuums: 0,
         };
         assert!(!cleaned_little(d(160_701), d(0)));
         assert!(!cleaned_little(d(160_701), d(80_000)));
@@ -434,7 +434,13 @@ mod tests {
 
     #[test]
     fn worth_it_only_for_a_real_share_of_the_table() {
-        let r = |dead, live| worth_vacuuming(DeadRows { dead, live });
+        let r = |dead, live| {
+            worth_vacuuming(DeadRows {
+                dead,
+                live,
+                vacuums: 0,
+            })
+        };
         assert!(r(120_000, 1_000_000));
         assert!(r(20_000, 1_000_000));
         assert!(!r(19_999, 1_000_000));
