@@ -8,13 +8,27 @@
 //! Poisson-like: one reading of 2 says little, so they are judged by their
 //! mean over a window instead.
 //!
+//! A signal noisier than its levels can resolve gets a longer time
+//! constant: the estimate's own noise is kept near `NOISE_SHARE` of the
+//! gap from baseline to slow. A p95 from ~160 requests a window swings
+//! ±8 % around a value the whole backfill moves by 10 %; smoothed over
+//! 10 s, its estimate crossed slow every few minutes with pacer at a third
+//! of the safe rate. The signal's noise is measured from its own samples
+//! (second differences of samples a window apart, which a steady trend or a
+//! step leaves at zero), and the longer smoothing adds to the signal's
+//! delay, so growth waits for it too.
+//!
 //! Stop decisions stay on raw readings (fail-safe) but must fire on a noisy
 //! signal too: one reading at or below stop resets "above stop for
 //! `stop_for`", which a signal 5 % above stop read with 10 % noise almost
 //! never completes. Stop fires when the raw reading stays above stop for
 //! `stop_for` (the plain rule), when the estimate stays above stop for
-//! `stop_for`, or when at least 80 % of the raw readings of the last
-//! `stop_for` are above stop: never later than the plain rule.
+//! `stop_for`, or when at least 80 % of the raw samples of the last
+//! `stop_for` are above stop: never later than the plain rule. The share
+//! counts samples, not ticks, from the one that held at the span's start: a
+//! Prometheus value repeated for a scrape's worth of ticks is one reading,
+//! and counted per tick two noisy scrapes above stop made "80 % of
+//! `stop_for`" where the plain rule needs three.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,11 +38,30 @@ use super::Time;
 /// Share of the raw readings within `stop_for` that must be above stop.
 pub const STOP_SHARE: f64 = 0.8;
 
+/// At most this share of the gap from baseline to slow may the estimate's
+/// own noise (one standard deviation) take: two standard deviations within
+/// half the gap. On the tuning seeds 0.2, 0.25 and 0.3 were within 0.01 of
+/// each other at high noise (docs/BENCHMARKS.md).
+const NOISE_SHARE: f64 = 0.25;
+
+/// Samples kept to measure a signal's noise.
+const NOISE_SAMPLES: usize = 48;
+
+/// Second differences needed before the noise is trusted.
+const NOISE_MIN_DIFFS: usize = 8;
+
+/// The longest time constant noise may ask for, as a multiple of the
+/// signal's own: smoothing longer than this reacts to a real surge too
+/// late to be worth its calm.
+const MAX_TAU_FACTOR: f64 = 6.0;
+
 /// How one signal is smoothed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Smoothing {
-    /// EWMA of new samples with this time constant.
-    Ewma(Duration),
+    /// EWMA of new samples with time constant `tau`; samples `window`
+    /// apart share no data (a PromQL range), which is how far apart two
+    /// samples must be for their difference to show the noise.
+    Ewma { tau: Duration, window: Duration },
     /// Mean of the readings over this window.
     Window(Duration),
 }
@@ -49,8 +82,17 @@ pub struct Estimator {
     last_at: Option<Time>,
     /// Readings of the counting window (Window smoothing).
     window: VecDeque<(Time, f64)>,
-    /// Raw readings of the last `stop_for`: (time, above stop).
+    /// Raw samples of the last `stop_for`: (time, above stop).
     recent: VecDeque<(Time, bool)>,
+    /// Whether the last reading folded in was a new sample.
+    fresh: bool,
+    /// The gap from baseline (or zero) to slow, which noise is judged
+    /// against; `None`: smoothing stays at its own time constant.
+    gap: Option<f64>,
+    /// The last new samples, to measure the noise.
+    samples: VecDeque<(Time, f64)>,
+    /// The time constant in force (the signal's own, or longer for noise).
+    tau_now: Duration,
     /// Since when the raw reading has been above stop without a break.
     raw_above_since: Option<Time>,
     /// Since when the estimate has been above stop without a break.
@@ -60,8 +102,14 @@ pub struct Estimator {
 }
 
 impl Estimator {
-    pub fn new(smoothing: Smoothing, repeat_after: Duration) -> Estimator {
+    pub fn new(smoothing: Smoothing, repeat_after: Duration, gap: Option<f64>) -> Estimator {
         Estimator {
+            gap: gap.filter(|g| g.is_finite() && *g > 0.0),
+            samples: VecDeque::new(),
+            tau_now: match smoothing {
+                Smoothing::Ewma { tau, .. } => tau,
+                Smoothing::Window(_) => Duration::ZERO,
+            },
             smoothing,
             repeat_after,
             value: None,
@@ -69,6 +117,7 @@ impl Estimator {
             last_at: None,
             window: VecDeque::new(),
             recent: VecDeque::new(),
+            fresh: false,
             raw_above_since: None,
             est_above_since: None,
             first_seen: None,
@@ -89,7 +138,7 @@ impl Estimator {
     pub fn judged(&self, now: Time) -> bool {
         let span = match self.smoothing {
             Smoothing::Window(w) => w,
-            Smoothing::Ewma(tau) => tau,
+            Smoothing::Ewma { tau, .. } => tau,
         };
         self.first_seen
             .is_some_and(|f| secs(now, f) >= span.as_secs_f64() / 2.0)
@@ -110,12 +159,22 @@ impl Estimator {
                 }
                 let n = self.window.len().max(1) as f64;
                 self.value = Some(self.window.iter().map(|(_, v)| v).sum::<f64>() / n);
+                self.fresh = true;
             }
-            Smoothing::Ewma(tau) => {
+            Smoothing::Ewma { tau, window } => {
                 let new = self.last_raw != Some(raw)
                     || self
                         .last_at
                         .is_none_or(|at| secs(now, at) >= self.repeat_after.as_secs_f64());
+                self.fresh = new;
+                if new {
+                    self.samples.push_back((now, raw));
+                    if self.samples.len() > NOISE_SAMPLES {
+                        self.samples.pop_front();
+                    }
+                    self.tau_now = self.tau_for_noise(tau, window);
+                }
+                let tau = self.tau_now;
                 match (self.value, self.last_at) {
                     (Some(old), Some(at)) if new => {
                         let dt = secs(now, at).max(0.0);
@@ -137,6 +196,64 @@ impl Estimator {
                 self.last_raw = Some(raw);
             }
         }
+    }
+
+    /// How much longer than the signal's own smoothing the estimate is
+    /// smoothed now, for its noise: this adds to the signal's delay.
+    pub fn extra_delay(&self) -> Duration {
+        match self.smoothing {
+            Smoothing::Ewma { tau, .. } => self.tau_now.saturating_sub(tau),
+            Smoothing::Window(_) => Duration::ZERO,
+        }
+    }
+
+    /// The signal's noise (one standard deviation of a sample), once
+    /// enough samples a `window` apart are in: the median absolute second
+    /// difference x(t) − 2·x(t − w) + x(t − 2w), scaled to a standard
+    /// deviation (a second difference of independent samples has six
+    /// times their variance; the median of |N(0, 1)| is 0.6745). A step or
+    /// a steady trend gives zero second differences, so neither reads as
+    /// noise.
+    fn noise(&self, window: Duration) -> Option<f64> {
+        let n = self.samples.len();
+        if n < 3 {
+            return None;
+        }
+        let (first, last) = (self.samples[0].0, self.samples[n - 1].0);
+        let spacing = secs(last, first) / (n - 1) as f64;
+        let k = if spacing > 0.0 {
+            ((window.as_secs_f64() / spacing).ceil() as usize).max(1)
+        } else {
+            1
+        };
+        let mut d: Vec<f64> = (2 * k..n)
+            .map(|i| {
+                let x = |j: usize| self.samples[j].1;
+                (x(i) - 2.0 * x(i - k) + x(i - 2 * k)).abs()
+            })
+            .filter(|v| v.is_finite())
+            .collect();
+        if d.len() < NOISE_MIN_DIFFS {
+            return None;
+        }
+        d.sort_by(f64::total_cmp);
+        let median = d[d.len() / 2];
+        Some(median / (0.6745 * 6f64.sqrt()))
+    }
+
+    /// The time constant that keeps the estimate's noise within
+    /// `NOISE_SHARE` of the gap: an EWMA over independent samples a
+    /// `window` apart has a variance of about σ²·window/(2τ).
+    fn tau_for_noise(&self, tau: Duration, window: Duration) -> Duration {
+        let (Some(gap), Some(sigma)) = (self.gap, self.noise(window)) else {
+            return tau;
+        };
+        let w = window.as_secs_f64().max(1e-3);
+        let allowed = NOISE_SHARE * gap;
+        let wanted = w * (sigma / allowed).powi(2) / 2.0;
+        let base = tau.as_secs_f64();
+        let t = wanted.clamp(base, base.max(w) * MAX_TAU_FACTOR);
+        Duration::try_from_secs_f64(t).unwrap_or(tau)
     }
 
     /// The signal is missing this tick: the stop spells break (missing has
@@ -161,12 +278,12 @@ impl Estimator {
         } else {
             self.est_above_since = None;
         }
-        self.recent.push_back((now, above));
-        while self
-            .recent
-            .front()
-            .is_some_and(|(t, _)| secs(now, *t) > span)
-        {
+        if self.fresh {
+            self.recent.push_back((now, above));
+        }
+        // Keep the sample that still held at the span's start: its reading
+        // covers the span's first seconds.
+        while self.recent.len() > 1 && secs(now, self.recent[1].0) >= span {
             self.recent.pop_front();
         }
         let held = |since: Option<Time>| since.is_some_and(|s| secs(now, s) >= span);
@@ -193,16 +310,20 @@ fn secs(now: Time, then: Time) -> f64 {
 mod tests {
     use super::*;
 
+    fn ewma(tau: u64) -> Smoothing {
+        Smoothing::Ewma {
+            tau: Duration::from_secs(tau),
+            window: Duration::from_secs(1),
+        }
+    }
+
     fn at(s: i64) -> Time {
         chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
     #[test]
     fn a_repeated_value_is_not_new_evidence() {
-        let mut e = Estimator::new(
-            Smoothing::Ewma(Duration::from_secs(10)),
-            Duration::from_secs(30),
-        );
+        let mut e = Estimator::new(ewma(10), Duration::from_secs(30), None);
         e.observe(at(0), 1.0);
         for s in 1..10 {
             e.observe(at(s), 2.0);
@@ -218,7 +339,11 @@ mod tests {
 
     #[test]
     fn a_window_mean_for_counts() {
-        let mut e = Estimator::new(Smoothing::Window(Duration::from_secs(3)), Duration::ZERO);
+        let mut e = Estimator::new(
+            Smoothing::Window(Duration::from_secs(3)),
+            Duration::ZERO,
+            None,
+        );
         for (s, v) in [(0, 0.0), (1, 4.0), (2, 0.0), (3, 0.0), (4, 0.0), (5, 0.0)] {
             e.observe(at(s), v);
         }
@@ -227,10 +352,7 @@ mod tests {
 
     #[test]
     fn stop_on_a_clean_sustained_crossing_fires_no_later_than_the_plain_rule() {
-        let mut e = Estimator::new(
-            Smoothing::Ewma(Duration::from_secs(10)),
-            Duration::from_secs(30),
-        );
+        let mut e = Estimator::new(ewma(10), Duration::from_secs(30), None);
         let span = Duration::from_secs(10);
         let mut fired = None;
         for s in 0..40 {
@@ -246,10 +368,8 @@ mod tests {
 
     #[test]
     fn stop_fires_on_a_noisy_signal_mostly_above() {
-        let mut e = Estimator::new(
-            Smoothing::Ewma(Duration::from_secs(10)),
-            Duration::from_secs(30),
-        );
+        // Read every tick (a Postgres signal: every reading is a sample).
+        let mut e = Estimator::new(ewma(10), Duration::ZERO, None);
         let span = Duration::from_secs(30);
         // Above stop, but every fifth reading dips below it: the plain rule
         // never completes 30 s.
@@ -260,5 +380,82 @@ mod tests {
             fired |= e.stop(at(s), raw, 1.0, span);
         }
         assert!(fired);
+    }
+    #[test]
+    fn the_share_counts_samples_not_the_ticks_a_scrape_repeats() {
+        // A 5 s scrape read every second, stop_for 10 s: one sample below
+        // stop, then samples above it. Counted per tick, two samples above
+        // were 9 of the 11 ticks of the span (82 %) and paused; the plain
+        // rule needs the third, and so does the share of samples.
+        let mut e = Estimator::new(ewma(10), Duration::from_millis(7500), None);
+        let span = Duration::from_secs(10);
+        let mut fired = None;
+        for s in 0..40 {
+            // Distinct values, as a noisy quantile gives.
+            let raw = match s / 5 {
+                k if k < 5 => 1.0 + 0.001 * k as f64,
+                k => 2.0 + 0.001 * k as f64,
+            };
+            e.observe(at(s), raw);
+            if e.stop(at(s), raw, 1.5, span) && fired.is_none() {
+                fired = Some(s);
+            }
+        }
+        // Samples above stop at 25, 30, 35: the third completes 10 s.
+        assert_eq!(fired, Some(35));
+    }
+    /// A sample every 5 s of a 15 s window, as a PromQL quantile gives.
+    fn quantile_like(gap: Option<f64>) -> Estimator {
+        let smoothing = Smoothing::Ewma {
+            tau: Duration::from_secs(10),
+            window: Duration::from_secs(15),
+        };
+        Estimator::new(smoothing, Duration::from_millis(7500), gap)
+    }
+
+    /// Spread of the estimate over samples 60..400 of `values`.
+    fn spread(e: &mut Estimator, values: impl Fn(i64) -> f64) -> f64 {
+        let mut out = Vec::new();
+        for i in 0..400 {
+            e.observe(at(5 * i), values(i));
+            if i >= 60 {
+                out.push(e.estimate().unwrap());
+            }
+        }
+        let mean = out.iter().sum::<f64>() / out.len() as f64;
+        (out.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / out.len() as f64).sqrt()
+    }
+
+    #[test]
+    fn a_signal_noisier_than_its_levels_is_smoothed_longer() {
+        // Uniform noise of ±0.15 (σ ≈ 0.087) around 1.0, slow at 1.1.
+        let draws: Vec<f64> = {
+            use rand::{RngExt, SeedableRng};
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            (0..400).map(|_| rng.random::<f64>()).collect()
+        };
+        let noisy = |i: i64| 1.0 + 0.3 * (draws[i as usize] - 0.5);
+        let mut fixed = quantile_like(None);
+        let mut adaptive = quantile_like(Some(0.1));
+        let (a, b) = (spread(&mut fixed, noisy), spread(&mut adaptive, noisy));
+        assert_eq!(fixed.extra_delay(), Duration::ZERO);
+        let extra = adaptive.extra_delay().as_secs_f64();
+        // σ²·w/(2·(0.25·gap)²) ≈ 90 s wanted: the cap (6 × the 15 s
+        // window), 80 s more than its own 10 s.
+        assert!((40.0..=80.0).contains(&extra), "extra delay {extra}");
+        assert!(b < a / 1.8, "spread {b} with, {a} without");
+    }
+
+    #[test]
+    fn a_step_or_a_trend_is_not_noise() {
+        let step = |i: i64| if i < 200 { 1.0 } else { 2.0 };
+        let ramp = |i: i64| 1.0 + 0.001 * i as f64;
+        for values in [&step as &dyn Fn(i64) -> f64, &ramp] {
+            let mut e = quantile_like(Some(0.1));
+            for i in 0..400 {
+                e.observe(at(5 * i), values(i));
+                assert_eq!(e.extra_delay(), Duration::ZERO, "sample {i}");
+            }
+        }
     }
 }

@@ -61,7 +61,9 @@ pub struct SignalLevels {
     pub lock_bound: bool,
     /// How long a change of rate takes to show fully in this signal: the
     /// source's own delay (a PromQL range plus the scrape interval, a
-    /// counting window, a tick) plus the estimate's smoothing.
+    /// counting window, a tick) plus the estimate's smoothing. A signal
+    /// too noisy for its levels is smoothed longer at run time, and its
+    /// delay in force grows with it (`Controller::growth_delay`).
     pub delay: Duration,
     /// How the estimate is formed.
     pub smoothing: Smoothing,
@@ -160,20 +162,38 @@ fn delay_of(s: &Signal, cfg: &ControllerConfig, scrape: Duration) -> (Duration, 
             }
         };
         let tau = cfg.smoothing.max(range / 2);
-        return (source.saturating_add(tau), Smoothing::Ewma(tau));
+        return (
+            source.saturating_add(tau),
+            Smoothing::Ewma { tau, window: range },
+        );
     }
     if s.is_http() {
-        return (tick, Smoothing::Ewma(Duration::ZERO));
+        return (
+            tick,
+            Smoothing::Ewma {
+                tau: Duration::ZERO,
+                window: tick,
+            },
+        );
     }
     match s.postgres.as_deref() {
         Some("lock_waiters" | "blocked_by_pacer") => {
             let w = COUNT_WINDOW.max(tick.saturating_mul(3));
             ((w / 2).saturating_add(tick), Smoothing::Window(w))
         }
-        Some("ddl_waiting") => (tick, Smoothing::Ewma(Duration::ZERO)),
+        Some("ddl_waiting") => (
+            tick,
+            Smoothing::Ewma {
+                tau: Duration::ZERO,
+                window: tick,
+            },
+        ),
         _ => (
             tick.saturating_add(cfg.smoothing),
-            Smoothing::Ewma(cfg.smoothing),
+            Smoothing::Ewma {
+                tau: cfg.smoothing,
+                window: tick,
+            },
         ),
     }
 }
@@ -260,8 +280,6 @@ pub struct Controller {
     /// Smoothed seconds per row, learned from batch outcomes.
     secs_per_row: Option<f64>,
     last_tick: Option<Time>,
-    /// The slowest signal's delay: growth is bounded per this span.
-    growth_delay: Duration,
     /// How long the current recovery epoch lasts at least: the delay of
     /// the signals that caused the cut (their readings before then still
     /// show the old rate).
@@ -282,12 +300,6 @@ impl Controller {
         baselines: &std::collections::BTreeMap<String, f64>,
     ) -> Result<Controller, ControllerError> {
         let signals = resolve_levels(policy, baselines)?;
-        let growth_delay = signals
-            .iter()
-            .map(|s| s.delay)
-            .max()
-            .unwrap_or_default()
-            .max(policy.controller.tick);
         let windows = policy
             .windows
             .iter()
@@ -317,7 +329,7 @@ impl Controller {
             track: signals
                 .iter()
                 .map(|s| Track {
-                    est: Estimator::new(s.smoothing, s.repeat_after),
+                    est: Estimator::new(s.smoothing, s.repeat_after, noise_gap(s)),
                     missing_since: None,
                     paused_trail: Default::default(),
                     excess_at_cut: None,
@@ -338,7 +350,6 @@ impl Controller {
             batch_ceiling: None,
             secs_per_row: None,
             last_tick: None,
-            growth_delay,
             epoch_delay: Duration::ZERO,
             rate_at_cut: None,
             last_resize: None,
@@ -350,9 +361,23 @@ impl Controller {
         self.track.iter().map(|t| t.est.estimate()).collect()
     }
 
-    /// The slowest signal's measurement delay: growth is bounded per it.
+    /// The slowest signal's measurement delay in force (a noisy signal
+    /// smoothed longer counts with its longer delay): growth is bounded
+    /// per it.
     pub fn growth_delay(&self) -> Duration {
-        self.growth_delay
+        (0..self.signals.len())
+            .map(|i| self.delay_now(i))
+            .max()
+            .unwrap_or_default()
+            .max(self.cfg.tick)
+    }
+
+    /// Signal `i`'s delay now: its source's and its smoothing's, longer
+    /// while its noise asks for longer smoothing.
+    fn delay_now(&self, i: usize) -> Duration {
+        self.signals[i]
+            .delay
+            .saturating_add(self.track[i].est.extra_delay())
     }
 
     /// Effective rate of `k` with the learned time per row.
@@ -635,9 +660,9 @@ impl Controller {
                 // Which signals ask for the cut: their delay is the epoch's.
                 let cause_delay = classes
                     .iter()
-                    .zip(&self.signals)
-                    .filter(|(c, _)| **c == Class::Slow)
-                    .map(|(_, s)| s.delay)
+                    .enumerate()
+                    .filter(|(_, c)| **c == Class::Slow)
+                    .map(|(i, _)| self.delay_now(i))
                     .max()
                     .unwrap_or(self.cfg.tick);
                 // Once the epoch is over, a signal still above slow but at
@@ -723,13 +748,15 @@ impl Controller {
         };
         self.last_tick = Some(now);
         if matches!(self.mode, Mode::Paused { .. }) {
-            for (s, t) in self.signals.iter().zip(&mut self.track) {
+            let delays: Vec<Duration> =
+                (0..self.signals.len()).map(|i| self.delay_now(i)).collect();
+            for (delay, t) in delays.into_iter().zip(&mut self.track) {
                 let Some(e) = t.est.estimate() else { continue };
                 t.paused_trail.push_back((now, e));
                 // Keep one entry at or before a delay ago; a delay past
                 // the start of time is never reached, and the first entry
                 // is all that counts.
-                match chrono::Duration::from_std(s.delay)
+                match chrono::Duration::from_std(delay)
                     .ok()
                     .and_then(|d| now.checked_sub_signed(d))
                 {
@@ -772,8 +799,8 @@ impl Controller {
                     name: s.name.clone(),
                     raw: inputs.readings.get(i).and_then(|r| r.value),
                     estimate: t.est.estimate(),
-                    delay: s.delay,
-                    unresponsive_for: self.unresponsive_for(now, s, t),
+                    delay: self.delay_now(i),
+                    unresponsive_for: self.unresponsive_for(now, i),
                 })
                 .collect(),
         }
@@ -788,7 +815,8 @@ impl Controller {
     /// rate does not change: other load, dead row versions the backfill
     /// left for vacuum, a baseline taken in a quiet spell. A replica
     /// working off a backlog keeps falling, and is not flagged.
-    fn unresponsive_for(&self, now: Time, s: &SignalLevels, t: &Track) -> Option<Duration> {
+    fn unresponsive_for(&self, now: Time, i: usize) -> Option<Duration> {
+        let (s, t, delay) = (&self.signals[i], &self.track[i], self.delay_now(i));
         let Mode::Paused { since, key, .. } = &self.mode else {
             return None;
         };
@@ -802,8 +830,8 @@ impl Controller {
         let (stop, e) = (s.stop?, t.est.estimate()?);
         let &(then, e_then) = t.paused_trail.front()?;
         let window = (now - then).to_std().unwrap_or_default();
-        (paused_for >= settle(s)
-            && window >= s.delay
+        (paused_for >= settle(delay, s.stop_for)
+            && window >= delay
             && e > stop
             && e_then - e < 0.02 * (e_then - stop))
             .then_some(paused_for)
@@ -1007,7 +1035,7 @@ impl Controller {
             .unwrap_or(self.cfg.tick)
             .max(self.cfg.tick)
             .as_secs_f64();
-        let d = self.growth_delay.as_secs_f64().max(dt);
+        let d = self.growth_delay().as_secs_f64().max(dt);
         let mult = rate * (1.0 + self.cfg.growth).powf(dt / d);
         // Additive between half the rate of the last cut and a little
         // above it; past that the trouble spot has moved: probe again.
@@ -1158,14 +1186,21 @@ impl Controller {
         // paused spell until the slowest signal could show the new rate.
         self.last_decrease = Some(now);
         self.epoch_open = true;
-        self.epoch_delay = self.growth_delay;
+        self.epoch_delay = self.growth_delay();
     }
 }
 
-/// How long a pause takes to show fully in `s`: twice its delay, and the
-/// `stop_for` that a reading above stop needs.
-fn settle(s: &SignalLevels) -> Duration {
-    s.delay.saturating_mul(2).saturating_add(s.stop_for)
+/// What a signal's noise is judged against (see `estimate`): the gap from
+/// its baseline, or from zero, to its slow level.
+fn noise_gap(s: &SignalLevels) -> Option<f64> {
+    let slow = s.slow?;
+    Some(slow - s.baseline.unwrap_or(0.0))
+}
+
+/// How long a pause takes to show fully in a signal: twice its delay in
+/// force, and the `stop_for` that a reading above stop needs.
+fn settle(delay: Duration, stop_for: Duration) -> Duration {
+    delay.saturating_mul(2).saturating_add(stop_for)
 }
 
 /// `now + d`, saturating at the end of time: a policy built in code may

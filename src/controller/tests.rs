@@ -533,3 +533,39 @@ fn lock_waiters_near_slow_keep_batches_short_at_the_same_rate() {
         c0.rate_of(&none)
     );
 }
+
+/// A p95 too noisy for its levels is smoothed longer, and its delay in
+/// force (what growth waits for, what the view and `/metrics` show) says so.
+#[test]
+fn a_noisy_signal_shows_its_longer_delay() {
+    use rand::{RngExt, SeedableRng};
+    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    // slow = 0.396: a gap of 0.066 over the baseline.
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let run = |noise: f64, rng: &mut rand_chacha::ChaCha8Rng| {
+        let mut c = Controller::new(&p, &baselines).unwrap();
+        let mut last = None;
+        // A new sample every 15 s, as a scrape gives; read every second.
+        let mut v = 0.34;
+        for t in 0..3600 {
+            if t % 15 == 0 {
+                v = 0.34 + noise * (rng.random::<f64>() - 0.5);
+            }
+            let inputs = Inputs {
+                readings: vec![Reading::value(v, at(t)), Reading::value(0.5, at(t))],
+                ..Default::default()
+            };
+            last = Some(c.step(at(t), &inputs));
+        }
+        let d = last.unwrap();
+        (d.view.signals[0].delay, c.growth_delay())
+    };
+    let (clean, clean_growth) = run(0.0, &mut rng);
+    let (noisy, noisy_growth) = run(0.2, &mut rng);
+    assert!(
+        noisy >= clean + Duration::from_secs(30),
+        "noisy {noisy:?}, clean {clean:?}"
+    );
+    assert_eq!(noisy_growth, noisy.max(clean_growth));
+}
