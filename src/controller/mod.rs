@@ -748,9 +748,9 @@ impl Controller {
         };
         self.last_tick = Some(now);
         if matches!(self.mode, Mode::Paused { .. }) {
-            let delays: Vec<Duration> =
-                (0..self.signals.len()).map(|i| self.delay_now(i)).collect();
-            for (delay, t) in delays.into_iter().zip(&mut self.track) {
+            for i in 0..self.track.len() {
+                let delay = self.delay_now(i);
+                let t = &mut self.track[i];
                 let Some(e) = t.est.estimate() else { continue };
                 t.paused_trail.push_back((now, e));
                 // Keep one entry at or before a delay ago; a delay past
