@@ -50,7 +50,7 @@ struct Args {
     json: Option<String>,
     /// Also write each run's day, tick by tick, as DIR/<cell>-seed<N>.csv:
     /// knobs, pacer's rate and target rate, the oracle's safe rate, each
-    /// signal's reading and estimate (use with --only: a cell's day is
+    /// signal's reading, estimate and noise-free reading (use with --only: a cell's day is
     /// thousands of lines per seed).
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
@@ -320,11 +320,11 @@ fn run_one(
 fn day_csv(setup: &Setup) -> anyhow::Result<String> {
     let oracle = setup.oracle();
     let run = setup.run(&Strategy::Pacer, true)?;
-    let history = run.history.unwrap_or_default();
+    let history = run.history.clone().unwrap_or_default();
     let names: Vec<String> = setup.levels.iter().map(|l| l.name.clone()).collect();
     let mut out = String::from("t,state,batch,sleep_ms,workers,rate,target,safe_rate");
     for n in &names {
-        let _ = write!(out, ",{n},{n}_est");
+        let _ = write!(out, ",{n},{n}_est,{n}_ideal");
     }
     out.push('\n');
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
@@ -341,12 +341,18 @@ fn day_csv(setup: &Setup) -> anyhow::Result<String> {
             num(s.target_rate),
             num(oracle.rates.get(i).copied()),
         );
-        for n in &names {
+        for (j, n) in names.iter().enumerate() {
+            let kind = setup.kinds[j];
+            let ideal = run
+                .truths
+                .get(i)
+                .map(|t| kind.reading_of(kind.value(t), &setup.model));
             let _ = write!(
                 out,
-                ",{},{}",
+                ",{},{},{}",
                 num(s.signals.get(n).copied().flatten()),
-                num(s.estimates.get(n).copied().flatten())
+                num(s.estimates.get(n).copied().flatten()),
+                num(ideal)
             );
         }
         out.push('\n');

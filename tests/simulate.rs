@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use pacer::policy::Policy;
-use pacer::sim::{self, Model, Plant, Scenario, Setup, Strategy};
+use pacer::sim::{self, Model, Plant, Scenario, Setup, SimKind, Strategy, Truth};
 
 /// `pacer simulate ARGS`, run from the crate's root.
 fn simulate_cli(args: &[&str]) -> std::process::Output {
@@ -75,14 +75,17 @@ fn oracle_rate_stays_below_every_slow_level_and_is_tight() {
         let mut binding = 0;
         for (k, t) in truths.iter().enumerate() {
             let quiet = &s.quiet[s.trace.start_index + k];
+            // Judged as the signal's query reads it without noise: the
+            // units the levels are written in.
+            let read = |kind: &SimKind, t: &Truth| kind.reading_of(kind.value(t), &s.model);
             for (j, kind) in s.kinds.iter().enumerate() {
                 let slow = s.levels[j].slow.unwrap();
-                if kind.value(quiet) <= slow {
+                if read(kind, quiet) <= slow {
                     assert!(
-                        kind.value(t) <= slow * (1.0 + 1e-9),
-                        "{scenario} tick {k}: {} = {} above slow {slow} at the oracle's rate {}",
+                        read(kind, t) <= slow * (1.0 + 1e-9),
+                        "{scenario} tick {k}: {} reads {} above slow {slow} at the oracle's rate {}",
                         s.levels[j].name,
-                        kind.value(t),
+                        read(kind, t),
                         o.rates[k]
                     );
                 }
@@ -97,7 +100,7 @@ fn oracle_rate_stays_below_every_slow_level_and_is_tight() {
                     .kinds
                     .iter()
                     .enumerate()
-                    .any(|(j, kind)| kind.value(&t2[k]) > s.levels[j].slow.unwrap());
+                    .any(|(j, kind)| read(kind, &t2[k]) > s.levels[j].slow.unwrap());
                 assert!(
                     crossed,
                     "{scenario} tick {k}: the oracle left room at rate {}",
@@ -139,11 +142,12 @@ fn fixed_rate_day(s: &Setup, rate: f64) -> (f64, f64) {
         let (timeout, deadlock) = s.model.batch_error_odds(b, c.live, reach.workers);
         let done = r * (1.0 - timeout - deadlock) * s.dt();
         rows += done;
-        if s.kinds
-            .iter()
-            .enumerate()
-            .all(|(j, k)| s.safe_level(j).is_none_or(|slow| k.value(&t) <= slow))
-        {
+        if s.kinds.iter().enumerate().all(|(j, k)| {
+            s.levels[j]
+                .slow
+                .or(s.levels[j].stop)
+                .is_none_or(|slow| k.reading_of(k.value(&t), &s.model) <= slow)
+        }) {
             clean += done;
         }
     }

@@ -78,6 +78,46 @@ impl SimKind {
         }
     }
 
+    /// What the signal's own query reads for a true value `v` with
+    /// unlimited requests and no delay: the units the policy's levels are
+    /// written in. A Prometheus latency quantile is interpolated inside
+    /// histogram buckets, which reads a lognormal tail up to ~3 % high
+    /// depending on where in its bucket the p95 falls; every other
+    /// source reads the value itself, apart from its noise and delay.
+    pub fn reading_of(self, v: f64, m: &Model) -> f64 {
+        match self {
+            SimKind::Latency => {
+                let bounds = m.latency.bucket_bounds();
+                histogram_quantile(QUANTILE, &bounds, &bucket_shares(v, m, &bounds)).unwrap_or(v)
+            }
+            _ => v,
+        }
+    }
+
+    /// The true value whose noise-free reading is `level` (the inverse of
+    /// `reading_of`, which grows with the true value): judging truth
+    /// against this is judging the reading against `level`, at no cost
+    /// per tick. `INFINITY` when no true value reads above `level`.
+    pub fn truth_at(self, level: f64, m: &Model) -> f64 {
+        if self != SimKind::Latency {
+            return level;
+        }
+        let (mut lo, mut hi) = (0.0, m.latency.cap);
+        if self.reading_of(hi, m) <= level {
+            return f64::INFINITY;
+        }
+        // 60 halvings: below f64's resolution of the cap.
+        for _ in 0..60 {
+            let mid = 0.5 * (lo + hi);
+            if self.reading_of(mid, m) <= level {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
     /// Whether the value depends on batch size at a given rate (then the
     /// safe-rate oracle searches over batch sizes too).
     pub fn batch_sensitive(self) -> bool {
@@ -131,10 +171,7 @@ impl Meter {
         let ticks = |secs: f64| (secs / dt).round().max(1.0) as usize;
         let (pipeline, window_len, scrape_every) = match kind {
             SimKind::Latency | SimKind::ErrorRate => {
-                let l = &m.latency;
-                let bounds: Vec<f64> = (0..l.bucket_count)
-                    .map(|i| l.bucket_start * l.bucket_factor.powi(i as i32))
-                    .collect();
+                let bounds = m.latency.bucket_bounds();
                 let n = bounds.len() + 3;
                 (
                     Pipeline::Requests {
@@ -254,26 +291,32 @@ fn requests(
         out[n + 2] = poisson(rng, total * t.error_rate.clamp(0.0, 1.0));
         return out;
     }
-    let sigma = m.latency.spread;
-    let ln_median = t.latency.max(1e-9).ln() - 1.644_853_6 * sigma;
-    let mut prev_cdf = 0.0;
     let mut total = 0.0;
-    for (i, b) in bounds.iter().enumerate() {
-        let cdf = std_normal_cdf((b.ln() - ln_median) / sigma);
-        let lambda = mean * (cdf - prev_cdf);
-        prev_cdf = cdf;
+    for (i, share) in bucket_shares(t.latency, m, bounds).into_iter().enumerate() {
+        let lambda = mean * share;
         if lambda > 1e-9 {
             let c = poisson(rng, lambda);
             out[i] = c;
             total += c;
         }
     }
-    let tail = mean * (1.0 - prev_cdf);
-    if tail > 1e-9 {
-        out[n] = poisson(rng, tail);
-        total += out[n];
-    }
     out[n + 1] = total;
+    out
+}
+
+/// Each bucket's share of requests (finite buckets, then +Inf) when
+/// latencies are lognormal with the model's spread and true p95 `p95`.
+fn bucket_shares(p95: f64, m: &Model, bounds: &[f64]) -> Vec<f64> {
+    let sigma = m.latency.spread;
+    let ln_median = p95.max(1e-9).ln() - 1.644_853_6 * sigma;
+    let mut prev_cdf = 0.0;
+    let mut out = Vec::with_capacity(bounds.len() + 1);
+    for b in bounds {
+        let cdf = std_normal_cdf((b.ln() - ln_median) / sigma);
+        out.push(cdf - prev_cdf);
+        prev_cdf = cdf;
+    }
+    out.push(1.0 - prev_cdf);
     out
 }
 
@@ -363,6 +406,59 @@ mod tests {
         let v = last.expect("a reading after 60 s");
         // Linear interpolation inside a ×1.25 bucket is biased by a few %.
         assert!((v / 0.1 - 1.0).abs() < 0.06, "{v}");
+    }
+
+    /// `reading_of` is the limit of what the meter reads as requests grow:
+    /// a busy histogram's reading of a steady p95 converges to it, not to
+    /// the true value, where the bucket interpolation is biased.
+    #[test]
+    fn the_noise_free_reading_is_what_a_busy_histogram_reads() {
+        let mut m = Model::builtin();
+        m.latency.requests_per_load = 5.0e7;
+        let mut biased = 0;
+        for latency in [0.09, 0.095, 0.1, 0.105, 0.11, 0.12, 0.3] {
+            let t = Truth {
+                live: 1.0,
+                latency,
+                ..Truth::default()
+            };
+            let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3);
+            let mut meter = Meter::new(SimKind::Latency, &m, 1.0, Some(10.0), 0.0);
+            let mut last = None;
+            for _ in 0..20 {
+                last = meter.observe(&t, &m, 1.0, &mut rng);
+            }
+            let read = last.unwrap();
+            let ideal = SimKind::Latency.reading_of(latency, &m);
+            assert!(
+                (read / ideal - 1.0).abs() < 1e-3,
+                "{latency}: {read} vs {ideal}"
+            );
+            // A lognormal tail is concave where the p95 lies: linear
+            // interpolation reads it high, never low.
+            assert!(ideal >= latency, "{latency}: {ideal}");
+            if ideal > latency * 1.01 {
+                biased += 1;
+            }
+        }
+        assert!(biased >= 2, "the bias the judge corrects for shows");
+        // Only a histogram is interpolated.
+        assert_eq!(SimKind::LagSeconds.reading_of(2.5, &m), 2.5);
+    }
+
+    #[test]
+    fn truth_at_inverts_the_reading() {
+        let m = Model::builtin();
+        for level in [0.05, 0.1178, 0.126, 0.4] {
+            let v = SimKind::Latency.truth_at(level, &m);
+            assert!(v <= level, "{level}: {v}");
+            let r = SimKind::Latency.reading_of(v, &m);
+            assert!((r - level).abs() < 1e-9, "{level}: reads {r}");
+            assert!(SimKind::Latency.reading_of(v * 1.0001, &m) > level);
+        }
+        // No true value reads above the highest bucket.
+        assert_eq!(SimKind::Latency.truth_at(100.0, &m), f64::INFINITY);
+        assert_eq!(SimKind::LockWaiters.truth_at(0.5, &m), 0.5);
     }
 
     #[test]

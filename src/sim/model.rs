@@ -34,6 +34,15 @@ pub struct LatencyModel {
     pub bucket_count: u32,
 }
 
+impl LatencyModel {
+    /// Upper bounds of the histogram's finite buckets (+Inf above).
+    pub fn bucket_bounds(&self) -> Vec<f64> {
+        (0..self.bucket_count)
+            .map(|i| self.bucket_start * self.bucket_factor.powi(i as i32))
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillModel {

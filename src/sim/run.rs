@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::dispatch::{Dispatch, DispatchStats, TickEnv, TickOut};
-use super::model::Plant;
+use super::model::{Plant, Truth};
 use super::setup::Setup;
 use crate::controller::{Action, Controller, Decision, Inputs, Knobs, State};
 use crate::history::{History, Sample, SignalInfo};
@@ -61,6 +61,9 @@ pub struct RunStats {
     pub log: Vec<Decision>,
     #[serde(skip)]
     pub history: Option<History>,
+    /// With `record`: the true state of each tick, beside `history`.
+    #[serde(skip)]
+    pub truths: Vec<Truth>,
 }
 
 impl Setup {
@@ -118,6 +121,7 @@ impl Setup {
             actions: BTreeMap::new(),
             log: Vec::new(),
             history: None,
+            truths: Vec::new(),
         };
         let mut samples = Vec::new();
         let mut window_paused = false;
@@ -160,6 +164,9 @@ impl Setup {
             }
             let done = out.rows;
             let truth = plant.advance(m, c, rate, batch, bt, dt);
+            if record && running_part {
+                stats.truths.push(truth);
+            }
             readings.clear();
             let now =
                 self.instant(i) + chrono::Duration::milliseconds((dt * 1000.0).round() as i64);
@@ -226,16 +233,19 @@ impl Setup {
             for (j, kind) in self.kinds.iter().enumerate() {
                 let v = kind.value(&truth);
                 let q = kind.value(quiet);
-                let lv = &self.levels[j];
+                let lv = &self.judged[j];
                 above_stop |= lv.stop.is_some_and(|s| v > s && q <= s);
                 // Already above stop without the backfill: harm only when
-                // the backfill made it clearly worse.
-                worsened |= lv.stop.is_some_and(|s| q > s && v > q * 1.05);
+                // the backfill made it clearly worse (as read, like the
+                // levels; rare enough to read per tick).
+                worsened |= lv
+                    .stop
+                    .is_some_and(|s| q > s && kind.reading_of(v, m) > kind.reading_of(q, m) * 1.05);
                 above_slow |= lv.slow.is_some_and(|s| v > s && q <= s);
                 clean &= self.safe_level(j).is_none_or(|s| v <= s);
                 let e = stats
                     .max_signals
-                    .get_mut(&lv.name)
+                    .get_mut(&self.levels[j].name)
                     .expect("every signal has an entry");
                 *e = e.max(v);
             }
@@ -271,6 +281,15 @@ impl Setup {
                     Some(v) => sample.with_view(v),
                     None => sample,
                 });
+            }
+        }
+        // The highest true value, as its query would read it (reading_of
+        // grows with the true value), beside the levels.
+        for (kind, l) in self.kinds.iter().zip(&self.levels) {
+            if let Some(e) = stats.max_signals.get_mut(&l.name)
+                && *e > f64::MIN
+            {
+                *e = kind.reading_of(*e, m);
             }
         }
         stats.rows_done = dispatch.rows();

@@ -36,6 +36,10 @@ pub struct Setup {
     pub baselines: BTreeMap<String, f64>,
     /// Resolved levels, in policy order.
     pub levels: Vec<SignalLevels>,
+    /// The same levels as true values (`SimKind::truth_at`): the day is
+    /// judged on what each signal's query would read without noise or
+    /// delay, in the units the policy's levels are written in.
+    pub judged: Vec<JudgedLevels>,
     /// True values with no backfill at all, per tick of the trace.
     pub quiet: Vec<Truth>,
     /// Merged caps of the policy's windows, per tick of the trace.
@@ -132,6 +136,7 @@ impl Setup {
             kinds,
             baselines: BTreeMap::new(),
             levels: Vec::new(),
+            judged: Vec::new(),
             quiet,
             caps: Vec::new(),
             table_rows: None,
@@ -139,6 +144,15 @@ impl Setup {
         setup.baselines = setup.measure_baselines()?;
         let ctrl = Controller::new(policy, &setup.baselines)?;
         setup.levels = ctrl.levels().to_vec();
+        setup.judged = setup
+            .levels
+            .iter()
+            .zip(&setup.kinds)
+            .map(|(l, k)| JudgedLevels {
+                slow: l.slow.map(|v| k.truth_at(v, model)),
+                stop: l.stop.map(|v| k.truth_at(v, model)),
+            })
+            .collect();
         setup.caps = (0..setup.trace.ticks.len())
             .map(|i| ctrl.caps_at(setup.instant(i)).0)
             .collect();
@@ -255,11 +269,18 @@ impl Setup {
         Ok(out)
     }
 
-    /// The level a signal must stay under for the safe-rate bound: its slow
-    /// level, or its stop level when it has none (HTTP checks).
+    /// The true value a signal must stay under for the safe-rate bound:
+    /// its slow level's, or its stop level's when it has none (HTTP checks).
     pub fn safe_level(&self, j: usize) -> Option<f64> {
-        self.levels[j].slow.or(self.levels[j].stop)
+        self.judged[j].slow.or(self.judged[j].stop)
     }
+}
+
+/// A signal's slow and stop levels as true values.
+#[derive(Debug, Clone, Copy)]
+pub struct JudgedLevels {
+    pub slow: Option<f64>,
+    pub stop: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

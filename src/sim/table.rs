@@ -24,6 +24,7 @@ pub fn summary_table(o: &Outcome) -> String {
         actions: Default::default(),
         log: Vec::new(),
         history: None,
+        truths: Vec::new(),
     };
     let mut cols = vec![("pacer", &pacer)];
     if let Some(f) = &o.fixed_baselines {
