@@ -964,7 +964,7 @@ impl Controller {
             (0.5 * c.target_batch_time.as_secs_f64() / spr).floor() as u32
         };
         let want = by_time.clamp(l.batch_size.min, batch_max);
-        let up = ((k.batch_size as f64) * 1.2).floor() as u32;
+        let up = ((k.batch_size as f64) * 1.2_f64.min(self.lock_batch_step(now))).floor() as u32;
         let down = ((k.batch_size as f64) / 1.2).ceil() as u32;
         k.batch_size = want.clamp(down.min(k.batch_size), up.max(k.batch_size));
         let b = k.batch_size as f64;
@@ -1023,18 +1023,45 @@ impl Controller {
         most
     }
 
+    /// The most the batch may grow in one tick while a lock-bound signal
+    /// counts anything. Waiters on pacer's locks grow as rate × batch
+    /// time² (`lock_batch`), so at the same rate a batch ×1.2 longer holds
+    /// 1.44× the waiters: growing by ×1.2 a tick raised the lock pressure
+    /// sixfold in the ten seconds before a 30 s count could show it, and
+    /// the cut that followed took minutes to regrow behind a slow p95's
+    /// delay (`orders-status` at slow/stop 1.4/1.5 with a 60 s window:
+    /// 0.62 of the bound, tuning seed 1). So the pressure grows by at most
+    /// the growth bound per that signal's delay, as the rate does per the
+    /// slowest signal's: the batch by its square root.
+    fn lock_batch_step(&self, now: Time) -> f64 {
+        let dt = self.tick_secs(now);
+        let mut step = f64::INFINITY;
+        for (i, (s, t)) in self.signals.iter().zip(&self.track).enumerate() {
+            let counting = t.est.estimate().is_some_and(|e| e > 0.0);
+            if s.lock_bound && counting && t.est.judged(now) {
+                let d = self.delay_now(i).as_secs_f64().max(dt);
+                step = step.min((1.0 + self.cfg.growth).powf(dt / d).sqrt());
+            }
+        }
+        step
+    }
+
+    /// Seconds since the last tick (at least the tick).
+    fn tick_secs(&self, now: Time) -> f64 {
+        self.last_tick
+            .map(|t| (now - t).to_std().unwrap_or_default())
+            .unwrap_or(self.cfg.tick)
+            .max(self.cfg.tick)
+            .as_secs_f64()
+    }
+
     /// The most the effective rate may rise in one tick: ×(1 + growth) per
     /// measurement delay of the slowest signal (so no change is judged
     /// before it could have shown), and, once the rate is above half the
     /// rate of the last cut and up to 10 % above it, additive (+10 % of
     /// that rate per delay).
     pub fn growth_bound(&self, now: Time, rate: f64) -> f64 {
-        let dt = self
-            .last_tick
-            .map(|t| (now - t).to_std().unwrap_or_default())
-            .unwrap_or(self.cfg.tick)
-            .max(self.cfg.tick)
-            .as_secs_f64();
+        let dt = self.tick_secs(now);
         let d = self.growth_delay().as_secs_f64().max(dt);
         let mult = rate * (1.0 + self.cfg.growth).powf(dt / d);
         // Additive between half the rate of the last cut and a little

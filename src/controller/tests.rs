@@ -487,13 +487,14 @@ fn with_lock_signal() -> Policy {
     Policy::from_toml("demo.toml", &text).unwrap()
 }
 
-/// Knobs after two calm minutes with pacer's lock waiters read at
-/// `blocked`, batches taking 0.1 ms a row.
-fn calm_with_waiters(blocked: f64) -> (Controller, Knobs) {
+/// The knobs of two calm minutes, tick by tick, with pacer's lock waiters
+/// read at `blocked`, batches taking 0.1 ms a row.
+fn calm_ticks_with_waiters(blocked: f64) -> (Controller, Vec<Knobs>) {
     let p = with_lock_signal();
     let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.1)]);
     let mut c = Controller::new(&p, &baselines).unwrap();
     let mut k = c.knobs();
+    let mut out = Vec::new();
     for t in 0..120 {
         let rows = k.batch_size;
         let ms = rows as f64 * 0.1;
@@ -512,8 +513,16 @@ fn calm_with_waiters(blocked: f64) -> (Controller, Knobs) {
             ..Default::default()
         };
         k = c.step(at(t), &inputs).knobs;
+        out.push(k);
     }
-    (c, k)
+    (c, out)
+}
+
+/// Knobs after two calm minutes (`calm_ticks_with_waiters`).
+fn calm_with_waiters(blocked: f64) -> (Controller, Knobs) {
+    let (c, ks) = calm_ticks_with_waiters(blocked);
+    let last = *ks.last().expect("two minutes of ticks");
+    (c, last)
 }
 
 /// Waiters on pacer's locks grow as rate × batch time²: near slow, growth
@@ -532,6 +541,44 @@ fn lock_waiters_near_slow_keep_batches_short_at_the_same_rate() {
         c1.rate_of(&near),
         c0.rate_of(&none)
     );
+}
+
+/// Batch sizes tick by tick (`calm_ticks_with_waiters`).
+fn batches_with_waiters(blocked: f64) -> Vec<u32> {
+    calm_ticks_with_waiters(blocked)
+        .1
+        .iter()
+        .map(|k| k.batch_size)
+        .collect()
+}
+
+/// While a lock-bound signal counts anything, the lock pressure (rate ×
+/// batch time²) grows by at most the growth bound per that signal's delay
+/// (30 s counted, so 16 s at a 1 s tick): the batch by the square root of
+/// ×1.5 per 16 s a tick. With nothing counted the batch grows as before.
+#[test]
+fn the_batch_grows_no_faster_than_lock_counts_can_show_it() {
+    let step = 1.5_f64.powf(1.0 / 16.0).sqrt();
+    let counting = batches_with_waiters(0.1);
+    let worst = counting
+        .windows(2)
+        .skip(20)
+        .map(|w| w[1] as f64 / (w[0] as f64 + 1.0))
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= step,
+        "a tick grew the batch ×{worst} (bound ×{step})"
+    );
+    assert!(
+        counting.last() > counting.get(20),
+        "it still grows: {counting:?}"
+    );
+    let quiet = batches_with_waiters(0.0);
+    let fastest = quiet
+        .windows(2)
+        .map(|w| w[1] as f64 / w[0] as f64)
+        .fold(0.0, f64::max);
+    assert!(fastest > 1.1, "nothing counted: {quiet:?}");
 }
 
 /// A p95 too noisy for its levels is smoothed longer, and its delay in
