@@ -296,7 +296,8 @@ pub struct ControllerConfig {
     pub missing_grace: Duration,
     /// Growth of the effective rate per measurement delay while every
     /// signal is calm: at most ×(1 + growth) each time the slowest signal
-    /// could have shown the last change (additive near the last cut).
+    /// could have shown the last change (additive near the last cut; down
+    /// to half of it as a signal smoothed for its noise nears slow).
     #[serde(default = "default_growth")]
     pub growth: f64,
     /// Time constant of the per-signal estimate (an exponentially weighted

@@ -616,3 +616,45 @@ fn a_noisy_signal_shows_its_longer_delay() {
     );
     assert_eq!(noisy_growth, noisy.max(clean_growth));
 }
+
+/// A signal smoothed longer for its noise trails its reading: the nearer
+/// its estimate to slow, the less of the growth bound a calm tick takes
+/// (half of it at least). A quiet signal at the same level keeps all of it.
+#[test]
+fn growth_slows_as_a_noisy_estimate_nears_slow() {
+    use rand::{RngExt, SeedableRng};
+    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    // slow = 0.396: a gap of 0.066 over the baseline.
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let per_delay = |level: f64, noise: f64| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut c = Controller::new(&p, &baselines).unwrap();
+        let mut v = level;
+        for t in 0..3600 {
+            if t % 15 == 0 {
+                v = level + noise * (rng.random::<f64>() - 0.5);
+            }
+            let inputs = Inputs {
+                readings: vec![Reading::value(v, at(t)), Reading::value(0.5, at(t))],
+                ..Default::default()
+            };
+            c.step(at(t), &inputs);
+        }
+        let (now, d) = (at(3600), c.growth_delay().as_secs_f64());
+        // The bound over one tick, as a growth per delay.
+        // Far above any rate cut so far: the multiplicative bound.
+        (c.growth_bound(now, 1e9) / 1e9).powf(d) - 1.0
+    };
+    let growth = 0.5;
+    // ±0.05: noisier than a quarter of the gap asks for (its smoothing
+    // grows), never above slow at 0.34.
+    let far = per_delay(0.34, 0.1);
+    let near = per_delay(0.375, 0.1);
+    let quiet_near = per_delay(0.375, 0.0);
+    assert!(
+        (far - growth * (0.396 - 0.34) / 0.066).abs() < 0.1 * growth,
+        "far: {far}"
+    );
+    assert!((near - growth * 0.5).abs() < 0.05 * growth, "near: {near}");
+    assert!((quiet_near - growth).abs() < 1e-6, "quiet: {quiet_near}");
+}

@@ -1,5 +1,6 @@
 //! The best any controller could have done: at every tick, the highest
-//! backfill rate that keeps every signal's true value at or below its slow
+//! backfill rate that keeps every signal's noise-free reading (`SimKind::
+//! reading_of`: the levels' units) at or below its slow
 //! level (stop level for signals without one), within what the policy's
 //! limits and windows allow. Its integral is the instant bound.
 //!

@@ -29,7 +29,7 @@ pub struct RunStats {
     pub rows_done: u64,
     /// Filled in by the caller from the oracle.
     pub efficiency: f64,
-    /// Seconds with some signal's true value above its stop level while
+    /// Seconds with some signal's noise-free reading above its stop level while
     /// the no-backfill day stayed below it.
     pub seconds_above_stop: f64,
     /// Of `seconds_above_stop`: seconds when the no-backfill day was
@@ -37,7 +37,7 @@ pub struct RunStats {
     pub seconds_worsened_above_stop: f64,
     /// As above for the slow level (for tuning: time spent in "slow").
     pub seconds_above_slow: f64,
-    /// Rows done while every signal's true value was at or below its slow
+    /// Rows done while every signal's noise-free reading was at or below its slow
     /// level (stop level for signals without one): rows earned without
     /// pushing production into "slow".
     pub clean_rows: u64,
@@ -48,7 +48,7 @@ pub struct RunStats {
     pub pauses: u64,
     /// Decisions that changed something.
     pub decisions: u64,
-    /// Highest true value of each signal during the run.
+    /// Highest noise-free reading of each signal during the run.
     pub max_signals: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knobs: Option<Knobs>,
