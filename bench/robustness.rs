@@ -320,7 +320,8 @@ fn run_one(
 fn day_csv(setup: &Setup) -> anyhow::Result<String> {
     let oracle = setup.oracle();
     let run = setup.run(&Strategy::Pacer, true)?;
-    let history = run.history.clone().unwrap_or_default();
+    let truths = run.truths;
+    let history = run.history.unwrap_or_default();
     let names: Vec<String> = setup.levels.iter().map(|l| l.name.clone()).collect();
     let mut out = String::from("t,state,batch,sleep_ms,workers,rate,target,safe_rate");
     for n in &names {
@@ -343,8 +344,7 @@ fn day_csv(setup: &Setup) -> anyhow::Result<String> {
         );
         for (j, n) in names.iter().enumerate() {
             let kind = setup.kinds[j];
-            let ideal = run
-                .truths
+            let ideal = truths
                 .get(i)
                 .map(|t| kind.reading_of(kind.value(t), &setup.model));
             let _ = write!(

@@ -382,6 +382,7 @@ mod tests {
         }
         assert!(fired);
     }
+
     #[test]
     fn the_share_counts_samples_not_the_ticks_a_scrape_repeats() {
         // A 5 s scrape read every second, stop_for 10 s: one sample below

@@ -1032,8 +1032,9 @@ impl Controller {
     /// The most the batch may grow in one tick while a lock-bound signal
     /// counts anything. Waiters on pacer's locks grow as rate × batch
     /// time² (`lock_batch`), so at the same rate a batch ×1.2 longer holds
-    /// 1.44× the waiters: growing by ×1.2 a tick raised the lock pressure
-    /// sixfold in the ten seconds before a 30 s count could show it, and
+    /// 1.44× the waiters: growing by ×1.2 a tick made the batch six times
+    /// longer (the pressure ~38 times) in the ten seconds before a 30 s
+    /// count could show it, and
     /// the cut that followed took minutes to regrow behind a slow p95's
     /// delay (`orders-status` at slow/stop 1.4/1.5 with a 60 s window:
     /// 0.62 of the bound, tuning seed 1). So the pressure grows by at most
