@@ -36,6 +36,10 @@ struct Args {
     /// 11–20, tuning 1–10; at most 30 for report).
     #[arg(long)]
     seeds: Option<u64>,
+    /// Skip this many of the set's first seeds: `--skip 10 --seeds 10` runs
+    /// report seeds 21–30, fresh ones once 11–20 have been looked at.
+    #[arg(long, default_value_t = 0)]
+    skip: u64,
     /// Worker threads (default: available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -137,9 +141,14 @@ fn main() -> anyhow::Result<()> {
     };
     let n = args.seeds.unwrap_or(default_seeds);
     let most = if args.set == "report" { 30 } else { 10 };
-    if n == 0 || n > most {
-        anyhow::bail!("--seeds {n}: the {} set has 1 to {most} seeds", args.set);
+    if n == 0 || args.skip + n > most {
+        anyhow::bail!(
+            "--skip {} --seeds {n}: the {} set has {most} seeds",
+            args.skip,
+            args.set
+        );
     }
+    let first_seed = first_seed + args.skip;
     let seeds: Vec<u64> = (first_seed..first_seed + n).collect();
 
     let mut policies = BTreeMap::new();

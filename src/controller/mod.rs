@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use estimate::{Estimator, Smoothing};
+use estimate::{Estimator, Smoothing, StopLevels};
 
 use crate::policy::{ControllerConfig, Limits, OnMissing, Policy, Schedule, Signal};
 
@@ -505,9 +505,13 @@ impl Controller {
                                 baseline: sig.baseline,
                             }
                         };
-                    let stopped = sig
-                        .stop
-                        .is_some_and(|stop| track.est.stop(now, v, stop, sig.stop_for));
+                    let stopped = sig.stop.is_some_and(|stop| {
+                        let levels = StopLevels {
+                            stop,
+                            slow: sig.slow,
+                        };
+                        track.est.stop(now, v, levels, sig.stop_for)
+                    });
                     match (sig.stop, sig.slow) {
                         (Some(stop), _) if stopped => {
                             causes.push(signal_cause("stop", stop, &sig.stop_expr));
