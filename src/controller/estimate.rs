@@ -33,16 +33,18 @@
 //!
 //! On a signal with measured noise, a raw reading counts toward the plain
 //! and share rules only when it is above stop by more than one standard
-//! deviation of that noise, while the estimate is at or below slow. A p95 from ~160 requests a 15 s window, held at
-//! slow 10 % above its baseline, read above a stop 20 % above it once in
-//! twenty samples, and three overlapping readings in a row (`stop_for`
-//! 10 s at a 5 s scrape) paused a simulated day 15 times while the
-//! noise-free reading never passed 0.122 against a stop near 0.126
-//! (`demo-live`, high noise, tuning seed 1). A clean signal measures no
-//! noise and keeps the plain rule exactly; an estimate above slow, or
-//! `stop_for = 0`, turns the margin off. Off only past the middle of the
-//! slow–stop band, the margin gained twice as much at high noise but let
-//! held-out flash crowds stay above stop longer (docs/BENCHMARKS.md).
+//! deviation of that noise, while the estimate is at or below slow. A
+//! p95 from ~160 requests a 15 s window, held at slow 10 % above its
+//! baseline, read above a stop 20 % above it once in twenty samples, and
+//! three overlapping readings in a row (`stop_for` 10 s at a 5 s scrape)
+//! paused a simulated day 15 times while the noise-free reading never
+//! passed 0.122 against a stop near 0.126 (`demo-live`, high noise,
+//! tuning seed 1). A clean signal measures no noise and keeps the plain
+//! rule exactly; an estimate above slow, or `stop_for = 0`, turns the
+//! margin off. Off only past the middle of the slow–stop band, the margin
+//! gained more at high noise (mean efficiency +0.072 against +0.019 on
+//! report seeds 11–20) but let held-out flash crowds stay above stop
+//! longer (docs/BENCHMARKS.md).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -553,9 +555,10 @@ mod tests {
 
     #[test]
     fn a_noisy_signal_truly_above_stop_still_stops() {
-        // 5 % above stop with 10 % noise (uniform ±0.17): the estimate
-        // leaves slow within a few samples, and from there every reading
-        // above stop counts again.
+        // 5 % above stop with 10 % noise (uniform ±0.17), the noise
+        // already measured at slow: stop still fires within two minutes
+        // (24 samples), by the estimate or by readings once it is past
+        // slow. This guards the fail-safe side, not where the margin ends.
         use rand::{RngExt, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let above: Vec<f64> = (0..24)
