@@ -349,12 +349,6 @@ fn run(s: &Setup, ticks: &[Tick]) -> (Policy, Run) {
     )
 }
 
-fn grew(before: &Knobs, after: &Knobs) -> bool {
-    after.batch_size > before.batch_size
-        || after.workers > before.workers
-        || after.sleep < before.sleep
-}
-
 /// Every signal `judged` that has been above stop for its `stop_for` is
 /// paused on at that tick.
 fn sustained_stop_pauses(
@@ -523,14 +517,11 @@ proptest! {
                     prop_assert!(resumed <= (s.beta * paused_at).max(floor) * (1.0 + 1e-6),
                         "tick {i}: resumed at {resumed} rows/s, paused at {paused_at}");
                 } else {
+                    // A manual or window pause resumes as it was, even
+                    // after a resume moments before.
                     let (caps, _) = c.caps_at(d.at);
                     let expected = r.decisions[start].before.clamp(&p.limits, &caps);
-                    let retripped = (0..start).rev().any(|k| r.decisions[k].action == Action::Resume);
-                    if !retripped {
-                        prop_assert_eq!(d.knobs, expected, "tick {}: resumed with other knobs than at the pause", i);
-                    } else {
-                        prop_assert!(!grew(&expected, &d.knobs), "tick {i}: resumed above the knobs at the pause");
-                    }
+                    prop_assert_eq!(d.knobs, expected, "tick {}: resumed with other knobs than at the pause", i);
                 }
                 hold_until = Some(i + s.hold_after_resume as usize);
             } else if let Some(h) = hold_until
@@ -562,7 +553,8 @@ proptest! {
 }
 
 /// The same cause pausing again during the hold after a resume makes the
-/// next resume start lower, so the job cannot cycle at the same knobs.
+/// next resume start lower, so the job cannot cycle at the same knobs; one
+/// `beta` lower, not two: the rate at that pause is already the resume's.
 #[test]
 fn repeated_trip_during_hold_resumes_lower() {
     let s = Setup {
@@ -604,14 +596,15 @@ fn repeated_trip_during_hold_resumes_lower() {
         .collect();
     assert_eq!(resumes.len(), 2, "{:#?}", r.decisions);
     let (a, b) = (resumes[0].knobs, resumes[1].knobs);
-    let rate = |k: Knobs| k.rate(0.2);
+    // Every batch took 200 ms for 1,000 rows: what a row costs.
+    let rate = |k: Knobs| k.rate(0.0002 * k.batch_size as f64);
     let paused_at = r.decisions[8].before;
     assert!(
         rate(a) <= rate(paused_at) * 0.5 * 1.05,
         "first resume at ≤ beta × the rate at the pause: {paused_at:?} then {a:?}"
     );
     assert!(
-        rate(b) <= rate(a) * 0.5 * 1.05,
+        rate(b) <= rate(a) * 0.5 * 1.05 && rate(b) >= rate(a) * 0.5 * 0.95,
         "second resume at ~beta × those knobs: {a:?} then {b:?}"
     );
 }

@@ -113,6 +113,8 @@ fn busy_metrics() -> Arc<Metrics> {
                     estimate: Some(0.38),
                     delay: Duration::from_secs(75),
                     unresponsive_for: None,
+                    noise: None,
+                    within_noise: false,
                 },
                 SignalView {
                     name: "replica_lag".into(),
@@ -120,6 +122,8 @@ fn busy_metrics() -> Arc<Metrics> {
                     estimate: None,
                     delay: Duration::from_secs(2),
                     unresponsive_for: None,
+                    noise: None,
+                    within_noise: false,
                 },
             ],
         },

@@ -250,21 +250,41 @@ pub struct SignalView {
         skip_serializing_if = "Option::is_none"
     )]
     pub unresponsive_for: Option<Duration>,
+    /// The signal's measured noise (one standard deviation of a reading;
+    /// 0 on a clean signal), once pacer has enough readings to tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<f64>,
+    /// The reading was above stop by less than its noise while the
+    /// estimate was calm, and did not count toward the stop rule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub within_noise: bool,
 }
 
 impl View {
-    /// `p95 0.41 (raw 0.45, delay 1m 15s), lag 0 (raw 0, delay 6s)`.
+    /// `p95 0.41 (raw 0.45, noise ±0.03, delay 1m 15s), lag 0 (raw 0, delay
+    /// 6s)`; a reading above stop that was discounted as noise says so.
     pub fn signals_line(&self) -> String {
         self.signals
             .iter()
             .map(|s| {
                 let n = |v: Option<f64>| v.map(num).unwrap_or_else(|| "-".into());
+                // A clean signal measures no noise: nothing to show.
+                let noise = s
+                    .noise
+                    .filter(|v| *v > 0.0)
+                    .map(|v| format!(", noise ±{}", num(v)))
+                    .unwrap_or_default();
+                let discounted = if s.within_noise {
+                    " above stop by less than its noise: not counted toward stop"
+                } else {
+                    ""
+                };
                 let stuck = s
                     .unresponsive_for
                     .map(|d| format!(", not coming down after {} paused", fmt_dur(d)))
                     .unwrap_or_default();
                 format!(
-                    "{} {} (raw {}, delay {}{stuck})",
+                    "{} {} (raw {}{discounted}{noise}, delay {}{stuck})",
                     s.name,
                     n(s.estimate),
                     n(s.raw),

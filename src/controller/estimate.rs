@@ -132,6 +132,10 @@ pub struct Estimator {
     est_above_since: Option<Time>,
     /// When the signal was first seen (the share rule needs a full span).
     first_seen: Option<Time>,
+    /// The last reading was above stop but within the noise margin, so it
+    /// did not count toward the stop rules: the log says so, or an
+    /// operator sees a reading above stop and no pause, unexplained.
+    within_noise: bool,
 }
 
 impl Estimator {
@@ -155,7 +159,19 @@ impl Estimator {
             raw_above_since: None,
             est_above_since: None,
             first_seen: None,
+            within_noise: false,
         }
+    }
+
+    /// The signal's measured noise: one standard deviation of a sample.
+    pub fn sigma(&self) -> Option<f64> {
+        self.sigma
+    }
+
+    /// Whether the last reading was above stop and discounted as noise
+    /// (see `noise_margin`).
+    pub fn within_noise(&self) -> bool {
+        self.within_noise
     }
 
     pub fn estimate(&self) -> Option<f64> {
@@ -316,6 +332,7 @@ impl Estimator {
         self.raw_above_since = None;
         self.est_above_since = None;
         self.recent.clear();
+        self.within_noise = false;
     }
 
     /// Whether the stop rule fires at `now` for `raw` against `stop`.
@@ -323,6 +340,7 @@ impl Estimator {
         let stop = levels.stop;
         let span = stop_for.as_secs_f64();
         let above = raw > stop + self.noise_margin(levels, span);
+        self.within_noise = raw > stop && !above;
         if above {
             self.raw_above_since.get_or_insert(now);
         } else {

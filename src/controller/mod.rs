@@ -11,9 +11,10 @@
 //!    `missing_grace` with `on_missing = "pause"` pauses, remembering the last
 //!    calm knobs;
 //! 3. a paused job resumes only after every signal stayed calm for
-//!    `resume_after`, with the remembered knobs, held for `hold_after_resume`;
-//!    the same cause tripping again during that hold makes the next resume
-//!    start at `beta` × those knobs;
+//!    `resume_after`: after a signal pause at min(last calm rate, `beta` ×
+//!    the rate at the pause), after a manual or window pause with its knobs;
+//!    growth is held for `hold_after_resume`, so a signal tripping again
+//!    during that hold resumes another `beta` lower;
 //! 4. a slow signal, a batch over `target_batch_time`, or a lock timeout /
 //!    deadlock cuts the effective rate once by a factor between `beta` and 1
 //!    (deeper the closer the signal is to its stop level), spread over the
@@ -271,11 +272,8 @@ pub struct Controller {
     /// True until a batch started after the last decrease has completed:
     /// slow readings before that reflect the old knobs, not the new ones.
     epoch_open: bool,
-    /// End of the no-growth hold after a resume, and what had paused.
+    /// End of the no-growth hold after a resume.
     hold_until: Option<Time>,
-    resumed_from: Vec<String>,
-    /// Multiplier for the next resume after repeated trips in the hold.
-    resume_scale: f64,
     /// Last time the worker count changed (up or down): workers grow only
     /// after `worker_after` of calm since then.
     workers_changed_at: Option<Time>,
@@ -350,8 +348,6 @@ impl Controller {
             last_decrease: None,
             epoch_open: false,
             hold_until: None,
-            resumed_from: Vec::new(),
-            resume_scale: 1.0,
             workers_changed_at: None,
             batch_ceiling: None,
             secs_per_row: None,
@@ -737,7 +733,6 @@ impl Controller {
         };
         if self.hold_until.is_some_and(|h| now >= h) {
             self.hold_until = None;
-            self.resumed_from.clear();
         }
 
         let clamped = self.knobs.clamp(&self.limits, &caps);
@@ -811,6 +806,8 @@ impl Controller {
                     estimate: t.est.estimate(),
                     delay: self.delay_now(i),
                     unresponsive_for: self.unresponsive_for(now, i),
+                    noise: t.est.sigma(),
+                    within_noise: t.est.within_noise(),
                 })
                 .collect(),
         }
@@ -1173,13 +1170,7 @@ impl Controller {
                 (Action::Hold, State::Paused)
             }
             Mode::Running => {
-                let in_hold = self.hold_until.is_some_and(|h| now < h);
                 let manual_or_window = key.iter().all(|k| !k.starts_with("signal:"));
-                if in_hold && key.iter().any(|k| self.resumed_from.contains(k)) {
-                    self.resume_scale *= self.cfg.beta;
-                } else if !in_hold {
-                    self.resume_scale = 1.0;
-                }
                 let base = if manual_or_window {
                     self.knobs
                 } else {
@@ -1203,9 +1194,9 @@ impl Controller {
     }
 
     fn resume(&mut self, now: Time, knobs: Knobs) {
-        let (key, at_pause) = match std::mem::replace(&mut self.mode, Mode::Running) {
-            Mode::Paused { key, at_pause, .. } => (key, at_pause),
-            Mode::Running => (Vec::new(), None),
+        let at_pause = match std::mem::replace(&mut self.mode, Mode::Running) {
+            Mode::Paused { at_pause, .. } => at_pause,
+            Mode::Running => None,
         };
         for t in &mut self.track {
             t.paused_trail.clear();
@@ -1228,23 +1219,12 @@ impl Controller {
                 );
             }
         }
-        if self.resume_scale < 1.0 {
-            k = k.decrease(
-                self.resume_scale,
-                true,
-                self.secs_per_row
-                    .map_or(self.bt(), |s| s * k.batch_size as f64),
-                &self.limits,
-                &caps,
-            );
-        }
         if k.workers != self.knobs.workers {
             self.workers_changed_at = Some(now);
         }
         self.knobs = k;
         self.last_calm_knobs = k;
         self.hold_until = Some(later(now, self.cfg.hold_after_resume));
-        self.resumed_from = key;
         // A resume opens a recovery epoch: readings still describe the
         // paused spell until the slowest signal could show the new rate.
         self.last_decrease = Some(now);

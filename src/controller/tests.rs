@@ -658,3 +658,49 @@ fn growth_slows_as_a_noisy_estimate_nears_slow() {
     assert!((near - growth * 0.5).abs() < 0.05 * growth, "near: {near}");
     assert!((quiet_near - growth).abs() < 1e-6, "quiet: {quiet_near}");
 }
+
+/// A reading above stop that the noise margin discounts is named in the
+/// tick's view and its line, with the noise it was judged against: an
+/// operator who sees a reading above stop and no pause needs the reason.
+#[test]
+fn a_reading_above_stop_discounted_as_noise_says_so() {
+    use rand::{RngExt, SeedableRng};
+    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    // slow = 0.396, stop = 0.495.
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let mut c = Controller::new(&p, &baselines).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut p95 = 0.35;
+    let mut step = |t: i64, p95: f64| {
+        let inputs = Inputs {
+            readings: vec![Reading::value(p95, at(t)), Reading::value(0.0, at(t))],
+            ..Default::default()
+        };
+        c.step(at(t), &inputs)
+    };
+    // Five minutes calm around 0.35, uniform ±0.08 (σ ≈ 0.046), a new
+    // scrape every 5 s.
+    for t in 0..300 {
+        if t % 5 == 0 {
+            p95 = 0.35 + 0.16 * (rng.random::<f64>() - 0.5);
+        }
+        let d = step(t, p95);
+        assert!(!d.view.signals[0].within_noise, "{t}: {p95}");
+    }
+    let d = step(300, 0.52);
+    let s = &d.view.signals[0];
+    let sigma = s.noise.expect("noise measured after five minutes");
+    assert!(sigma > 0.025 && s.estimate.unwrap() <= 0.396, "{s:?}");
+    assert!(s.within_noise, "{s:?}");
+    let line = d.view.signals_line();
+    assert!(
+        line.contains(
+            "raw 0.52 above stop by less than its noise: not counted toward stop, noise ±"
+        ),
+        "{line}"
+    );
+    // Far above stop, the reading counts and the line says nothing of noise.
+    let d = step(305, 0.9);
+    assert!(!d.view.signals[0].within_noise);
+    assert!(!d.view.signals_line().contains("not counted"));
+}

@@ -362,6 +362,8 @@ mod tests {
                         estimate: Some(1.0),
                         delay: Duration::from_secs(20),
                         unresponsive_for: stuck.contains(n).then_some(Duration::from_secs(60)),
+                        noise: None,
+                        within_noise: false,
                     })
                     .collect(),
             },

@@ -80,6 +80,7 @@ pub struct Metrics {
     signal_baseline: Family<Labels, FloatGauge>,
     signal_estimate: Family<Labels, FloatGauge>,
     signal_delay: Family<Labels, FloatGauge>,
+    signal_noise: Family<Labels, FloatGauge>,
     target_rate: FloatGauge,
 }
 
@@ -137,6 +138,7 @@ impl Metrics {
             signal_baseline: Family::default(),
             signal_estimate: Family::default(),
             signal_delay: Family::default(),
+            signal_noise: Family::default(),
             target_rate: FloatGauge::default(),
         };
         // A gauge set to 1 rather than an OpenMetrics `info`, which the
@@ -241,6 +243,11 @@ impl Metrics {
             m.signal_delay.clone(),
         );
         registry.register(
+            "signal_noise",
+            "Measured noise of each signal, one standard deviation of a reading (NaN until measured; 0 on a clean signal)",
+            m.signal_noise.clone(),
+        );
+        registry.register(
             "target_rate_rows_per_second",
             "Rows/s the controller's knobs aim at (0 while paused)",
             m.target_rate.clone(),
@@ -331,6 +338,9 @@ impl Metrics {
             self.signal_delay
                 .get_or_create(&key)
                 .set(v.delay.as_secs_f64());
+            self.signal_noise
+                .get_or_create(&key)
+                .set(v.noise.unwrap_or(f64::NAN));
         }
         self.set_state(d.state.as_str());
         self.decisions
@@ -467,6 +477,8 @@ mod tests {
                         estimate: Some(estimate),
                         delay: Duration::from_millis(1500),
                         unresponsive_for: None,
+                        noise: Some(0.125),
+                        within_noise: false,
                     }],
                 },
             )
@@ -483,6 +495,10 @@ mod tests {
         );
         assert!(
             text.contains("pacer_signal_delay_seconds{pacer_job=\"j\",signal=\"p95\"} 1.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pacer_signal_noise{pacer_job=\"j\",signal=\"p95\"} 0.125"),
             "{text}"
         );
         m.observe_decision(&d(State::Paused, 0.0, 0.5));
