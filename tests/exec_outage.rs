@@ -399,3 +399,93 @@ async fn a_lost_control_connection_is_reopened_and_the_pause_switch_honoured(poo
         "runner lock re-taken {relock_time:?} after the kill; pause obeyed in {pause_time:?}"
     );
 }
+
+fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// A stop asked for while the database is down: the run takes no new
+/// batches and says it waits (up to `max_outage`) to record how it ended,
+/// instead of sitting silent; a second SIGTERM ends that wait at once,
+/// exit 3 with the reason; the next run, once the database is back,
+/// finishes every row exactly once.
+#[tokio::test]
+async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
+    let cluster = Cluster::new();
+    let url = cluster.url();
+    let mut c = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id bigint PRIMARY KEY, counter integer NOT NULL DEFAULT 0, pad text);
+         INSERT INTO t (id, pad) SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            batch: (300, 100, 500),
+            ..Spec::default()
+        },
+    );
+    let (mut child, log) = spawn_logged(capped(pacer(&["run"], &p)));
+    assert!(
+        wait_counters(&url, Duration::from_secs(20), |c| c.1 > 3000).await,
+        "the job did not start"
+    );
+    cluster.pg_ctl(&["-w", "-m", "fast", "stop"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&child, "-TERM");
+    let said = wait_until(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("waiting up to")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(said, "no word of the wait for the database:\n{text}");
+    assert!(
+        text.contains("SIGINT/SIGTERM again exits now without recording it"),
+        "{text}"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited before the second stop (max_outage is 30 min):\n{text}"
+    );
+    signal(&child, "-TERM");
+    let st = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("a second SIGTERM did not end the wait")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(3), "{text}");
+    let mut out = String::new();
+    use tokio::io::AsyncReadExt as _;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(
+        out.contains("a stop request ended the wait for the database")
+            && out.contains("committed progress is intact"),
+        "{out}"
+    );
+
+    cluster.start();
+    let again = output(capped(pacer(&["run"], &p))).await;
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(
+        counters_at(&url).await.unwrap(),
+        (0, 30_000, 0),
+        "rows lost or applied twice"
+    );
+}

@@ -72,11 +72,16 @@ pub fn run(args: &RunArgs) -> u8 {
                     _ = term.recv() => {}
                 }
                 n += 1;
-                if n == 1 {
-                    stop_tx.send_replace(true);
-                } else {
-                    tracing::warn!("already stopping: waiting for in-flight batches to commit");
+                if n > 1 {
+                    tracing::warn!(
+                        "already stopping: in-flight batches still commit; a wait for an unreachable \
+                         database to record the stop is skipped"
+                    );
                 }
+                // Every request notifies the run (`send_replace` marks the
+                // value changed even when it is the same): a second one ends
+                // a wait for the database at the end of the run.
+                stop_tx.send_replace(true);
             }
         });
         let outcome = if policy.is_fleet() {

@@ -659,16 +659,16 @@ pub async fn run(
     let epoch = link.epoch;
     let mut ctl = match link.conn.take() {
         Some(c) => c,
-        None => match link
-            .wait_until_up(&url, &app, policy.limits.max_outage)
-            .await
-        {
-            Some(c) => c,
-            None => {
+        None => match wait_to_record(&mut link, &url, &app, policy, &job, &mut stop_signal).await {
+            Ok(c) => c,
+            Err(skipped) => {
                 let _ = shutdown(server).await;
                 let cause = link.down.map(|d| d.cause).unwrap_or_default();
                 let why = match &end {
                     Some(End::Failed(msg)) => msg.clone(),
+                    _ if skipped => format!(
+                        "a stop request ended the wait for the database to record how the run ended ({cause})"
+                    ),
                     _ => format!(
                         "the database was unreachable for {} (limits.max_outage {}): {cause}",
                         fmt_dur(elapsed.min(policy.limits.max_outage)),
@@ -874,4 +874,39 @@ async fn serve_http(
     )
     .await
     .map_err(|e| e.into_fail(listen))
+}
+
+/// Waits, within `limits.max_outage`, for the database to come back so the
+/// run's end can be recorded, and says so: a run that has stopped taking
+/// batches and then sits silent for up to half an hour looks hung, and an
+/// operator kills it. A stop request (a second one, after the one that
+/// ended the run) ends the wait: every committed batch is safe, and the
+/// next `pacer run` resumes after the last one. `Err(true)` when a stop
+/// request ended it, `Err(false)` when `max_outage` did.
+async fn wait_to_record(
+    link: &mut Link,
+    url: &str,
+    app: &str,
+    policy: &Policy,
+    job: &str,
+    stop_signal: &mut watch::Receiver<bool>,
+) -> Result<PgConnection, bool> {
+    let limit = policy.limits.max_outage;
+    let left = link
+        .down
+        .as_ref()
+        .map_or(limit, |d| limit.saturating_sub(d.since.elapsed()));
+    tracing::warn!(
+        job = %job,
+        "the database is unreachable: waiting up to {} (limits.max_outage) to record how the run ended; \
+         every committed batch is safe. SIGINT/SIGTERM again exits now without recording it \
+         (the next `pacer run` resumes after the last committed batch)",
+        fmt_dur(left)
+    );
+    tokio::select! {
+        c = link.wait_until_up(url, app, limit) => c.ok_or(false),
+        // A dropped sender (no signal handler) is no request: the branch
+        // is disabled, and the wait runs its course.
+        Ok(()) = stop_signal.changed() => Err(true),
+    }
 }

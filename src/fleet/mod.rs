@@ -189,10 +189,16 @@ pub async fn run(
         let mut lock_lost = false;
         tokio::select! {
             _ = tick.tick() => {}
-            r = stop.changed(), if !stopping && stop_open => {
+            r = stop.changed(), if stop_open => {
                 // A sender gone is no stop request (and must not wake this
                 // loop at every turn).
                 stop_open = r.is_ok();
+                // A request after the stop began goes on to the targets: it
+                // ends a wait for an unreachable database to record a
+                // target's end (see `executor::run`).
+                if stopping && stop_open {
+                    tstop_tx.send_replace(true);
+                }
             }
             Some(j) = cluster_tasks.join_next() => {
                 // A cluster's controller that cannot run leaves its
