@@ -451,7 +451,7 @@ async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(said, "no word of the wait for the database:\n{text}");
     assert!(
-        text.contains("SIGINT/SIGTERM again exits now without recording it"),
+        text.contains("A SIGINT/SIGTERM now exits without recording it"),
         "{text}"
     );
     assert!(

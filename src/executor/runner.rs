@@ -879,9 +879,9 @@ async fn serve_http(
 /// Waits, within `limits.max_outage`, for the database to come back so the
 /// run's end can be recorded, and says so: a run that has stopped taking
 /// batches and then sits silent for up to half an hour looks hung, and an
-/// operator kills it. A stop request (a second one, after the one that
-/// ended the run) ends the wait: every committed batch is safe, and the
-/// next `pacer run` resumes after the last one. `Err(true)` when a stop
+/// operator kills it. A stop request (after the one that ended the run,
+/// if one did) ends the wait: every committed batch is safe, and the next
+/// `pacer run` resumes after the last one. `Err(true)` when a stop
 /// request ended it, `Err(false)` when `max_outage` did.
 async fn wait_to_record(
     link: &mut Link,
@@ -896,13 +896,17 @@ async fn wait_to_record(
         .down
         .as_ref()
         .map_or(limit, |d| limit.saturating_sub(d.since.elapsed()));
-    tracing::warn!(
-        job = %job,
-        "the database is unreachable: waiting up to {} (limits.max_outage) to record how the run ended; \
-         every committed batch is safe. SIGINT/SIGTERM again exits now without recording it \
-         (the next `pacer run` resumes after the last committed batch)",
-        fmt_dur(left)
-    );
+    // Past max_outage already (the outage ended the run): one last try,
+    // nothing to wait for.
+    if !left.is_zero() {
+        tracing::warn!(
+            job = %job,
+            "the database is unreachable: waiting up to {} (limits.max_outage) to record how the run ended; \
+             every committed batch is safe. A SIGINT/SIGTERM now exits without recording it \
+             (the next `pacer run` resumes after the last committed batch)",
+            fmt_dur(left)
+        );
+    }
     tokio::select! {
         c = link.wait_until_up(url, app, limit) => c.ok_or(false),
         // A dropped sender (no signal handler) is no request: the branch
