@@ -108,6 +108,20 @@ fn spawn_logged(mut c: tokio::process::Command) -> (tokio::process::Child, PathB
     (c.spawn().unwrap(), path)
 }
 
+/// Table `t`: 30,000 rows whose `counter` each batch increments (a row
+/// applied twice shows as 2).
+async fn counters_table(url: &str) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id bigint PRIMARY KEY, counter integer NOT NULL DEFAULT 0, pad text);
+         INSERT INTO t (id, pad) SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    c.close().await.unwrap();
+}
+
 async fn counters_at(url: &str) -> Option<(i64, i64, i64)> {
     let mut c = tokio::time::timeout(Duration::from_secs(2), PgConnection::connect(url))
         .await
@@ -147,15 +161,7 @@ async fn status_of(policy: &Path) -> serde_json::Value {
 async fn a_restart_and_an_outage_are_pauses() {
     let cluster = Cluster::new();
     let url = cluster.url();
-    let mut c = PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE t (id bigint PRIMARY KEY, counter integer NOT NULL DEFAULT 0, pad text);
-         INSERT INTO t (id, pad) SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
-    c.close().await.unwrap();
+    counters_table(&url).await;
     let (_d, p) = policy(
         &url,
         &Spec {
@@ -418,15 +424,7 @@ fn signal(child: &tokio::process::Child, sig: &str) {
 async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
     let cluster = Cluster::new();
     let url = cluster.url();
-    let mut c = PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE t (id bigint PRIMARY KEY, counter integer NOT NULL DEFAULT 0, pad text);
-         INSERT INTO t (id, pad) SELECT g, md5(g::text) FROM generate_series(1, 30000) g;",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
-    c.close().await.unwrap();
+    counters_table(&url).await;
     let (_d, p) = policy(
         &url,
         &Spec {
