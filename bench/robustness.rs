@@ -37,8 +37,9 @@ struct Args {
     /// 11–20, tuning 1–10; at most 100 for report).
     #[arg(long)]
     seeds: Option<u64>,
-    /// Skip this many of the set's first seeds: `--skip 10 --seeds 10` runs
-    /// report seeds 21–30, fresh ones once 11–20 have been looked at.
+    /// Skip this many of the set's first seeds: `--skip 30 --seeds 10` runs
+    /// report seeds 41–50. docs/BENCHMARKS.md ("Held out") says which
+    /// report seeds earlier comparisons have looked at.
     #[arg(long, default_value_t = 0)]
     skip: u64,
     /// Worker threads (default: available cores).

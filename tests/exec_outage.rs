@@ -122,6 +122,21 @@ async fn counters_table(url: &str) {
     c.close().await.unwrap();
 }
 
+/// `pacer run` (rate-capped) on `counters_table` with `spec`, once it has
+/// done 3,000 rows: the policy's directory and path, the child, its log.
+async fn started(
+    url: &str,
+    spec: &Spec<'_>,
+) -> (tempfile::TempDir, PathBuf, tokio::process::Child, PathBuf) {
+    let (dir, p) = policy(url, spec);
+    let (child, log) = spawn_logged(capped(pacer(&["run"], &p)));
+    assert!(
+        wait_counters(url, Duration::from_secs(20), |c| c.1 > 3000).await,
+        "the job did not start"
+    );
+    (dir, p, child, log)
+}
+
 async fn counters_at(url: &str) -> Option<(i64, i64, i64)> {
     let mut c = tokio::time::timeout(Duration::from_secs(2), PgConnection::connect(url))
         .await
@@ -162,7 +177,7 @@ async fn a_restart_and_an_outage_are_pauses() {
     let cluster = Cluster::new();
     let url = cluster.url();
     counters_table(&url).await;
-    let (_d, p) = policy(
+    let (_d, p, mut child, log) = started(
         &url,
         &Spec {
             batch: (300, 100, 500),
@@ -170,13 +185,9 @@ async fn a_restart_and_an_outage_are_pauses() {
             max_retries: 2,
             ..Spec::default()
         },
-    );
+    )
+    .await;
     let listen = listen_of(&p);
-    let (mut child, log) = spawn_logged(capped(pacer(&["run"], &p)));
-    assert!(
-        wait_counters(&url, Duration::from_secs(20), |c| c.1 > 3000).await,
-        "the job did not start"
-    );
 
     // 1. Restart with -m immediate: in-flight batches die mid-transaction
     //    or mid-COMMIT.
@@ -425,18 +436,14 @@ async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
     let cluster = Cluster::new();
     let url = cluster.url();
     counters_table(&url).await;
-    let (_d, p) = policy(
+    let (_d, p, mut child, log) = started(
         &url,
         &Spec {
             batch: (300, 100, 500),
             ..Spec::default()
         },
-    );
-    let (mut child, log) = spawn_logged(capped(pacer(&["run"], &p)));
-    assert!(
-        wait_counters(&url, Duration::from_secs(20), |c| c.1 > 3000).await,
-        "the job did not start"
-    );
+    )
+    .await;
     cluster.pg_ctl(&["-w", "-m", "fast", "stop"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(&child, "-TERM");
