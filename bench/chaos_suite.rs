@@ -685,6 +685,15 @@ fn decision_after(log: &Path, action: &str, t: DateTime<Utc>) -> Option<(f64, St
     })
 }
 
+/// The first log line at or after `t` whose message starts with `prefix`.
+fn message_after(log: &Path, prefix: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let t = t - chrono::TimeDelta::milliseconds(1);
+    events(log).into_iter().find_map(|v| {
+        let when = at(&v)?;
+        (when >= t && v["message"].as_str()?.starts_with(prefix)).then_some(when)
+    })
+}
+
 fn log_has(log: &Path, needle: &str) -> bool {
     std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -1096,13 +1105,25 @@ async fn wait_decision(
 /// pause decision after the injection, then (if paused) the resume
 /// decision after it, and the first batch committed after both the end of
 /// the fault and the resume.
+/// What a fault should make pacer do before it carries on.
+#[derive(Clone, Copy, PartialEq)]
+enum Expect {
+    Pause,
+    /// A pause, or, when the loss is found while the tick's records are
+    /// written, the workers held and a reconnect before the next decision
+    /// ("database reachable again"): no pause decision then.
+    PauseOrReconnect,
+    NoPause,
+}
+
 async fn paused_and_resumed(
     s: &Scene<'_>,
     out: &mut Outcome,
     injected: DateTime<Utc>,
     undone: DateTime<Utc>,
-    expect_pause: bool,
+    expect: Expect,
 ) {
+    let expect_pause = expect != Expect::NoPause;
     let limit = if expect_pause {
         Duration::from_secs(15)
     } else {
@@ -1123,6 +1144,11 @@ async fn paused_and_resumed(
                 }
                 None => out.problem("no resume decision within 60 s of the pause"),
             }
+        }
+        None if expect == Expect::PauseOrReconnect
+            && message_after(s.log(), "database reachable again", injected).is_some() =>
+        {
+            out.did = "held its workers and reconnected before its next decision".into();
         }
         None if expect_pause => {
             out.problem("no pause decision in pacer's log");
@@ -1199,7 +1225,7 @@ async fn restart(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Outcome> {
         .pg_ctl(&["-w", "-m", "immediate", "restart"])
         .await?;
     let undone = Utc::now();
-    paused_and_resumed(&s, &mut out, injected, undone, true).await;
+    paused_and_resumed(&s, &mut out, injected, undone, Expect::Pause).await;
     if log_has(s.log(), "the database server restarted") {
         out.did = out.did.replacen(
             "; resumed",
@@ -1235,7 +1261,7 @@ async fn outage(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Outcome> {
     );
     cluster.start().await?;
     let undone = Utc::now();
-    paused_and_resumed(&s, &mut out, injected, undone, true).await;
+    paused_and_resumed(&s, &mut out, injected, undone, Expect::Pause).await;
     if log_has(s.log(), "database unreachable: connection refused") {
         out.did = out.did.replacen(
             "; resumed",
@@ -1298,7 +1324,12 @@ async fn terminate(cfg: &Config, cluster: &Cluster, control: bool) -> anyhow::Re
     let undone = Utc::now();
     out.notes.push(format!("{killed} backend(s) terminated"));
     out.check(killed > 0, "no backend to terminate");
-    paused_and_resumed(&s, &mut out, injected, undone, control).await;
+    let expect = if control {
+        Expect::PauseOrReconnect
+    } else {
+        Expect::NoPause
+    };
+    paused_and_resumed(&s, &mut out, injected, undone, expect).await;
     if control {
         out.check(
             log_has(s.log(), "control connection lost"),
@@ -1368,7 +1399,7 @@ async fn read_only(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Outcome> {
                 "pacer gave up (exit {code:?}) on a read-only primary instead of pausing; re-run by hand to finish"
             ));
         }
-        None => paused_and_resumed(&s, &mut out, injected, undone, true).await,
+        None => paused_and_resumed(&s, &mut out, injected, undone, Expect::Pause).await,
     }
     live.finish(&mut out).await;
     s.finish(child, &mut out).await?;
@@ -1462,7 +1493,7 @@ async fn prometheus(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Vec<Outco
         tokio::time::sleep(cfg.prom_fault).await;
         prom.set(PROM_OK);
         let undone = Utc::now();
-        paused_and_resumed(&s, &mut o, injected, undone, true).await;
+        paused_and_resumed(&s, &mut o, injected, undone, Expect::Pause).await;
         if let Some(p) = o.pause_s {
             let grace = 2.0;
             o.check(
@@ -1579,7 +1610,7 @@ async fn frozen(cfg: &Config, cluster: &Cluster) -> anyhow::Result<Outcome> {
     out.check(child.try_wait()?.is_none(), "pacer exited while frozen");
     let undone = Utc::now();
     signal(pid, "-CONT");
-    paused_and_resumed(&s, &mut out, injected, undone, false).await;
+    paused_and_resumed(&s, &mut out, injected, undone, Expect::NoPause).await;
     let log = s.log();
     let mut did = Vec::new();
     if log_has(log, "idle-in-transaction timeout") {

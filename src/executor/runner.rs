@@ -273,6 +273,17 @@ pub async fn run(
     let mut unrecorded: Vec<crate::controller::Decision> = Vec::new();
     let mut vacuum = super::vacuum::Watch::new(policy.job.vacuum, &url, &job, &target.table_q);
     loop {
+        // A loss found after the tick's decision (writing its records)
+        // holds the workers now, as its WARN says, not from the next tick:
+        // that tick may reconnect at once, and the pause decision never
+        // comes (the log then says "database reachable again" instead).
+        if let Some(d) = &link.down {
+            engine
+                .lock()
+                .await
+                .job
+                .handle_link_down(Instant::now(), d.cause.clone());
+        }
         tokio::select! {
             _ = tick.tick() => {}
             r = workers.join_next(), if !workers.is_empty() => {
