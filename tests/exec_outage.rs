@@ -124,11 +124,21 @@ async fn counters_table(url: &str) {
 
 /// `pacer run` (rate-capped) on `counters_table` with `spec`, once it has
 /// done 3,000 rows: the policy's directory and path, the child, its log.
+/// As a `fleet`, the same job is the one `[[target]]` of a fleet policy.
 async fn started(
     url: &str,
     spec: &Spec<'_>,
+    fleet: bool,
 ) -> (tempfile::TempDir, PathBuf, tokio::process::Child, PathBuf) {
     let (dir, p) = policy(url, spec);
+    if fleet {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let db = format!("[database]\nurl = \"{url}\"\n");
+        assert!(text.contains(&db), "{text}");
+        let text =
+            text.replace(&db, "") + &format!("\n[[target]]\nname = \"one\"\nurl = \"{url}\"\n");
+        std::fs::write(&p, text).unwrap();
+    }
     let (child, log) = spawn_logged(capped(pacer(&["run"], &p)));
     assert!(
         wait_counters(url, Duration::from_secs(20), |c| c.1 > 3000).await,
@@ -185,6 +195,7 @@ async fn a_restart_and_an_outage_are_pauses() {
             max_retries: 2,
             ..Spec::default()
         },
+        false,
     )
     .await;
     let listen = listen_of(&p);
@@ -433,6 +444,17 @@ fn signal(child: &tokio::process::Child, sig: &str) {
 /// finishes every row exactly once.
 #[tokio::test]
 async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
+    second_stop_ends_the_wait(false).await;
+}
+
+/// The same in a fleet: the fleet runner passes the second SIGTERM on to
+/// its targets (it reports the target failed: its end is not recorded).
+#[tokio::test]
+async fn a_second_stop_ends_a_fleet_targets_wait_for_its_database() {
+    second_stop_ends_the_wait(true).await;
+}
+
+async fn second_stop_ends_the_wait(fleet: bool) {
     let cluster = Cluster::new();
     let url = cluster.url();
     counters_table(&url).await;
@@ -442,6 +464,7 @@ async fn a_second_stop_ends_the_wait_for_a_database_that_is_down() {
             batch: (300, 100, 500),
             ..Spec::default()
         },
+        fleet,
     )
     .await;
     cluster.pg_ctl(&["-w", "-m", "fast", "stop"]);

@@ -154,10 +154,15 @@ impl std::fmt::Display for Cause {
                 expr,
                 baseline,
             } => {
+                // For slow, the estimate is what crossed; the raw reading
+                // beside it. A stop is judged on raw readings and on the
+                // estimate: a raw reading at or below stop beside it means
+                // the estimate crossed ("0.00793 > stop 0.00896" was
+                // printed for a stop the estimate, 0.0106, had called).
+                let crossed_by_estimate =
+                    |e: f64| *level == "slow" || (*value <= *threshold && e > *threshold);
                 match estimate {
-                    // For slow, the estimate is what crossed; the raw
-                    // reading beside it. A stop is judged on raw readings.
-                    Some(e) if *level == "slow" && num(*e) != num(*value) => write!(
+                    Some(e) if crossed_by_estimate(*e) && num(*e) != num(*value) => write!(
                         f,
                         "{signal} {} (estimate; raw {}) > {level} {}",
                         num(*e),

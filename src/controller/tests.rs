@@ -270,6 +270,28 @@ fn a_zero_reading_beside_its_estimate_formats() {
     assert_eq!(c.to_string(), "replica_lag 1.5 (estimate; raw 0) > slow 1");
 }
 
+/// A stop the estimate called (it stayed above stop for `stop_for`) while
+/// the last raw reading was below stop names the estimate: the line once
+/// read "live_p95 0.00793 > stop 0.00896", a false inequality. A stop on
+/// raw readings still shows the raw one.
+#[test]
+fn a_stop_called_by_the_estimate_names_the_estimate() {
+    let cause = |value: f64| Cause::Signal {
+        signal: "live_p95".into(),
+        value,
+        estimate: Some(0.0106),
+        level: "stop",
+        threshold: 0.00896,
+        expr: None,
+        baseline: None,
+    };
+    assert_eq!(
+        cause(0.00793).to_string(),
+        "live_p95 0.0106 (estimate; raw 0.00793) > stop 0.00896"
+    );
+    assert_eq!(cause(0.0121).to_string(), "live_p95 0.0121 > stop 0.00896");
+}
+
 /// A signal that stays up through a pause long enough for pacer's own
 /// effect to have left it is flagged (the operator hears why waiting may
 /// not end); one that comes down, even slowly (a replica working off a
