@@ -98,8 +98,9 @@ struct Args {
     /// Traffic before the baseline, not judged.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     warmup: Duration,
-    /// Traffic with no backfill whose p95 is the run's normal: the judge's,
-    /// and pacer's (the policy's `[baseline] window` is set to it).
+    /// Traffic with no backfill that sets the run's normal p95: the judge's
+    /// (the median of its 10 s window p95s), and pacer's (the policy's
+    /// `[baseline] window` is set to it).
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     baseline: Duration,
     /// How long each strategy runs.
