@@ -670,13 +670,18 @@ fn at(v: &serde_json::Value) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-/// The first decision with this action at or after `t`.
-fn decision_after(log: &Path, action: &str, t: DateTime<Utc>) -> Option<(f64, String)> {
+/// The first log event at or after `t` that `pick` accepts: seconds from
+/// `t`, and its message.
+fn first_after(
+    log: &Path,
+    t: DateTime<Utc>,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<(f64, String)> {
     // Log timestamps have millisecond precision.
     let t = t - chrono::TimeDelta::milliseconds(1);
     events(log).into_iter().find_map(|v| {
         let when = at(&v)?;
-        (v["action"] == action && when >= t).then(|| {
+        (when >= t && pick(&v)).then(|| {
             (
                 secs(when - t),
                 v["message"].as_str().unwrap_or("").to_string(),
@@ -685,12 +690,15 @@ fn decision_after(log: &Path, action: &str, t: DateTime<Utc>) -> Option<(f64, St
     })
 }
 
+/// The first decision with this action at or after `t`.
+fn decision_after(log: &Path, action: &str, t: DateTime<Utc>) -> Option<(f64, String)> {
+    first_after(log, t, |v| v["action"] == action)
+}
+
 /// The first log line at or after `t` whose message starts with `prefix`.
-fn message_after(log: &Path, prefix: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let t = t - chrono::TimeDelta::milliseconds(1);
-    events(log).into_iter().find_map(|v| {
-        let when = at(&v)?;
-        (when >= t && v["message"].as_str()?.starts_with(prefix)).then_some(when)
+fn message_after(log: &Path, prefix: &str, t: DateTime<Utc>) -> Option<(f64, String)> {
+    first_after(log, t, |v| {
+        v["message"].as_str().is_some_and(|m| m.starts_with(prefix))
     })
 }
 

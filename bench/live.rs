@@ -499,27 +499,39 @@ fn unix_us(t: SystemTime) -> u128 {
         .unwrap_or(0)
 }
 
-/// The whole machine's CPU time counters (/proc/stat, first line: user,
-/// nice, system, idle, iowait, irq, softirq, steal, ...), in jiffies.
-fn cpu_fields() -> Vec<u64> {
+/// The whole machine's CPU time, in jiffies (/proc/stat, first line:
+/// user, nice, system, idle, iowait, irq, softirq, steal, ...).
+struct CpuTimes {
+    busy: u64,
+    total: u64,
+    steal: u64,
+}
+
+fn cpu_times() -> CpuTimes {
     let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    s.lines()
+    let v: Vec<u64> = s
+        .lines()
         .next()
         .unwrap_or("")
         .split_whitespace()
         .skip(1)
         .filter_map(|x| x.parse().ok())
-        .collect()
+        .collect();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // guest and guest_nice (fields 9 and 10) are already counted in user
+    // and nice.
+    let total: u64 = v.iter().take(8).sum();
+    CpuTimes {
+        busy: total - at(3) - at(4),
+        total,
+        steal: at(7),
+    }
 }
 
 /// Busy and total jiffies of the whole machine.
 fn cpu_jiffies() -> (u64, u64) {
-    let v = cpu_fields();
-    // guest and guest_nice (fields 9 and 10) are already counted in user
-    // and nice.
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    let c = cpu_times();
+    (c.busy, c.total)
 }
 
 /// (unix µs, steal jiffies, total jiffies), once a second.
@@ -529,12 +541,10 @@ async fn sample_steal(log: StealLog, stop: Arc<AtomicBool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
-        let v = cpu_fields();
-        let total: u64 = v.iter().take(8).sum();
-        let steal = v.get(7).copied().unwrap_or(0);
+        let c = cpu_times();
         log.lock()
             .unwrap()
-            .push((unix_us(SystemTime::now()), steal, total));
+            .push((unix_us(SystemTime::now()), c.steal, c.total));
     }
 }
 
@@ -1004,9 +1014,10 @@ fn judge(
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     let (b0, t0us) = (unix_us(base_start), unix_us(t0));
+    let win_us = u128::from(WINDOW) * 1_000_000;
     let n = (a.duration.as_secs() / WINDOW) as usize;
     let mut base = Vec::new();
-    let nb = ((t0us.saturating_sub(b0)) / (u128::from(WINDOW) * 1_000_000)).max(1) as usize;
+    let nb = (t0us.saturating_sub(b0) / win_us).max(1) as usize;
     let mut base_wins: Vec<Vec<f64>> = vec![Vec::new(); nb];
     let mut wins: Vec<(Vec<f64>, usize)> = vec![(Vec::new(), 0); n];
     for line in text.lines().skip(1) {
@@ -1020,10 +1031,10 @@ fn judge(
         let l = l / 1e6;
         if s >= b0 && s < t0us {
             base.push(l);
-            let w = ((s - b0) / (u128::from(WINDOW) * 1_000_000)) as usize;
+            let w = ((s - b0) / win_us) as usize;
             base_wins[w.min(nb - 1)].push(l);
         } else if s >= t0us {
-            let w = ((s - t0us) / (u128::from(WINDOW) * 1_000_000)) as usize;
+            let w = ((s - t0us) / win_us) as usize;
             if w < n {
                 wins[w].0.push(l);
                 if *ok != "1" {
@@ -1048,7 +1059,6 @@ fn judge(
             .collect(),
     );
     let (sa, sf) = (a.surge_at.as_secs(), a.surge_for.as_secs());
-    let win_us = u128::from(WINDOW) * 1_000_000;
     let stolen: Vec<f64> = (0..=n as u128)
         .map(|i| {
             // Index 0 is the window before the backfill's first.

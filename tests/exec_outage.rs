@@ -122,14 +122,16 @@ async fn counters_table(url: &str) {
     c.close().await.unwrap();
 }
 
-/// `pacer run` (rate-capped) on `counters_table` with `spec`, once it has
-/// done 3,000 rows: the policy's directory and path, the child, its log.
-/// As a `fleet`, the same job is the one `[[target]]` of a fleet policy.
+/// `pacer run` (rate-capped) with `spec` on a fresh `counters_table`,
+/// once it has done 3,000 rows: the policy's directory and path, the
+/// child, its log. As a `fleet`, the same job is the one `[[target]]` of a
+/// fleet policy.
 async fn started(
     url: &str,
     spec: &Spec<'_>,
     fleet: bool,
 ) -> (tempfile::TempDir, PathBuf, tokio::process::Child, PathBuf) {
+    counters_table(url).await;
     let (dir, p) = policy(url, spec);
     if fleet {
         let text = std::fs::read_to_string(&p).unwrap();
@@ -186,7 +188,6 @@ async fn status_of(policy: &Path) -> serde_json::Value {
 async fn a_restart_and_an_outage_are_pauses() {
     let cluster = Cluster::new();
     let url = cluster.url();
-    counters_table(&url).await;
     let (_d, p, mut child, log) = started(
         &url,
         &Spec {
@@ -457,7 +458,6 @@ async fn a_second_stop_ends_a_fleet_targets_wait_for_its_database() {
 async fn second_stop_ends_the_wait(fleet: bool) {
     let cluster = Cluster::new();
     let url = cluster.url();
-    counters_table(&url).await;
     let (_d, p, mut child, log) = started(
         &url,
         &Spec {
@@ -470,12 +470,7 @@ async fn second_stop_ends_the_wait(fleet: bool) {
     cluster.pg_ctl(&["-w", "-m", "fast", "stop"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     signal(&child, "-TERM");
-    let said = wait_until(Duration::from_secs(20), || async {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("waiting up to")
-    })
-    .await;
+    let said = log_says(&log, "waiting up to", Duration::from_secs(20)).await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(said, "no word of the wait for the database:\n{text}");
     assert!(

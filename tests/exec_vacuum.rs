@@ -126,14 +126,11 @@ async fn off_says_what_would_clear_it_and_waits(pool: PgPool) {
         std::fs::File::create(&log_path).unwrap(),
     ));
     let mut child = cmd.spawn().unwrap();
-    let said = wait_until(Duration::from_secs(60), || {
-        let p = log_path.clone();
-        async move {
-            std::fs::read_to_string(&p)
-                .unwrap_or_default()
-                .contains("(or job.vacuum = \"when-stuck\"")
-        }
-    })
+    let said = log_says(
+        &log_path,
+        "(or job.vacuum = \"when-stuck\"",
+        Duration::from_secs(60),
+    )
     .await;
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(said, "{log}");

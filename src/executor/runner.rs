@@ -670,14 +670,23 @@ pub async fn run(
     let epoch = link.epoch;
     let mut ctl = match link.conn.take() {
         Some(c) => c,
-        None => match wait_to_record(&mut link, &url, &app, policy, &job, &mut stop_signal).await {
+        None => match wait_to_record(
+            &mut link,
+            &url,
+            &app,
+            policy.limits.max_outage,
+            &job,
+            &mut stop_signal,
+        )
+        .await
+        {
             Ok(c) => c,
-            Err(skipped) => {
+            Err(gave_up) => {
                 let _ = shutdown(server).await;
                 let cause = link.down.map(|d| d.cause).unwrap_or_default();
                 let why = match &end {
                     Some(End::Failed(msg)) => msg.clone(),
-                    _ if skipped => format!(
+                    _ if gave_up == GaveUp::StopRequested => format!(
                         "a stop request ended the wait for the database to record how the run ended ({cause})"
                     ),
                     _ => format!(
@@ -892,17 +901,15 @@ async fn serve_http(
 /// batches and then sits silent for up to half an hour looks hung, and an
 /// operator kills it. A stop request (after the one that ended the run,
 /// if one did) ends the wait: every committed batch is safe, and the next
-/// `pacer run` resumes after the last one. `Err(true)` when a stop
-/// request ended it, `Err(false)` when `max_outage` did.
+/// `pacer run` resumes after the last one.
 async fn wait_to_record(
     link: &mut Link,
     url: &str,
     app: &str,
-    policy: &Policy,
+    limit: std::time::Duration,
     job: &str,
     stop_signal: &mut watch::Receiver<bool>,
-) -> Result<PgConnection, bool> {
-    let limit = policy.limits.max_outage;
+) -> Result<PgConnection, GaveUp> {
     let left = link
         .down
         .as_ref()
@@ -919,9 +926,16 @@ async fn wait_to_record(
         );
     }
     tokio::select! {
-        c = link.wait_until_up(url, app, limit) => c.ok_or(false),
+        c = link.wait_until_up(url, app, limit) => c.ok_or(GaveUp::MaxOutage),
         // A dropped sender (no signal handler) is no request: the branch
         // is disabled, and the wait runs its course.
-        Ok(()) = stop_signal.changed() => Err(true),
+        Ok(()) = stop_signal.changed() => Err(GaveUp::StopRequested),
     }
+}
+
+/// Why `wait_to_record` gave up on the database.
+#[derive(Debug, PartialEq)]
+enum GaveUp {
+    MaxOutage,
+    StopRequested,
 }

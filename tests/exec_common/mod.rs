@@ -247,6 +247,16 @@ where
     false
 }
 
+/// Whether the log file at `path` says `needle` within `limit`.
+pub async fn log_says(path: &std::path::Path, needle: &str, limit: Duration) -> bool {
+    wait_until(limit, || async {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(needle)
+    })
+    .await
+}
+
 /// Deterministic pseudo-random numbers for seeded crash moments.
 pub struct Rng(pub u64);
 
