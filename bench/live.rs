@@ -22,7 +22,8 @@
 //!
 //! Strategies: `none` (the traffic's own noise), `pacer` (the policy
 //! `--policy`, by default policies/demo-live.toml, pointed at the run's
-//! table), and `loop:B/SLEEP/N` — a plain client loop independent of pacer's
+//! table; `pacer@PATH` runs the pacer binary at PATH instead of `--pacer`,
+//! to compare two builds in one rotation), and `loop:B/SLEEP/N` — a plain client loop independent of pacer's
 //! executor: N sessions, each walking its own key range, one UPDATE of the
 //! next B pending rows per statement, SLEEP between statements. The
 //! conservative loop is `loop:500/200ms/1`. Rounds alternate the strategies
@@ -63,7 +64,8 @@ struct Args {
     /// are; job, table and addresses are replaced by the run's own.
     #[arg(long, default_value = "policies/demo-live.toml")]
     policy: PathBuf,
-    /// Strategies, comma-separated: none, pacer, loop:BATCH/SLEEP/SESSIONS.
+    /// Strategies, comma-separated: none, pacer, pacer@PATH (another pacer
+    /// binary, to compare builds), loop:BATCH/SLEEP/SESSIONS.
     #[arg(
         long,
         value_delimiter = ',',
@@ -144,7 +146,8 @@ struct Args {
 #[derive(Debug, Clone, PartialEq)]
 enum Strategy {
     None,
-    Pacer,
+    /// `--pacer`, or the binary at this path.
+    Pacer(Option<PathBuf>),
     Loop {
         batch: i64,
         sleep: Duration,
@@ -156,10 +159,19 @@ impl Strategy {
     fn parse(s: &str) -> anyhow::Result<Strategy> {
         match s.trim() {
             "none" => Ok(Strategy::None),
-            "pacer" => Ok(Strategy::Pacer),
+            "pacer" => Ok(Strategy::Pacer(None)),
             other => {
+                if let Some(path) = other.strip_prefix("pacer@") {
+                    let bin = PathBuf::from(path);
+                    if !bin.is_file() {
+                        bail!("strategy {other:?}: no pacer binary at {path:?}");
+                    }
+                    return Ok(Strategy::Pacer(Some(bin)));
+                }
                 let spec = other.strip_prefix("loop:").with_context(|| {
-                    format!("strategy {other:?}: expected none, pacer or loop:BATCH/SLEEP/SESSIONS")
+                    format!(
+                        "strategy {other:?}: expected none, pacer, pacer@PATH or loop:BATCH/SLEEP/SESSIONS"
+                    )
                 })?;
                 let parts: Vec<&str> = spec.split('/').collect();
                 let [b, s, n] = parts[..] else {
@@ -190,7 +202,8 @@ impl Strategy {
     fn label(&self) -> String {
         match self {
             Strategy::None => "none".into(),
-            Strategy::Pacer => "pacer".into(),
+            Strategy::Pacer(None) => "pacer".into(),
+            Strategy::Pacer(Some(bin)) => format!("pacer@{}", bin.display()),
             Strategy::Loop {
                 batch,
                 sleep,
@@ -715,9 +728,10 @@ async fn run_one(
             tokio::time::sleep(a.duration).await;
             0
         }
-        Strategy::Pacer => {
+        Strategy::Pacer(bin) => {
             // Its rows are counted in the table below, like everyone's.
-            pauses = run_pacer(a, &name, &table, t0i + a.duration).await?;
+            let bin = bin.as_ref().unwrap_or(&a.pacer);
+            pauses = run_pacer(a, bin, &name, &table, t0i + a.duration).await?;
             0
         }
         Strategy::Loop {
@@ -755,7 +769,7 @@ async fn run_one(
     )))
     .fetch_one(db)
     .await?;
-    if strategy != &Strategy::Pacer && done != counted && a.scenario == "separate" {
+    if !matches!(strategy, Strategy::Pacer(_)) && done != counted && a.scenario == "separate" {
         eprintln!("live: {name}: the loop counted {done} rows, the table has {counted}");
     }
     // Statistics reach pg_stat_user_tables when a backend flushes them
@@ -857,7 +871,13 @@ async fn heartbeat(
 
 /// pacer under the policy `--policy`, pointed at this run's table; SIGTERM
 /// at the deadline (in-flight batches commit). Returns its pauses.
-async fn run_pacer(a: &Args, name: &str, table: &str, deadline: Instant) -> anyhow::Result<usize> {
+async fn run_pacer(
+    a: &Args,
+    bin: &Path,
+    name: &str,
+    table: &str,
+    deadline: Instant,
+) -> anyhow::Result<usize> {
     let text = std::fs::read_to_string(&a.policy)
         .with_context(|| format!("reading {}", a.policy.display()))?;
     let mut p: toml::Table = text
@@ -902,7 +922,7 @@ async fn run_pacer(a: &Args, name: &str, table: &str, deadline: Instant) -> anyh
     let policy = a.out.join(format!("{name}.toml"));
     std::fs::write(&policy, toml::to_string(&p)?)?;
     let log = std::fs::File::create(a.out.join(format!("{name}-pacer.log")))?;
-    let mut child: Child = Command::new(&a.pacer)
+    let mut child: Child = Command::new(bin)
         .arg("run")
         .arg("--policy")
         .arg(&policy)
@@ -910,7 +930,7 @@ async fn run_pacer(a: &Args, name: &str, table: &str, deadline: Instant) -> anyh
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("starting {}", a.pacer.display()))?;
+        .with_context(|| format!("starting {}", bin.display()))?;
     tokio::select! {
         st = child.wait() => {
             let st = st?;

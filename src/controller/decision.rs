@@ -140,6 +140,19 @@ pub enum Cause {
         #[serde(with = "humantime_serde")]
         calm_for: Duration,
     },
+    /// A new raw reading well above slow while the estimate is not: no
+    /// growth for `hold`, the signal's delay.
+    RawAboveSlow {
+        signal: String,
+        value: f64,
+        estimate: f64,
+        threshold: f64,
+        /// The signal's measured noise (one standard deviation; 0 until
+        /// measured or on a clean signal).
+        noise: f64,
+        #[serde(with = "humantime_serde")]
+        hold: Duration,
+    },
 }
 
 impl std::fmt::Display for Cause {
@@ -206,6 +219,25 @@ impl std::fmt::Display for Cause {
             Cause::Manual { by, reason } => write!(f, "paused by {by}: {reason}"),
             Cause::Window { window } => write!(f, "window {window}"),
             Cause::Calm { calm_for } => write!(f, "all signals calm for {}", fmt_dur(*calm_for)),
+            Cause::RawAboveSlow {
+                signal,
+                value,
+                estimate,
+                threshold,
+                noise,
+                hold,
+            } => {
+                write!(f, "{signal} raw {} > slow {}", num(*value), num(*threshold))?;
+                if *noise > 0.0 {
+                    write!(f, " by more than twice its noise ±{}", num(*noise))?;
+                }
+                write!(
+                    f,
+                    ", estimate {} not yet: no growth for {}",
+                    num(*estimate),
+                    fmt_dur(*hold)
+                )
+            }
         }
     }
 }
@@ -333,6 +365,17 @@ impl Decision {
                 self.action,
                 Action::Pause | Action::Resume | Action::Decrease | Action::Clamp
             )
+    }
+
+    /// A hold that starts a pause in growth (a reading well above slow
+    /// the estimate has not taken in yet): it changes no knob, but an
+    /// operator watching the rate stop rising needs the line.
+    pub fn holds_growth(&self) -> bool {
+        self.action == Action::Hold
+            && self
+                .causes
+                .iter()
+                .any(|c| matches!(c, Cause::RawAboveSlow { .. }))
     }
 
     /// A batch-level hiccup's answer: smaller batches at the same rate, a

@@ -178,6 +178,12 @@ impl Estimator {
         self.value
     }
 
+    /// Whether the last reading folded in was a new sample, not a
+    /// Prometheus value repeated between scrapes.
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
     /// Whether the estimate rests on enough of its span to judge slow and
     /// growth by: half the counting window, or half the EWMA's time
     /// constant, since the first reading. Before that the estimate is one

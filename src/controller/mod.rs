@@ -147,6 +147,11 @@ const NEAR_CUT_STEP: f64 = 0.1;
 /// of efficiency; 0.25 cost twice that for no more safety.
 const HEADROOM_FLOOR: f64 = 0.5;
 
+/// A new raw reading this many of its signal's standard deviations above
+/// slow, while the estimate is still at or below it, holds growth for the
+/// signal's delay (see `Controller::guard_until`).
+const GUARD_SIGMAS: f64 = 2.0;
+
 /// Where the batch size puts a lock-bound signal, as a share of its slow
 /// level (see `Controller::lock_batch`).
 const LOCK_AIM: f64 = 0.5;
@@ -293,6 +298,14 @@ pub struct Controller {
     rate_at_cut: Option<f64>,
     /// Last rate-neutral batch shrink after a batch-level hiccup.
     last_resize: Option<Time>,
+    /// No growth before this: a new raw reading came in well above slow
+    /// while the estimate was still below it. The estimate trails the
+    /// readings by the smoothing, and growth by the full bound through
+    /// that lag carried the live p95 past stop at the knee of the latency
+    /// curve before the estimate reached slow (docs/BENCHMARKS.md, live
+    /// rounds of 2026-12-06). Growth waits until the estimate has taken
+    /// the reading in: a real rise then cuts, a noisy one is forgotten.
+    guard_until: Option<Time>,
 }
 
 impl Controller {
@@ -355,6 +368,7 @@ impl Controller {
             epoch_delay: Duration::ZERO,
             rate_at_cut: None,
             last_resize: None,
+            guard_until: None,
         })
     }
 
@@ -445,6 +459,8 @@ impl Controller {
         let mut deeper = false;
         // Every slow signal is still on its way down from the last cut.
         let mut explained = true;
+        // Calm signals with a new raw reading well above slow.
+        let mut guarded = Vec::new();
         for (i, sig) in self.signals.iter().enumerate() {
             let reading = inputs.readings.get(i);
             let fresh = reading.and_then(|r| {
@@ -534,12 +550,38 @@ impl Controller {
                         }
                         _ => {
                             track.excess_at_cut = None;
+                            let noise = track.est.sigma().unwrap_or(0.0);
+                            if let (Some(slow), Smoothing::Ewma { .. }) = (sig.slow, sig.smoothing)
+                                && track.est.fresh()
+                                && v > slow + GUARD_SIGMAS * noise
+                            {
+                                guarded.push((i, v, e, slow, noise));
+                            }
                             Class::Calm
                         }
                     }
                 }
             };
             classes.push(class);
+        }
+        for (i, value, estimate, threshold, noise) in guarded {
+            let hold = self.delay_now(i);
+            let until = later(now, hold);
+            // Only a new hold is named: a reading that extends one already
+            // running would otherwise put a line in the log every scrape.
+            let new_hold = self.guard_until.is_none_or(|g| now >= g);
+            self.guard_until = Some(self.guard_until.map_or(until, |g| g.max(until)));
+            if !new_hold {
+                continue;
+            }
+            causes.push(Cause::RawAboveSlow {
+                signal: self.signals[i].name.clone(),
+                value,
+                estimate,
+                threshold,
+                noise,
+                hold,
+            });
         }
         let worst = classes.iter().copied().max().unwrap_or(Class::Calm);
         if worst == Class::Calm {
@@ -724,6 +766,7 @@ impl Controller {
             } else if worst == Class::Calm
                 && !inputs.app_limited
                 && self.hold_until.is_none_or(|h| now >= h)
+                && self.guard_until.is_none_or(|g| now >= g)
             {
                 self.grow(now, inputs, &caps);
                 (Action::Increase, State::Running)

@@ -726,3 +726,66 @@ fn a_reading_above_stop_discounted_as_noise_says_so() {
     assert!(!d.view.signals[0].within_noise);
     assert!(!d.view.signals_line().contains("not counted"));
 }
+
+/// A new reading well above slow while the estimate still trails below it
+/// holds growth until the estimate has taken it in (the signal's delay;
+/// each such reading extends the hold, and only its start is a log line):
+/// at the knee of a latency curve the estimate reached slow only after the
+/// reading had passed stop. A calm reading after that lets growth go on;
+/// the same day without the spike grows through it.
+#[test]
+fn a_raw_reading_above_slow_holds_growth_for_the_signal_delay() {
+    let p = lag_only(); // replica_lag: slow 2.0, a clean signal
+    let run = |spike: bool| {
+        let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+        let delay = c.levels()[0].delay.as_secs() as i64;
+        let decisions: Vec<Decision> = (0..60 + 2 * delay)
+            .map(|t| {
+                // Three readings well above slow: the first starts the
+                // hold, the next two extend it.
+                let lag = if spike && (60..63).contains(&t) {
+                    2.5
+                } else {
+                    0.1
+                };
+                let rows = c.knobs().batch_size;
+                c.step(at(t), &batch_tick(lag, t, 200, rows))
+            })
+            .collect();
+        (delay, decisions)
+    };
+    let grew = |d: &[Decision]| d.iter().filter(|d| d.action == Action::Increase).count();
+
+    let (delay, calm) = run(false);
+    let (_, spiked) = run(true);
+    let at_spike = &spiked[60];
+    assert_eq!(at_spike.state, State::Running, "{at_spike:?}");
+    assert!(
+        at_spike.view.signals[0].estimate.unwrap() <= 2.0,
+        "the estimate trails: {at_spike:?}"
+    );
+    assert_eq!(
+        at_spike.causes.first().map(|c| c.to_string()).as_deref(),
+        Some(
+            format!(
+                "replica_lag raw 2.5 > slow 2, estimate {} not yet: no growth for {}",
+                num(at_spike.view.signals[0].estimate.unwrap()),
+                fmt_dur(Duration::from_secs(delay as u64))
+            )
+            .as_str()
+        ),
+    );
+    assert!(at_spike.holds_growth(), "an INFO line: {at_spike:?}");
+    let held = &spiked[60..60 + delay as usize];
+    assert_eq!(grew(held), 0, "{held:?}");
+    assert!(
+        !held[1..].iter().any(Decision::holds_growth),
+        "one line per hold"
+    );
+    assert!(grew(&calm[60..60 + delay as usize]) > 0, "nothing to hold");
+    assert_eq!(grew(&spiked[60..62 + delay as usize]), 0, "extended");
+    assert!(
+        grew(&spiked[63 + delay as usize..]) > 0,
+        "growth goes on after the delay"
+    );
+}

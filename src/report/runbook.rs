@@ -436,7 +436,7 @@ fn slowdown_causes(h: &History) -> Vec<(String, u64)> {
                 }
                 Cause::Manual { .. } => "a manual request".to_string(),
                 Cause::Window { window } => format!("window `{window}`"),
-                Cause::Calm { .. } => continue,
+                Cause::Calm { .. } | Cause::RawAboveSlow { .. } => continue,
             };
             if seen.insert(key.clone()) {
                 *counts.entry(key).or_insert(0) += 1;

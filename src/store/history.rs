@@ -142,6 +142,14 @@ fn cause_from_json(v: &Value) -> Option<Cause> {
         "calm" => Cause::Calm {
             calm_for: d("calm_for"),
         },
+        "raw_above_slow" => Cause::RawAboveSlow {
+            signal: s("signal")?,
+            value: f("value")?,
+            estimate: f("estimate")?,
+            threshold: f("threshold")?,
+            noise: f("noise").unwrap_or(0.0),
+            hold: d("hold"),
+        },
         _ => return None,
     })
 }
