@@ -303,7 +303,7 @@ pub struct Controller {
     /// readings by the smoothing, and growth by the full bound through
     /// that lag carried the live p95 past stop at the knee of the latency
     /// curve before the estimate reached slow (docs/BENCHMARKS.md, live
-    /// rounds of 2026-12-06). Growth waits until the estimate has taken
+    /// rounds of 2026-12-06 and 2026-12-07). Growth waits until the estimate has taken
     /// the reading in: a real rise then cuts, a noisy one is forgotten.
     guard_until: Option<Time>,
 }

@@ -38,9 +38,10 @@ fn in_job<R>(job: &str, labels: &BTreeMap<String, String>, f: impl FnOnce() -> R
 }
 
 /// Log one decision: INFO when it changed anything (`Decision::changed`)
-/// or starts a hold on growth (`Decision::holds_growth`), DEBUG otherwise. The message is `Decision::summary()`; the fields are the
-/// state, the action, each knob before and after, and the causes as
-/// structured JSON (signal, value, level, threshold, baseline, ...).
+/// or starts a hold on growth (`Decision::holds_growth`), DEBUG otherwise.
+/// The message is `Decision::summary()`; the fields are the state, the
+/// action, each knob before and after, and the causes as structured JSON
+/// (signal, value, level, threshold, baseline, ...).
 /// Returns whether the line was an INFO line.
 pub fn log_decision(d: &Decision, job: &str, labels: &BTreeMap<String, String>) -> bool {
     let causes = serde_json::to_string(&d.causes).unwrap_or_else(|_| "[]".into());
