@@ -602,6 +602,40 @@ fn cli_text_logs_decisions_then_a_table() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scenario \"nope\""));
 }
 
+/// A hold on growth changes no knob, but `pacer run` logs it (an INFO
+/// `holding:` line) and so does the simulator; the history, like the
+/// store, keeps only the decisions that changed something.
+#[test]
+fn holds_on_growth_are_logged_but_not_kept_in_the_history() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args([
+            "simulate",
+            "--policy",
+            "policies/demo.toml",
+            "--scenario",
+            "replica-storm",
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("holding: replica_lag raw") && l.contains("no growth for")),
+        "no hold logged:\n{log}"
+    );
+    let h = sim::history(
+        &demo(),
+        &Model::builtin(),
+        &Scenario::load("replica-storm").unwrap(),
+        1,
+        None,
+    )
+    .unwrap();
+    assert!(h.decisions.iter().all(|d| d.changed() && !d.holds_growth()));
+}
+
 #[test]
 fn history_has_a_sample_per_tick_and_the_decisions() {
     let (policy, model, scenario) = (

@@ -289,6 +289,9 @@ pub struct Controller {
     /// Smoothed seconds per row, learned from batch outcomes.
     secs_per_row: Option<f64>,
     last_tick: Option<Time>,
+    /// The first tick: a cut within a signal's delay of it says nothing
+    /// about the backfill's rate.
+    started: Option<Time>,
     /// How long the current recovery epoch lasts at least: the delay of
     /// the signals that caused the cut (their readings before then still
     /// show the old rate).
@@ -365,6 +368,7 @@ impl Controller {
             batch_ceiling: None,
             secs_per_row: None,
             last_tick: None,
+            started: None,
             epoch_delay: Duration::ZERO,
             rate_at_cut: None,
             last_resize: None,
@@ -399,6 +403,22 @@ impl Controller {
     /// Effective rate of `k` with the learned time per row.
     pub fn rate_of(&self, k: &Knobs) -> f64 {
         k.rate(self.spr() * k.batch_size as f64)
+    }
+
+    /// The rate of `k` as the trouble spot growth approaches slowly; none
+    /// within 1.5 × the slowest the limits allow: the backfill can go no
+    /// slower, so trouble there is the traffic's own and says nothing
+    /// about where the backfill's starts (orders-status paused at 10 rows/s
+    /// when the simulated business day's capacity fell to nothing).
+    fn trouble_spot(&self, k: &Knobs) -> Option<f64> {
+        let l = &self.limits;
+        let least = Knobs {
+            batch_size: l.batch_size.min,
+            sleep: l.sleep.max,
+            workers: l.workers.min,
+        };
+        let rate = self.rate_of(k);
+        (rate > 1.5 * self.rate_of(&least)).then_some(rate)
     }
 
     /// Learned seconds per row, or a guess that puts the start batch at
@@ -446,6 +466,7 @@ impl Controller {
     /// One tick: classify the readings, apply the rules, return the decision.
     pub fn step(&mut self, now: Time, inputs: &Inputs) -> Decision {
         let before = self.knobs;
+        self.started.get_or_insert(now);
         let mut causes = Vec::new();
         // Batch time as known before this tick's batches: one outlier
         // folded in would make itself look sustained.
@@ -747,8 +768,20 @@ impl Controller {
                     }
                     // A signal's trouble marks a rate to approach slowly;
                     // a batch-level hiccup does not.
-                    if worst_slow_factor.is_some() {
-                        self.rate_at_cut = Some(self.rate_of(&before));
+                    //
+                    // Nor does a cut before the backfill has run for the
+                    // delay of the signals that asked for it: their
+                    // readings still describe the traffic without it (and
+                    // pacer's own start). Live, a cut 5 s into a run, on
+                    // the traffic's own noise, made the start rate the
+                    // spot, and growth crept additively from 1,500 to
+                    // 2,600 rows/s in three minutes.
+                    let ran_for = self
+                        .started
+                        .map(|s| (now - s).to_std().unwrap_or_default())
+                        .unwrap_or_default();
+                    if worst_slow_factor.is_some() && ran_for >= cause_delay {
+                        self.rate_at_cut = self.trouble_spot(&before);
                     }
                     for ((t, sig), c) in self.track.iter_mut().zip(&self.signals).zip(&classes) {
                         if let (Class::Slow, Some(slow), Some(e)) = (c, sig.slow, t.est.estimate())
@@ -1217,7 +1250,7 @@ impl Controller {
                 let base = if manual_or_window {
                     self.knobs
                 } else {
-                    self.rate_at_cut = Some(self.rate_of(&self.knobs));
+                    self.rate_at_cut = self.trouble_spot(&self.knobs);
                     self.last_calm_knobs
                 };
                 let at_pause = (!manual_or_window).then_some(self.knobs);

@@ -789,3 +789,39 @@ fn a_raw_reading_above_slow_holds_growth_for_the_signal_delay() {
         "growth goes on after the delay"
     );
 }
+
+/// A cut before the backfill has run for the delay of the signal that
+/// asked for it cuts, but marks no trouble spot: the readings still
+/// describe the traffic without the backfill. Later cuts mark one; the
+/// slowest knobs never do.
+#[test]
+fn a_cut_before_the_signal_delay_marks_no_trouble_spot() {
+    let p = lag_only();
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let first_cut = (0..60)
+        .find(|t| c.step(at(*t), &lag_tick(3.0, *t, 200)).action == Action::Decrease)
+        .expect("a lag above slow cuts");
+    let delay = c.growth_delay().as_secs() as i64;
+    assert!(first_cut < delay, "cut at {first_cut} s, delay {delay} s");
+    assert_eq!(c.rate_at_cut, None);
+    // Calm for a while, then above slow again: that cut marks its rate.
+    let mut t = first_cut + 1;
+    while t < 600 {
+        c.step(at(t), &lag_tick(0.1, t, 200));
+        t += 1;
+    }
+    let cut = (t..t + 120)
+        .map(|t| c.step(at(t), &lag_tick(3.0, t, 200)))
+        .find(|d| d.action == Action::Decrease)
+        .expect("a lag above slow cuts again");
+    let spot = c.rate_at_cut.expect("a trouble spot after the delay");
+    assert!((spot - c.rate_of(&cut.before)).abs() <= spot * 1e-9);
+    // Nor is the slowest rate the limits allow a trouble spot.
+    let l = &p.limits;
+    let least = knobs(
+        l.batch_size.min,
+        l.sleep.max.as_millis() as u64,
+        l.workers.min,
+    );
+    assert_eq!(c.trouble_spot(&least), None);
+}

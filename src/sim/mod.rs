@@ -90,6 +90,8 @@ pub struct Outcome {
     /// The fixed strategies on the same day (absent from `simulate_pacer`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fixed_baselines: Option<FixedBaselines>,
+    /// The decisions that changed a knob, and the holds on growth: the
+    /// lines `pacer simulate` logs.
     #[serde(skip)]
     pub log: Vec<Decision>,
     #[serde(skip)]

@@ -57,6 +57,8 @@ pub struct RunStats {
     pub dispatch: DispatchStats,
     #[serde(skip)]
     pub actions: BTreeMap<String, u64>,
+    /// The decisions that changed a knob, and the holds on growth: the
+    /// lines `pacer simulate` logs.
     #[serde(skip)]
     pub log: Vec<Decision>,
     #[serde(skip)]
@@ -211,6 +213,11 @@ impl Setup {
                             stats.pauses += 1;
                         }
                         stats.log.push(d);
+                    } else if d.holds_growth() {
+                        // The log shows holds as `pacer run`'s does; they
+                        // change nothing, so the counts and the history
+                        // (like the store's) leave them out.
+                        stats.log.push(d);
                     }
                     state
                 }
@@ -311,7 +318,7 @@ impl Setup {
                     .collect(),
                 samples,
                 pauses: History::pauses_from_decisions(&stats.log),
-                decisions: stats.log.clone(),
+                decisions: stats.log.iter().filter(|d| d.changed()).cloned().collect(),
                 retries: BTreeMap::new(),
             });
         }
