@@ -607,17 +607,12 @@ fn cli_text_logs_decisions_then_a_table() {
 /// store, keeps only the decisions that changed something.
 #[test]
 fn holds_on_growth_are_logged_but_not_kept_in_the_history() {
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args([
-            "simulate",
-            "--policy",
-            "policies/demo.toml",
-            "--scenario",
-            "replica-storm",
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let out = simulate_cli(&[
+        "--policy",
+        "policies/demo.toml",
+        "--scenario",
+        "replica-storm",
+    ]);
     assert!(out.status.success());
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(

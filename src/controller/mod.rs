@@ -773,7 +773,7 @@ impl Controller {
                     // delay of the signals that asked for it: their
                     // readings still describe the traffic without it (and
                     // pacer's own start). Live, a cut 5 s into a run, on
-                    // the traffic's own noise, made the start rate the
+                    // a p95 spike at the start, made the start rate the
                     // spot, and growth crept additively from 1,500 to
                     // 2,600 rows/s in three minutes.
                     let ran_for = self
