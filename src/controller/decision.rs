@@ -378,6 +378,13 @@ impl Decision {
                 .any(|c| matches!(c, Cause::RawAboveSlow { .. }))
     }
 
+    /// Whether the decision is a line in the log (INFO in `pacer run`,
+    /// printed by `pacer simulate`): it changed something, or it starts a
+    /// hold on growth.
+    pub fn logged(&self) -> bool {
+        self.changed() || self.holds_growth()
+    }
+
     /// A batch-level hiccup's answer: smaller batches at the same rate, a
     /// decrease that leaves the job running (a cut of the rate slows it).
     pub fn is_batch_resize(&self) -> bool {

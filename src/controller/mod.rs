@@ -147,6 +147,10 @@ const NEAR_CUT_STEP: f64 = 0.1;
 /// of efficiency; 0.25 cost twice that for no more safety.
 const HEADROOM_FLOOR: f64 = 0.5;
 
+/// A cut or pause at up to this multiple of the slowest rate the limits
+/// allow marks no trouble spot (see `Controller::trouble_spot`).
+const NO_SPOT_BELOW: f64 = 1.5;
+
 /// A new raw reading this many of its signal's standard deviations above
 /// slow, while the estimate is still at or below it, holds growth for the
 /// signal's delay (see `Controller::guard_until`).
@@ -406,7 +410,7 @@ impl Controller {
     }
 
     /// The rate of `k` as the trouble spot growth approaches slowly; none
-    /// within 1.5 × the slowest the limits allow: the backfill can go no
+    /// within `NO_SPOT_BELOW` × the slowest the limits allow: the backfill can go no
     /// slower, so trouble there is the traffic's own and says nothing
     /// about where the backfill's starts (orders-status paused at 10 rows/s
     /// when the simulated business day's capacity fell to nothing).
@@ -418,7 +422,7 @@ impl Controller {
             workers: l.workers.min,
         };
         let rate = self.rate_of(k);
-        (rate > 1.5 * self.rate_of(&least)).then_some(rate)
+        (rate > NO_SPOT_BELOW * self.rate_of(&least)).then_some(rate)
     }
 
     /// Learned seconds per row, or a guess that puts the start batch at
@@ -658,10 +662,7 @@ impl Controller {
             self.pause(now, pause_key)
         } else if let Mode::Paused { resume_knobs, .. } = &self.mode {
             let resume_knobs = *resume_knobs;
-            let calm_for = self
-                .calm_since
-                .map(|s| (now - s).to_std().unwrap_or_default())
-                .unwrap_or_default();
+            let calm_for = elapsed(now, self.calm_since);
             if worst == Class::Calm && calm_for >= self.cfg.resume_after {
                 causes = vec![Cause::Calm { calm_for }];
                 self.resume(now, resume_knobs);
@@ -776,11 +777,7 @@ impl Controller {
                     // a p95 spike at the start, made the start rate the
                     // spot, and growth crept additively from 1,500 to
                     // 2,600 rows/s in three minutes.
-                    let ran_for = self
-                        .started
-                        .map(|s| (now - s).to_std().unwrap_or_default())
-                        .unwrap_or_default();
-                    if worst_slow_factor.is_some() && ran_for >= cause_delay {
+                    if worst_slow_factor.is_some() && elapsed(now, self.started) >= cause_delay {
                         self.rate_at_cut = self.trouble_spot(&before);
                     }
                     for ((t, sig), c) in self.track.iter_mut().zip(&self.signals).zip(&classes) {
@@ -1018,10 +1015,7 @@ impl Controller {
         let spr = self.spr().max(1e-9);
         let rate = self.rate_of(&k);
         let target = self.growth_bound(now, rate);
-        let calm_for = self
-            .calm_since
-            .map(|s| (now - s).to_std().unwrap_or_default())
-            .unwrap_or_default();
+        let calm_for = elapsed(now, self.calm_since);
         if calm_for >= c.worker_after.saturating_mul(4) {
             self.batch_ceiling = None;
         }
@@ -1320,6 +1314,14 @@ fn noise_gap(s: &SignalLevels) -> Option<f64> {
 /// force, and the `stop_for` that a reading above stop needs.
 fn settle(delay: Duration, stop_for: Duration) -> Duration {
     delay.saturating_mul(2).saturating_add(stop_for)
+}
+
+/// Time from `since` to `now`; zero without a `since`, or with one in
+/// the future (a clock stepped back).
+fn elapsed(now: Time, since: Option<Time>) -> Duration {
+    since
+        .map(|s| (now - s).to_std().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// `now + d`, saturating at the end of time: a policy built in code may

@@ -212,11 +212,11 @@ impl Setup {
                         if d.action == Action::Pause {
                             stats.pauses += 1;
                         }
-                        stats.log.push(d);
-                    } else if d.holds_growth() {
-                        // The log shows holds as `pacer run`'s does; they
-                        // change nothing, so the counts and the history
-                        // (like the store's) leave them out.
+                    }
+                    // Holds on growth are logged as `pacer run` logs them;
+                    // they change nothing, so the counts above and the
+                    // history (like the store's) leave them out.
+                    if d.logged() {
                         stats.log.push(d);
                     }
                     state

@@ -46,7 +46,7 @@ fn in_job<R>(job: &str, labels: &BTreeMap<String, String>, f: impl FnOnce() -> R
 pub fn log_decision(d: &Decision, job: &str, labels: &BTreeMap<String, String>) -> bool {
     let causes = serde_json::to_string(&d.causes).unwrap_or_else(|_| "[]".into());
     let windows = serde_json::to_string(&d.windows).unwrap_or_else(|_| "[]".into());
-    let changed = d.changed() || d.holds_growth();
+    let changed = d.logged();
     let estimates = d.view.signals_line();
     macro_rules! emit {
         ($lvl:expr) => {
