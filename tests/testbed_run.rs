@@ -299,6 +299,13 @@ async fn run_pauses_when_checkout_p95_crosses_its_relative_stop_and_resumes_afte
     let mut run = Run::start(&policy);
     run.wait_line(0, &["running"], Duration::from_secs(120))
         .await;
+    // Its estimate starts from Prometheus's history of the query.
+    run.wait_line(
+        0,
+        &["estimate primed from the last", "checkout_p95"],
+        Duration::from_secs(1),
+    )
+    .await;
     let base: f64 = {
         let prom = common::prometheus();
         prom.instant(P95).await.unwrap()

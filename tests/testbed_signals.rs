@@ -26,6 +26,21 @@ async fn sampler(policy: &pacer::policy::Policy, pool: &PgPool) -> Sampler {
     .unwrap()
 }
 
+/// How many targets Prometheus scrapes: what `count(up)` reads, asked of
+/// Prometheus separately.
+async fn active_targets() -> f64 {
+    let targets: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/targets?state=active",
+        common::prometheus_url()
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    targets["data"]["activeTargets"].as_array().unwrap().len() as f64
+}
+
 async fn one(s: &Sampler) -> Reading {
     s.sample().await.remove(0)
 }
@@ -745,16 +760,7 @@ baseline = 3.5
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert_eq!(b["dead"], 40.0);
     assert_eq!(b["fixed"], 3.5);
-    let targets: serde_json::Value = reqwest::get(format!(
-        "{}/api/v1/targets?state=active",
-        common::prometheus_url()
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let n = targets["data"]["activeTargets"].as_array().unwrap().len() as f64;
+    let n = active_targets().await;
     assert!(
         b["targets"] == n,
         "targets baseline {} for {n} targets",
@@ -789,6 +795,63 @@ stop_above = "baseline * 2"
             && err.contains("0 finite points"),
         "{err}"
     );
+}
+
+/// The readings that prime a run's estimates: a Prometheus signal's own
+/// query over the span the controller asks for, one point a tick, oldest
+/// first; nothing for a Postgres signal, which keeps no history; and an
+/// unreachable Prometheus loses nothing but the priming.
+#[tokio::test(flavor = "multi_thread")]
+async fn readings_before_the_run_come_from_prometheus_history() {
+    use pacer::controller::Controller;
+    use pacer::signals::warmup::readings_before;
+    let _l = common::lock();
+    let signals = r#"
+[[signal]]
+name = "targets"
+prometheus = 'count(up)'
+delay = "15s"
+stop_above = 1000
+
+[[signal]]
+name = "dead"
+postgres = "dead_tuples"
+stop_above = 1000
+"#;
+    let policy = common::policy("warm", "public.warm_t", signals, "");
+    let wanted = Controller::new(&policy, &Default::default())
+        .unwrap()
+        .history_wanted();
+    let span = wanted[0].expect("a Prometheus signal asks for history");
+    assert_eq!(wanted[1], None, "a Postgres signal has none to fetch");
+    let t0 = chrono::Utc::now();
+    let got = readings_before(&policy, &wanted, Duration::from_secs(1)).await;
+    assert_eq!(got.len(), 2);
+    assert!(got[1].is_empty(), "{:?}", got[1]);
+    let n = active_targets().await;
+    let h = &got[0];
+    assert!(h.len() >= 10, "{} readings", h.len());
+    // Targets come up one by one after Prometheus starts: the history
+    // may begin below today's count, never above it.
+    assert_eq!(h[h.len() - 1].1, n, "{n} targets: {h:?}");
+    assert!(
+        h.iter().all(|(_, v)| *v >= 1.0 && *v <= n),
+        "{n} targets: {h:?}"
+    );
+    assert!(
+        h.windows(2)
+            .all(|w| (w[1].0 - w[0].0).num_milliseconds() == 1000)
+    );
+    let (first, last) = (h[0].0, h[h.len() - 1].0);
+    assert!(t0 - first <= chrono::Duration::from_std(span).unwrap() + chrono::Duration::seconds(1));
+    assert!(last <= t0 + chrono::Duration::seconds(1) && t0 - last <= chrono::Duration::seconds(2));
+
+    let mut dead_end = policy.clone();
+    dead_end.prometheus.url = "http://127.0.0.1:9".into();
+    let t = Instant::now();
+    let got = readings_before(&dead_end, &wanted, Duration::from_secs(1)).await;
+    assert!(got.iter().all(Vec::is_empty), "{got:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
 
 /// `pacer check`'s resolution warning against the testbed's real

@@ -385,6 +385,21 @@ impl Controller {
         self.track.iter().map(|t| t.est.estimate()).collect()
     }
 
+    /// How far back each signal's readings from before the run are worth
+    /// fetching for `prime`, in policy order (`None`: none are used).
+    pub fn history_wanted(&self) -> Vec<Option<Duration>> {
+        self.track.iter().map(|t| t.est.history_span()).collect()
+    }
+
+    /// Fold each signal's readings from before the run into its estimate
+    /// (policy order, oldest first; empty for none), before the first
+    /// `step`: see `Estimator::prime`.
+    pub fn prime(&mut self, history: &[Vec<(Time, f64)>]) {
+        for (t, h) in self.track.iter_mut().zip(history) {
+            t.est.prime(h);
+        }
+    }
+
     /// The slowest signal's measurement delay in force (a noisy signal
     /// smoothed longer counts with its longer delay): growth is bounded
     /// per it.

@@ -825,3 +825,64 @@ fn a_cut_before_the_signal_delay_marks_no_trouble_spot() {
     );
     assert_eq!(c.trouble_spot(&least), None);
 }
+
+/// Readings from before the run prime the estimate: the first tick knows
+/// the signal's level and noise (unprimed, the noise takes minutes to
+/// measure and the estimate waits for half its span), and the stop rules
+/// still count only the run's own readings, so one reading above stop at
+/// the first tick is not "80 % of stop_for above stop".
+#[test]
+fn readings_from_before_the_run_prime_the_estimate_not_the_stop_rules() {
+    use rand::{RngExt, SeedableRng};
+    let mut p = Policy::from_toml("demo.toml", DEMO).unwrap();
+    p.signals.truncate(1);
+    // slow = 0.396, stop = 0.495, stop_for 10 s.
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let fresh = Controller::new(&p, &baselines).unwrap();
+    let span = fresh.history_wanted()[0].expect("a Prometheus signal has history to fetch");
+    let span = span.as_secs() as i64;
+    // Before the start: around 0.33, uniform ±0.06 (σ ≈ 0.035), a new
+    // scrape every 15 s, read once a second.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut v = 0.33;
+    let history: Vec<(Time, f64)> = (-span..0)
+        .map(|t| {
+            if t % 15 == 0 {
+                v = 0.33 + 0.12 * (rng.random::<f64>() - 0.5);
+            }
+            (at(t), v)
+        })
+        .collect();
+    let tick = |v: f64| Inputs {
+        readings: vec![Reading::value(v, at(0))],
+        ..Default::default()
+    };
+    let mut primed = fresh.clone();
+    primed.prime(&[history]);
+    let mut cold = fresh;
+    // A first reading above stop: the primed controller judges it against
+    // a known level and noise, and neither pauses nor cuts.
+    let d = primed.step(at(0), &tick(0.6));
+    let s = &d.view.signals[0];
+    assert!(s.noise.is_some_and(|n| n > 0.02), "{s:?}");
+    assert!(s.estimate.is_some_and(|e| e < 0.396), "{s:?}");
+    assert_eq!((d.state, d.action), (State::Running, Action::Hold), "{d:?}");
+    // Unprimed, the same tick knows no noise and its estimate is the reading.
+    let d = cold.step(at(0), &tick(0.6));
+    let s = &d.view.signals[0];
+    assert_eq!((s.noise, s.estimate), (None, Some(0.6)), "{s:?}");
+    // Above stop for stop_for still pauses the primed controller.
+    let d = (1..=12)
+        .map(|t| {
+            primed.step(
+                at(t),
+                &Inputs {
+                    readings: vec![Reading::value(0.6 + t as f64 * 1e-3, at(t))],
+                    ..Default::default()
+                },
+            )
+        })
+        .find(|d| d.state == State::Paused)
+        .expect("a pause within stop_for and a tick");
+    assert_eq!(d.action, Action::Pause);
+}

@@ -191,6 +191,13 @@ pub async fn run(
     if let Some(k) = row.knobs {
         controller = controller.with_knobs(k);
     }
+    let before = crate::signals::warmup::readings_before(
+        policy,
+        &controller.history_wanted(),
+        policy.controller.tick,
+    )
+    .await;
+    controller.prime(&before);
     telemetry.levels(controller.levels());
     let metrics = telemetry.metrics();
 

@@ -4,7 +4,8 @@
 //! Sources: `prometheus` (any PromQL that yields one number), `postgres`
 //! (built-ins read from the primary), `heartbeat` (replication lag measured
 //! with pacer's own sequence numbers), `http` (gh-ost style throttle check).
-//! `baseline` measures the "normal" value that relative levels refer to.
+//! `baseline` measures the "normal" value that relative levels refer to;
+//! `warmup` fetches the readings from before a run that prime its estimates.
 
 pub mod baseline;
 pub mod heartbeat;
@@ -13,6 +14,7 @@ pub mod postgres;
 pub mod prometheus;
 pub mod promql;
 pub mod resolution;
+pub mod warmup;
 
 use std::sync::Arc;
 use std::time::Duration;

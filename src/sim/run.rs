@@ -128,6 +128,14 @@ impl Setup {
         let mut samples = Vec::new();
         let mut window_paused = false;
         let mut readings = Vec::with_capacity(meters.len());
+        // The pre-start readings pacer's shell would fetch from Prometheus
+        // to prime the estimates (`Controller::prime`), as far back as the
+        // preroll goes.
+        let wanted = controller
+            .as_ref()
+            .map(Controller::history_wanted)
+            .unwrap_or_default();
+        let mut before: Vec<Vec<(crate::controller::Time, f64)>> = vec![Vec::new(); wanted.len()];
 
         for i in 0..self.trace.ticks.len() {
             let c = &self.trace.ticks[i];
@@ -182,7 +190,22 @@ impl Setup {
                 }
             }
             if !running_part {
+                for ((h, r), w) in before.iter_mut().zip(&readings).zip(&wanted) {
+                    if let (Some(v), Some(_)) = (r.value, w) {
+                        h.push((now, v));
+                    }
+                }
                 continue;
+            }
+            if i == self.trace.start_index
+                && let Some(ctrl) = controller.as_mut()
+            {
+                for (h, w) in before.iter_mut().zip(&wanted) {
+                    let span =
+                        chrono::Duration::from_std(w.unwrap_or_default()).unwrap_or_default();
+                    h.retain(|(at, _)| now - *at <= span);
+                }
+                ctrl.prime(&before);
             }
 
             let mut view = None;
