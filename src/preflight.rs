@@ -10,6 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, Executor};
 
 mod grants;
 
+use crate::executor::tally::COUNT_LIMIT;
 use crate::executor::target::{Target, db_message};
 use crate::policy::Policy;
 
@@ -17,10 +18,6 @@ use crate::policy::Policy;
 pub const LARGE_TABLE_ROWS: f64 = 1_000_000.0;
 /// Below this fraction of pending rows, the filter counts as sparse.
 pub const SPARSE_FRACTION: f64 = 0.01;
-/// Longest `check` spends counting pending rows when the planner cannot
-/// estimate them (a throttled walk of the key index).
-const COUNT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
-
 #[derive(Debug, Default)]
 pub struct Report {
     /// Each makes `check` fail.

@@ -216,3 +216,71 @@ async fn a_second_job_on_the_same_table_is_refused(pool: PgPool) {
         "the shared run finished the table"
     );
 }
+
+/// A new job counts its pending rows exactly, in chunks of the key index,
+/// not with one `count(*)` that scans the whole table before the first
+/// batch: the rows already done are not counted, and the table has seen
+/// no sequential scan by the time the first batch commits.
+#[sqlx::test(migrations = false)]
+async fn a_new_job_counts_its_pending_rows_exactly(pool: PgPool) {
+    let url = url_of(&pool).await;
+    counter_table(&pool, "t", 100_000).await;
+    // The test's own scans, in a session that ends (and so reports its
+    // statistics) before the run: counted later, they would be the run's.
+    let pending: i64 = {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE t SET counter = 1 WHERE id % 7 = 0")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM t WHERE counter = 0")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        n
+    };
+    assert!(pending > 50_000 && pending < 100_000, "{pending}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_d, p) = policy(
+        &url,
+        &Spec {
+            read_chunk: 2000,
+            ..Spec::default()
+        },
+    );
+    // Up to the first batch's commit, where the process dies: the count,
+    // and not the final sweep, is what has read the table by then.
+    let seq_read = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relid = 't'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = seq_read().await;
+    let mut first = pacer(&["run"], &p);
+    first.env("PACER_FAILPOINT", "before_commit:1");
+    let died = output(first).await;
+    assert_ne!(died.code, Some(0), "{}", died.all());
+    assert!(
+        died.stderr
+            .contains(&format!("pending={pending} exact=true")),
+        "{}",
+        died.stderr
+    );
+    // A session's statistics reach the views when it ends.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = seq_read().await - before;
+    assert_eq!(
+        read, 0,
+        "rows read by sequential scans before the first commit"
+    );
+    let run = output(pacer(&["run"], &p)).await;
+    assert_eq!(run.code, Some(0), "{}", run.all());
+    let s = output(pacer(&["status", "--json"], &p)).await;
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(v["rows_at_start"], pending, "{}", s.stdout);
+}

@@ -3,10 +3,9 @@
 //! `update` (or `--accept-policy-change`), and a finished one is not run
 //! again.
 
-use std::time::Duration;
-
 use sqlx::postgres::PgConnection;
 
+use super::tally::COUNT_LIMIT;
 use super::target::Target;
 use crate::policy::Policy;
 use crate::store::jobs::{JobRow, NewJob};
@@ -77,7 +76,18 @@ pub(super) async fn open(
             let baselines = crate::signals::capture_baselines(policy, &ctx)
                 .await
                 .map_err(|e| Fail::invalid(format!("{e:#}")))?;
-            let (count, exact) = target.count_pending(ctl, Duration::from_secs(60)).await?;
+            // Counted as `pacer verify` counts, a trickle of small index
+            // reads (`tally`), not one `count(*)`: a full scan at full
+            // speed, in parallel workers, just before the first batch is
+            // the very load pacer exists to avoid. Past the limit, the
+            // planner's estimate.
+            let chunk = i64::from(policy.limits.read_chunk.max(1000));
+            let t = target.tally_pending(ctl, chunk, Some(COUNT_LIMIT)).await?;
+            let (count, exact) = if t.complete {
+                (t.pending, true)
+            } else {
+                (target.estimate_pending(ctl).await?, false)
+            };
             tracing::info!(job = %job, pending = count, exact, "new job");
             store
                 .create_job(

@@ -1,8 +1,9 @@
 //! Counting pending rows exactly without one big scan: walk the key index
 //! in chunks with a short pause between them, so counting a huge table is a
 //! trickle of small index reads that live traffic does not notice. `pacer
-//! verify` counts this way, and `pacer check` where the planner cannot
-//! estimate (a column added after the last ANALYZE).
+//! verify` counts this way, a new job its rows pending, and `pacer check`
+//! where the planner cannot estimate (a column added after the last
+//! ANALYZE).
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,11 @@ use super::target::Target;
 
 /// Pause between two counting chunks.
 pub const CHUNK_PAUSE: Duration = Duration::from_millis(5);
+
+/// How long a count that may fall back to the planner's estimate walks
+/// (a new job's rows pending, `pacer check`'s where the planner cannot
+/// estimate) before it does.
+pub const COUNT_LIMIT: Duration = Duration::from_secs(30);
 
 /// What a walk counted.
 #[derive(Debug, Clone, Default, PartialEq)]

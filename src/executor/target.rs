@@ -284,24 +284,6 @@ impl Target {
         Ok(())
     }
 
-    /// Rows matching `pending`: one count, or the planner's estimate when
-    /// the count would take longer than `limit`.
-    pub async fn count_pending(
-        &self,
-        conn: &mut PgConnection,
-        limit: std::time::Duration,
-    ) -> anyhow::Result<(i64, bool)> {
-        let sql = format!(
-            "SELECT count(*) FROM {} WHERE {}",
-            self.table_q,
-            self.is_pending()
-        );
-        match bounded_scalar::<i64>(conn, limit, &sql).await? {
-            Some(n) => Ok((n, true)),
-            None => Ok((self.estimate_pending(conn).await?, false)),
-        }
-    }
-
     /// Whether no row of the whole table matches `pending`, in one round
     /// trip: one statement, so one snapshot, which also holds back vacuum
     /// while it runs; hence the server-side `bound` (a big table's sweep
