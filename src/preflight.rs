@@ -160,7 +160,7 @@ pub async fn preflight(
             "{why}: the planner's estimate of pending rows would be a guess, so they are counted; run ANALYZE {}",
             target.table_q
         ));
-        let chunk = i64::from(policy.limits.read_chunk.max(1000));
+        let chunk = crate::executor::tally::chunk(&policy.limits);
         let t = target.tally_pending(conn, chunk, Some(COUNT_LIMIT)).await?;
         let frac = t.pending as f64 / t.rows.max(1) as f64;
         if t.complete {

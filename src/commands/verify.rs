@@ -38,7 +38,7 @@ pub async fn verify(policy: &Policy) -> anyhow::Result<serde_json::Value> {
     })?;
     let mut conn = crate::store::connect(&url, "pacer-cli").await?;
     let target = Target::resolve(&mut conn, policy).await?;
-    let chunk = policy.limits.read_chunk.max(1000) as i64;
+    let chunk = crate::executor::tally::chunk(&policy.limits);
     let (k, t) = (&target.key_q, &target.table_q);
     let coll = target
         .collation

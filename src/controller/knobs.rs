@@ -44,6 +44,16 @@ impl Caps {
 }
 
 impl Knobs {
+    /// The slowest knobs the limits allow: smallest batch, longest sleep,
+    /// fewest workers.
+    pub fn slowest(l: &Limits) -> Knobs {
+        Knobs {
+            batch_size: l.batch_size.min,
+            sleep: l.sleep.max,
+            workers: l.workers.min,
+        }
+    }
+
     /// Effective rate in rows/s for a given batch duration (seconds):
     /// workers × batch / (batch time + sleep).
     pub fn rate(&self, batch_secs: f64) -> f64 {

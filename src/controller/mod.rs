@@ -430,14 +430,8 @@ impl Controller {
     /// about where the backfill's starts (orders-status paused at 10 rows/s
     /// when the simulated business day's capacity fell to nothing).
     fn trouble_spot(&self, k: &Knobs) -> Option<f64> {
-        let l = &self.limits;
-        let least = Knobs {
-            batch_size: l.batch_size.min,
-            sleep: l.sleep.max,
-            workers: l.workers.min,
-        };
         let rate = self.rate_of(k);
-        (rate > NO_SPOT_BELOW * self.rate_of(&least)).then_some(rate)
+        (rate > NO_SPOT_BELOW * self.rate_of(&Knobs::slowest(&self.limits))).then_some(rate)
     }
 
     /// Learned seconds per row, or a guess that puts the start batch at

@@ -65,11 +65,7 @@ fn decrease_honours_factors_below_one_percent() {
     let bt = 0.4;
     let f = 0.0005;
     let d = k.decrease(f, false, bt, &l, &Caps::default());
-    let floor = knobs(
-        l.batch_size.min,
-        l.sleep.max.as_millis() as u64,
-        l.workers.min,
-    );
+    let floor = Knobs::slowest(&l);
     let per_row = bt / 4000.0;
     let r = |k: &Knobs| k.rate(per_row * k.batch_size as f64);
     assert!(
@@ -817,13 +813,7 @@ fn a_cut_before_the_signal_delay_marks_no_trouble_spot() {
     let spot = c.rate_at_cut.expect("a trouble spot after the delay");
     assert!((spot - c.rate_of(&cut.before)).abs() <= spot * 1e-9);
     // Nor is the slowest rate the limits allow a trouble spot.
-    let l = &p.limits;
-    let least = knobs(
-        l.batch_size.min,
-        l.sleep.max.as_millis() as u64,
-        l.workers.min,
-    );
-    assert_eq!(c.trouble_spot(&least), None);
+    assert_eq!(c.trouble_spot(&Knobs::slowest(&p.limits)), None);
 }
 
 /// Readings from before the run prime the estimate: the first tick knows

@@ -5,7 +5,7 @@
 
 use sqlx::postgres::PgConnection;
 
-use super::tally::COUNT_LIMIT;
+use super::tally::{self, COUNT_LIMIT};
 use super::target::Target;
 use crate::policy::Policy;
 use crate::store::jobs::{JobRow, NewJob};
@@ -81,7 +81,7 @@ pub(super) async fn open(
             // speed, in parallel workers, just before the first batch is
             // the very load pacer exists to avoid. Past the limit, the
             // planner's estimate.
-            let chunk = i64::from(policy.limits.read_chunk.max(1000));
+            let chunk = tally::chunk(&policy.limits);
             let t = target.tally_pending(ctl, chunk, Some(COUNT_LIMIT)).await?;
             let (count, exact) = if t.complete {
                 (t.pending, true)

@@ -20,6 +20,12 @@ pub const CHUNK_PAUSE: Duration = Duration::from_millis(5);
 /// estimate) before it does.
 pub const COUNT_LIMIT: Duration = Duration::from_secs(30);
 
+/// Keys per counting statement: the policy's `read_chunk`, at least 1000
+/// (fewer would make a walk of a big table mostly round trips).
+pub fn chunk(limits: &crate::policy::Limits) -> i64 {
+    i64::from(limits.read_chunk.max(1000))
+}
+
 /// What a walk counted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tally {
