@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::Parser;
 use pacer::controller::Knobs;
 use pacer::policy::Policy;
@@ -154,16 +155,22 @@ fn main() -> anyhow::Result<()> {
     let seeds: Vec<u64> = (first_seed..first_seed + n).collect();
 
     let mut policies = BTreeMap::new();
-    for entry in std::fs::read_dir(&args.policies)? {
-        let path = entry?.path();
+    let dir = std::fs::read_dir(&args.policies)
+        .with_context(|| format!("--policies {}: cannot list the directory (run from the repository's root, or pass --policies)", args.policies))?;
+    for entry in dir {
+        let path = entry
+            .with_context(|| format!("--policies {}", args.policies))?
+            .path();
         if path.extension().is_some_and(|e| e == "toml") {
             let name = path
                 .file_stem()
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            let text = std::fs::read_to_string(&path)?;
-            let table: toml::Table = toml::from_str(&text)?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("{}: not valid TOML", path.display()))?;
             policies.insert(name, table);
         }
     }
