@@ -130,6 +130,27 @@ pub fn resolve_levels(
     Ok(signals)
 }
 
+/// How far past slow a signal may go before stop, as a share of its room
+/// below slow (from its baseline, or from zero), for the signal where that
+/// is least; infinite when no signal has both levels.
+///
+/// Growth approaches the last trouble spot additively, and with a signal's
+/// delay the rate overshoots that spot before the signal shows it. Where
+/// stop sits far above slow (the shipped policies: 1.5 and 1.0), the
+/// overshoot ends in a cut; where it sits just above (`slow/stop 1.4/1.5`:
+/// 0.25), the same overshoot crosses stop. There, growth flattens near the
+/// spot as CUBIC's window does at W_max (its growth ∝ distance^(2/3)).
+fn narrowest_band(signals: &[SignalLevels]) -> f64 {
+    signals
+        .iter()
+        .filter_map(|s| {
+            let (slow, stop) = (s.slow?, s.stop?);
+            let floor = s.baseline.filter(|b| *b < slow).unwrap_or(0.0);
+            (slow > floor).then(|| (stop - slow) / (slow - floor))
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// Default scrape interval of Prometheus, when the policy does not say.
 pub const DEFAULT_SCRAPE: Duration = Duration::from_secs(15);
 
@@ -140,6 +161,11 @@ const COUNT_WINDOW: Duration = Duration::from_secs(30);
 /// rate of the last cut, as a share of that rate (CUBIC's idea: approach
 /// the last known trouble spot slowly).
 const NEAR_CUT_STEP: f64 = 0.1;
+
+/// The least share of `NEAR_CUT_STEP` growth keeps at the last trouble
+/// spot itself, however narrow the band from slow to stop (see
+/// `narrowest_band`).
+const PLATEAU_FLOOR: f64 = 0.25;
 
 /// The least share of the growth bound a calm tick keeps near slow (see
 /// `Controller::headroom`). On tuning seeds 1–5 (as-shipped policies, high
@@ -313,6 +339,13 @@ pub struct Controller {
     /// rounds of 2026-12-06 and 2026-12-07). Growth waits until the estimate has taken
     /// the reading in: a real rise then cuts, a noisy one is forgotten.
     guard_until: Option<Time>,
+    /// The rate in force at each recent tick, over the longest signal
+    /// delay: a signal's trouble shows the rates of its delay before, and
+    /// that is the spot growth should approach slowly (see `spot_at`).
+    recent_rates: std::collections::VecDeque<(Time, f64)>,
+    /// The share of `NEAR_CUT_STEP` growth keeps at the last trouble spot
+    /// (see `narrowest_band`).
+    plateau: f64,
 }
 
 impl Controller {
@@ -347,6 +380,7 @@ impl Controller {
             sleep: l.sleep.start,
             workers: l.workers.start,
         };
+        let plateau = narrowest_band(&signals).clamp(PLATEAU_FLOOR, 1.0);
         Ok(Controller {
             cfg: policy.controller.clone(),
             limits: l.clone(),
@@ -377,6 +411,8 @@ impl Controller {
             rate_at_cut: None,
             last_resize: None,
             guard_until: None,
+            recent_rates: Default::default(),
+            plateau,
         })
     }
 
@@ -430,8 +466,29 @@ impl Controller {
     /// about where the backfill's starts (orders-status paused at 10 rows/s
     /// when the simulated business day's capacity fell to nothing).
     fn trouble_spot(&self, k: &Knobs) -> Option<f64> {
-        let rate = self.rate_of(k);
+        self.spot_of(self.rate_of(k))
+    }
+
+    /// `rate` as a trouble spot: see `trouble_spot`.
+    fn spot_of(&self, rate: f64) -> Option<f64> {
         (rate > NO_SPOT_BELOW * self.rate_of(&Knobs::slowest(&self.limits))).then_some(rate)
+    }
+
+    /// The trouble spot of trouble seen at `now` by signals of `delay`:
+    /// the mean rate in force over that delay before, which is what their
+    /// readings show, not the rate growth has reached since; the knobs
+    /// `k` in force when no tick of that span is known.
+    fn spot_at(&self, now: Time, delay: Duration, k: &Knobs) -> Option<f64> {
+        let from = earlier(now, delay);
+        let (n, sum) = self
+            .recent_rates
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .fold((0usize, 0.0), |(n, s), (_, r)| (n + 1, s + r));
+        if n == 0 {
+            return self.trouble_spot(k);
+        }
+        self.spot_of(sum / n as f64)
     }
 
     /// Learned seconds per row, or a guess that puts the start batch at
@@ -480,6 +537,13 @@ impl Controller {
     pub fn step(&mut self, now: Time, inputs: &Inputs) -> Decision {
         let before = self.knobs;
         self.started.get_or_insert(now);
+        if !self.is_paused() {
+            let from = earlier(now, self.growth_delay());
+            while self.recent_rates.front().is_some_and(|(t, _)| *t < from) {
+                self.recent_rates.pop_front();
+            }
+            self.recent_rates.push_back((now, self.rate_of(&before)));
+        }
         let mut causes = Vec::new();
         // Batch time as known before this tick's batches: one outlier
         // folded in would make itself look sustained.
@@ -787,7 +851,7 @@ impl Controller {
                     // spot, and growth crept additively from 1,500 to
                     // 2,600 rows/s in three minutes.
                     if worst_slow_factor.is_some() && elapsed(now, self.started) >= cause_delay {
-                        self.rate_at_cut = self.trouble_spot(&before);
+                        self.rate_at_cut = self.spot_at(now, cause_delay, &before);
                     }
                     for ((t, sig), c) in self.track.iter_mut().zip(&self.signals).zip(&classes) {
                         if let (Class::Slow, Some(slow), Some(e)) = (c, sig.slow, t.est.estimate())
@@ -1146,7 +1210,8 @@ impl Controller {
     /// headroom) per measurement delay of the slowest signal (so no change
     /// is judged before it could have shown), and, once the rate is above half the
     /// rate of the last cut and up to 10 % above it, additive (+10 % of
-    /// that rate per delay).
+    /// that rate per delay), flattening near that rate where the band from
+    /// slow to stop is narrow (`narrowest_band`).
     pub fn growth_bound(&self, now: Time, rate: f64) -> f64 {
         let dt = self.tick_secs(now);
         let d = self.growth_delay().as_secs_f64().max(dt);
@@ -1155,7 +1220,10 @@ impl Controller {
         // above it; past that the trouble spot has moved: probe again.
         match self.rate_at_cut {
             Some(cut) if rate > cut / 2.0 && rate < cut * 1.1 => {
-                mult.min(rate + NEAR_CUT_STEP * cut * dt / d)
+                let near = ((1.0 - rate / cut).abs() / 0.5)
+                    .powf(2.0 / 3.0)
+                    .clamp(self.plateau, 1.0);
+                mult.min(rate + NEAR_CUT_STEP * near * cut * dt / d)
             }
             _ => mult,
         }
@@ -1253,7 +1321,7 @@ impl Controller {
                 let base = if manual_or_window {
                     self.knobs
                 } else {
-                    self.rate_at_cut = self.trouble_spot(&self.knobs);
+                    self.rate_at_cut = self.spot_at(now, self.growth_delay(), &self.knobs);
                     self.last_calm_knobs
                 };
                 let at_pause = (!manual_or_window).then_some(self.knobs);
@@ -1331,6 +1399,14 @@ fn elapsed(now: Time, since: Option<Time>) -> Duration {
     since
         .map(|s| (now - s).to_std().unwrap_or_default())
         .unwrap_or_default()
+}
+
+/// `now - d`, saturating at the start of time.
+fn earlier(now: Time, d: Duration) -> Time {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// `now + d`, saturating at the end of time: a policy built in code may

@@ -876,3 +876,79 @@ fn readings_from_before_the_run_prime_the_estimate_not_the_stop_rules() {
         .expect("a pause within stop_for and a tick");
     assert_eq!(d.action, Action::Pause);
 }
+
+/// Trouble a signal shows at a cut was made by the rates of its delay
+/// before, not by the rate growth has reached since: the spot growth then
+/// approaches slowly is their mean, below the rate at the cut while the
+/// rate was climbing.
+#[test]
+fn the_trouble_spot_is_the_rate_in_force_over_the_signals_delay() {
+    let p = lag_only();
+    let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+    let delay = c.growth_delay().as_secs() as i64;
+    let mut rates = Vec::new();
+    let mut cut = None;
+    for t in 0..delay + 200 {
+        let lag = if t < delay + 20 { 0.1 } else { 3.0 };
+        let d = c.step(at(t), &lag_tick(lag, t, 200));
+        rates.push((t, c.rate_of(&d.before)));
+        if t >= delay + 20 && d.action == Action::Decrease {
+            cut = Some(t);
+            break;
+        }
+    }
+    let cut = cut.expect("a lag above slow cuts");
+    let span: Vec<f64> = rates
+        .iter()
+        .filter(|(t, _)| *t >= cut - delay)
+        .map(|(_, r)| *r)
+        .collect();
+    let mean = span.iter().sum::<f64>() / span.len() as f64;
+    let at_cut = *span.last().unwrap();
+    assert!(
+        span[0] < at_cut,
+        "the rate climbed over the delay: {span:?}"
+    );
+    let spot = c.rate_at_cut.expect("a trouble spot");
+    assert!(
+        (spot - mean).abs() <= mean * 1e-6,
+        "spot {spot}, mean {mean}"
+    );
+    assert!(
+        spot < at_cut,
+        "spot {spot} below the rate at the cut {at_cut}"
+    );
+}
+
+/// Where stop sits just above slow, growth flattens as the rate nears
+/// the last trouble spot: the delay's overshoot past the spot has no room
+/// there. Where stop sits far above slow, the additive step is the same
+/// all the way to the spot.
+#[test]
+fn growth_flattens_near_the_last_trouble_spot_where_stop_sits_just_above_slow() {
+    let narrow = DEMO.replace("stop_above = 10.0", "stop_above = 2.5");
+    let step_at = |policy: &str, share: f64| {
+        let mut p = Policy::from_toml("demo.toml", policy).unwrap();
+        p.signals.remove(0);
+        let mut c = Controller::new(&p, &BTreeMap::new()).unwrap();
+        c.step(at(0), &lag_tick(0.1, 0, 200));
+        c.rate_at_cut = Some(1000.0);
+        c.growth_bound(at(1), 1000.0 * share) - 1000.0 * share
+    };
+    // Lag slow 2, stop 10: a band of 4 × the room below slow.
+    let (far, near) = (step_at(DEMO, 0.6), step_at(DEMO, 1.0));
+    assert!(
+        far > 0.0 && (far - near).abs() <= far * 1e-9,
+        "{far} {near}"
+    );
+    // Stop 2.5: a band of 0.25, the floor: a quarter of the step at the spot.
+    let (far_n, near_n) = (step_at(&narrow, 0.6), step_at(&narrow, 1.0));
+    assert!(
+        (near_n - 0.25 * near).abs() <= near * 1e-9,
+        "{near_n} vs {near}"
+    );
+    assert!(
+        far_n > 3.0 * near_n && far_n < far,
+        "{far_n} {near_n} {far}"
+    );
+}
