@@ -460,35 +460,29 @@ impl Controller {
         k.rate(self.spr() * k.batch_size as f64)
     }
 
-    /// The rate of `k` as the trouble spot growth approaches slowly; none
+    /// `rate` as the trouble spot growth approaches slowly; none
     /// within `NO_SPOT_BELOW` × the slowest the limits allow: the backfill can go no
     /// slower, so trouble there is the traffic's own and says nothing
     /// about where the backfill's starts (orders-status paused at 10 rows/s
     /// when the simulated business day's capacity fell to nothing).
-    fn trouble_spot(&self, k: &Knobs) -> Option<f64> {
-        self.spot_of(self.rate_of(k))
-    }
-
-    /// `rate` as a trouble spot: see `trouble_spot`.
-    fn spot_of(&self, rate: f64) -> Option<f64> {
+    fn trouble_spot(&self, rate: f64) -> Option<f64> {
         (rate > NO_SPOT_BELOW * self.rate_of(&Knobs::slowest(&self.limits))).then_some(rate)
     }
 
     /// The trouble spot of trouble seen at `now` by signals of `delay`:
-    /// the mean rate in force over that delay before, which is what their
-    /// readings show, not the rate growth has reached since; the knobs
-    /// `k` in force when no tick of that span is known.
-    fn spot_at(&self, now: Time, delay: Duration, k: &Knobs) -> Option<f64> {
+    /// the mean rate in force over that delay before (`step` records this
+    /// tick's before it can cut or pause), which is what their readings
+    /// show, not the rate growth has reached since.
+    fn spot_at(&self, now: Time, delay: Duration) -> Option<f64> {
         let from = earlier(now, delay);
         let (n, sum) = self
             .recent_rates
             .iter()
             .filter(|(t, _)| *t >= from)
             .fold((0usize, 0.0), |(n, s), (_, r)| (n + 1, s + r));
-        if n == 0 {
-            return self.trouble_spot(k);
-        }
-        self.spot_of(sum / n as f64)
+        (n > 0)
+            .then(|| sum / n as f64)
+            .and_then(|r| self.trouble_spot(r))
     }
 
     /// Learned seconds per row, or a guess that puts the start batch at
@@ -851,7 +845,7 @@ impl Controller {
                     // spot, and growth crept additively from 1,500 to
                     // 2,600 rows/s in three minutes.
                     if worst_slow_factor.is_some() && elapsed(now, self.started) >= cause_delay {
-                        self.rate_at_cut = self.spot_at(now, cause_delay, &before);
+                        self.rate_at_cut = self.spot_at(now, cause_delay);
                     }
                     for ((t, sig), c) in self.track.iter_mut().zip(&self.signals).zip(&classes) {
                         if let (Class::Slow, Some(slow), Some(e)) = (c, sig.slow, t.est.estimate())
@@ -1321,7 +1315,7 @@ impl Controller {
                 let base = if manual_or_window {
                     self.knobs
                 } else {
-                    self.rate_at_cut = self.spot_at(now, self.growth_delay(), &self.knobs);
+                    self.rate_at_cut = self.spot_at(now, self.growth_delay());
                     self.last_calm_knobs
                 };
                 let at_pause = (!manual_or_window).then_some(self.knobs);

@@ -813,7 +813,7 @@ fn a_cut_before_the_signal_delay_marks_no_trouble_spot() {
     let spot = c.rate_at_cut.expect("a trouble spot after the delay");
     assert!((spot - c.rate_of(&cut.before)).abs() <= spot * 1e-9);
     // Nor is the slowest rate the limits allow a trouble spot.
-    assert_eq!(c.trouble_spot(&Knobs::slowest(&p.limits)), None);
+    assert_eq!(c.trouble_spot(c.rate_of(&Knobs::slowest(&p.limits))), None);
 }
 
 /// Readings from before the run prime the estimate: the first tick knows
