@@ -57,8 +57,10 @@ struct Args {
     json: Option<String>,
     /// Also write each run's day, tick by tick, as DIR/<cell>-seed<N>.csv:
     /// knobs, pacer's rate and target rate, the oracle's safe rate, each
-    /// signal's reading, estimate and noise-free reading (use with --only: a cell's day is
-    /// thousands of lines per seed).
+    /// signal's reading, estimate, noise-free reading and noise-free
+    /// reading without the backfill, and DIR/<cell>-seed<N>.levels with
+    /// the day's baseline, slow and stop per signal (use with --only: a
+    /// cell's day is thousands of lines per seed).
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
 }
@@ -302,7 +304,24 @@ fn run_one(
         );
         let setup = Setup::new(&policy, &model, &scenario, seed, None)?;
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join(name), day_csv(&setup)?)?;
+        std::fs::write(dir.join(&name), day_csv(&setup)?)?;
+        // The levels the day was judged by (relative ones resolved
+        // against this day's baseline), to read the CSV's columns against.
+        let levels: String = setup
+            .levels
+            .iter()
+            .map(|l| {
+                let v = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
+                format!(
+                    "{} baseline={} slow={} stop={}\n",
+                    l.name,
+                    v(l.baseline),
+                    v(l.slow),
+                    v(l.stop)
+                )
+            })
+            .collect();
+        std::fs::write(dir.join(name.replace(".csv", ".levels")), levels)?;
     }
     let o = sim::simulate_pacer(&policy, &model, &scenario, seed, None)?;
     let key = (
@@ -343,7 +362,7 @@ fn day_csv(setup: &Setup) -> anyhow::Result<String> {
     let names: Vec<String> = setup.levels.iter().map(|l| l.name.clone()).collect();
     let mut out = String::from("t,state,batch,sleep_ms,workers,rate,target,safe_rate");
     for n in &names {
-        let _ = write!(out, ",{n},{n}_est,{n}_ideal");
+        let _ = write!(out, ",{n},{n}_est,{n}_ideal,{n}_quiet");
     }
     out.push('\n');
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
@@ -365,12 +384,19 @@ fn day_csv(setup: &Setup) -> anyhow::Result<String> {
             let ideal = truths
                 .get(i)
                 .map(|t| kind.reading_of(kind.value(t), &setup.model));
+            // The same reading on the day without the backfill: above
+            // stop there, only a clearly worse reading is the backfill's harm.
+            let quiet = setup
+                .quiet
+                .get(setup.trace.start_index + i)
+                .map(|t| kind.reading_of(kind.value(t), &setup.model));
             let _ = write!(
                 out,
-                ",{},{},{}",
+                ",{},{},{},{}",
                 num(s.signals.get(n).copied().flatten()),
                 num(s.estimates.get(n).copied().flatten()),
-                num(ideal)
+                num(ideal),
+                num(quiet)
             );
         }
         out.push('\n');
