@@ -182,6 +182,14 @@ const NO_SPOT_BELOW: f64 = 1.5;
 /// signal's delay (see `Controller::guard_until`).
 const GUARD_SIGMAS: f64 = 2.0;
 
+/// Standard deviations of its measured noise a new reading must be above
+/// stop to count as trouble the last cut did not explain before the
+/// estimate is there. More than `GUARD_SIGMAS`: a latency quantile from
+/// few requests has a long upper tail that a deviation measured from the
+/// median of differences understates, and this cuts where that only holds
+/// growth.
+const RAW_STOP_SIGMAS: f64 = 3.0;
+
 /// Where the batch size puts a lock-bound signal, as a share of its slow
 /// level (see `Controller::lock_batch`).
 const LOCK_AIM: f64 = 0.5;
@@ -627,6 +635,41 @@ impl Controller {
                         (Some(stop), _) if e > stop => {
                             causes.push(signal_cause("stop", stop, &sig.stop_expr));
                             worst_slow_factor = Some(self.cfg.beta);
+                            deeper = true;
+                            Class::Slow
+                        }
+                        // A new reading above stop by more than its
+                        // measured noise explains is trouble the last cut
+                        // did not explain, before the estimate gets there:
+                        // the estimate trails a sudden rise (a flash crowd)
+                        // by its time constant, while the epoch of a cut
+                        // made before the rise held every further cut. It
+                        // cuts by the estimate's depth (by the reading's,
+                        // `beta`, the tuning days lost rows where the
+                        // estimate's cut was enough), and again each
+                        // cooldown while such readings go on. Not for
+                        // counts (a window's mean, no noise measured): one
+                        // tick's count is one Poisson draw.
+                        (Some(stop), _)
+                            if matches!(sig.smoothing, Smoothing::Ewma { .. })
+                                && track.est.judged(now)
+                                && track.est.fresh()
+                                && track
+                                    .est
+                                    .sigma()
+                                    .is_some_and(|n| v > stop + RAW_STOP_SIGMAS * n) =>
+                        {
+                            causes.push(signal_cause("stop", stop, &sig.stop_expr));
+                            let f = sig.slow.map_or(self.cfg.beta, |slow| {
+                                slow_factor(
+                                    self.cfg.beta,
+                                    e.max(slow),
+                                    slow,
+                                    sig.stop,
+                                    sig.baseline,
+                                )
+                            });
+                            worst_slow_factor = Some(worst_slow_factor.map_or(f, |w| w.min(f)));
                             deeper = true;
                             Class::Slow
                         }

@@ -677,34 +677,46 @@ fn growth_slows_as_a_noisy_estimate_nears_slow() {
     assert!((quiet_near - growth).abs() < 1e-6, "quiet: {quiet_near}");
 }
 
+/// The demo policy, or an edit of it (p95 slow 0.396, stop 0.495 against a
+/// baseline of 0.33), after five calm minutes around 0.35, uniform ±
+/// `spread` / 2 (the draws' σ ≈ spread / 3.5), a new scrape every 5 s: the
+/// controller and each tick's decision.
+fn demo_p95_after_calm(policy: &str, spread: f64) -> (Controller, Vec<Decision>) {
+    use rand::{RngExt, SeedableRng};
+    let p = Policy::from_toml("demo.toml", policy).unwrap();
+    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
+    let mut c = Controller::new(&p, &baselines).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut p95 = 0.35;
+    let calm = (0..300)
+        .map(|t| {
+            if t % 5 == 0 {
+                p95 = 0.35 + spread * (rng.random::<f64>() - 0.5);
+            }
+            p95_tick(&mut c, t, p95)
+        })
+        .collect();
+    (c, calm)
+}
+
+fn p95_tick(c: &mut Controller, t: i64, p95: f64) -> Decision {
+    let inputs = Inputs {
+        readings: vec![Reading::value(p95, at(t)), Reading::value(0.0, at(t))],
+        ..Default::default()
+    };
+    c.step(at(t), &inputs)
+}
+
 /// A reading above stop that the noise margin discounts is named in the
 /// tick's view and its line, with the noise it was judged against: an
 /// operator who sees a reading above stop and no pause needs the reason.
 #[test]
 fn a_reading_above_stop_discounted_as_noise_says_so() {
-    use rand::{RngExt, SeedableRng};
-    let p = Policy::from_toml("demo.toml", DEMO).unwrap();
-    // slow = 0.396, stop = 0.495.
-    let baselines = BTreeMap::from([("checkout_p95".to_string(), 0.33)]);
-    let mut c = Controller::new(&p, &baselines).unwrap();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let mut p95 = 0.35;
-    let mut step = |t: i64, p95: f64| {
-        let inputs = Inputs {
-            readings: vec![Reading::value(p95, at(t)), Reading::value(0.0, at(t))],
-            ..Default::default()
-        };
-        c.step(at(t), &inputs)
-    };
-    // Five minutes calm around 0.35, uniform ±0.08 (σ ≈ 0.046), a new
-    // scrape every 5 s.
-    for t in 0..300 {
-        if t % 5 == 0 {
-            p95 = 0.35 + 0.16 * (rng.random::<f64>() - 0.5);
-        }
-        let d = step(t, p95);
-        assert!(!d.view.signals[0].within_noise, "{t}: {p95}");
+    let (mut c, calm) = demo_p95_after_calm(DEMO, 0.16);
+    for d in &calm {
+        assert!(!d.view.signals[0].within_noise, "{d:?}");
     }
+    let mut step = |t: i64, p95: f64| p95_tick(&mut c, t, p95);
     let d = step(300, 0.52);
     let s = &d.view.signals[0];
     let sigma = s.noise.expect("noise measured after five minutes");
@@ -951,4 +963,53 @@ fn growth_flattens_near_the_last_trouble_spot_where_stop_sits_just_above_slow() 
         far_n > 3.0 * near_n && far_n < far,
         "{far_n} {near_n} {far}"
     );
+}
+
+/// A new reading above stop by more than three of the signal's measured
+/// deviations cuts at once, while the estimate still trails below slow,
+/// and may cut again after the cooldown within the cut's epoch: a flash
+/// crowd's p95, read through a 60 s window, passed stop 15 s before the
+/// estimate did, and the backfill's share of the crowd ran on that long
+/// (`orders-status`, `flash-crowds`, low noise, 60 s + 20 s, report seeds
+/// 56–60: 1.03–1.08 % of the day above stop). A reading above stop within
+/// that noise only holds growth.
+#[test]
+fn a_reading_above_stop_beyond_its_noise_cuts_before_the_estimate_gets_there() {
+    // The p95 stops after 30 s above stop (10 s shipped), longer than the
+    // cooldown: the cut comes before the pause.
+    let policy = DEMO.replace(r#"stop_for = "10s""#, r#"stop_for = "30s""#);
+    let cooldown = Policy::from_toml("demo.toml", &policy)
+        .unwrap()
+        .controller
+        .cooldown
+        .as_secs() as i64;
+    // σ ≈ 0.016 measured; from t = 300 the crowd's readings, a new scrape
+    // every 5 s just above 0.56.
+    let (mut c, _) = demo_p95_after_calm(&policy, 0.04);
+    let crowd: Vec<Decision> = (300..300 + cooldown + 1)
+        .map(|t| p95_tick(&mut c, t, 0.56 + 0.001 * ((t - 300) / 5) as f64))
+        .collect();
+    let d = &crowd[0];
+    let sigma = d.view.signals[0].noise.expect("noise measured");
+    assert!(0.56 > 0.495 + 3.0 * sigma, "σ {sigma}");
+    assert_eq!((d.action, d.state), (Action::Decrease, State::Slowing));
+    assert_eq!(
+        d.causes.first().map(|c| c.to_string()).as_deref(),
+        Some("checkout_p95 0.56 > stop 0.495 (baseline 0.33 * 1.5)")
+    );
+    // A cooldown later the estimate (τ ≈ 17 s) is still below stop, and
+    // the cut's epoch (the p95's delay, 60 s) still open: the new raw
+    // reading alone cuts again.
+    let again = &crowd[cooldown as usize];
+    let e = again.view.signals[0].estimate.unwrap();
+    assert!(e < 0.495, "the estimate trails: {e}");
+    assert_eq!(again.action, Action::Decrease, "{again:?}");
+    assert!(c.rate_of(&again.knobs) < c.rate_of(&again.before));
+
+    // Above stop, but within three deviations: growth holds, no cut.
+    let (mut c, _) = demo_p95_after_calm(&policy, 0.04);
+    let d = p95_tick(&mut c, 300, 0.505);
+    assert!(0.505 < 0.495 + 3.0 * d.view.signals[0].noise.unwrap());
+    assert_ne!(d.action, Action::Decrease, "{d:?}");
+    assert!(d.holds_growth(), "{d:?}");
 }
