@@ -37,6 +37,7 @@
 mod testbed_addr;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -738,7 +739,13 @@ async fn run_one(
             batch,
             sleep,
             sessions,
-        } => run_loop(a, &table, *batch, *sleep, *sessions, t0i + a.duration).await?,
+        } => {
+            let batches = a
+                .out
+                .join(format!("{name}-{}-batches.csv", slug(&strategy.label())));
+            let knobs = (*batch, *sleep, *sessions);
+            run_loop(a, &table, knobs, t0i + a.duration, &batches).await?
+        }
     };
     let backfill_s = t0i.elapsed().as_secs_f64();
     let cpu2 = cpu_jiffies();
@@ -963,13 +970,17 @@ fn set(p: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
 
 /// N sessions, each on its own slice of the key range: the next `batch`
 /// pending rows in one UPDATE (autocommit), then `sleep`.
+/// A plain client loop over `sessions` slices of the table. Every batch is
+/// written to `batch_log` (start in µs since the epoch, duration in µs,
+/// rows, session): how long a fixed batch takes as live traffic rises is
+/// the load signal TCP Vegas and LEDBAT read, to set beside the traffic's
+/// own latency log.
 async fn run_loop(
     a: &Args,
     table: &str,
-    batch: i64,
-    sleep: Duration,
-    sessions: usize,
+    (batch, sleep, sessions): (i64, Duration, usize),
     deadline: Instant,
+    batch_log: &Path,
 ) -> anyhow::Result<i64> {
     let pool = PgPoolOptions::new()
         .max_connections(sessions as u32)
@@ -987,13 +998,16 @@ async fn run_loop(
         let (pool, done, sql) = (pool.clone(), done.clone(), sql.clone());
         let (mut last, hi) = (s * per, ((s + 1) * per).min(a.rows));
         tasks.push(tokio::spawn(async move {
+            let mut log = Vec::new();
             while Instant::now() < deadline {
+                let (started, t) = (SystemTime::now(), Instant::now());
                 let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
                     .bind(last)
                     .bind(hi)
                     .bind(batch)
                     .fetch_all(&pool)
                     .await?;
+                log.push((unix_us(started), t.elapsed().as_micros(), ids.len(), s));
                 let Some(&max) = ids.iter().max() else { break };
                 last = max;
                 done.fetch_add(ids.len() as i64, Ordering::Relaxed);
@@ -1001,12 +1015,16 @@ async fn run_loop(
                     tokio::time::sleep_until((Instant::now() + sleep).min(deadline).into()).await;
                 }
             }
-            anyhow::Ok(())
+            anyhow::Ok(log)
         }));
     }
+    let mut csv = String::from("start_us,duration_us,rows,session\n");
     for t in tasks {
-        t.await??;
+        for (start, dur, rows, s) in t.await?? {
+            let _ = writeln!(csv, "{start},{dur},{rows},{s}");
+        }
     }
+    std::fs::write(batch_log, csv).with_context(|| format!("writing {}", batch_log.display()))?;
     // Whatever is left of the run (all slices done early) is idle time.
     tokio::time::sleep_until(deadline.into()).await;
     pool.close().await;
