@@ -969,12 +969,11 @@ fn set(p: &mut toml::Table, section: &str, key: &str, v: toml::Value) {
 }
 
 /// N sessions, each on its own slice of the key range: the next `batch`
-/// pending rows in one UPDATE (autocommit), then `sleep`.
-/// A plain client loop over `sessions` slices of the table. Every batch is
+/// pending rows in one UPDATE (autocommit), then `sleep`. Every batch is
 /// written to `batch_log` (start in µs since the epoch, duration in µs,
 /// rows, session): how long a fixed batch takes as live traffic rises is
 /// the load signal TCP Vegas and LEDBAT read, to set beside the traffic's
-/// own latency log.
+/// own latency log (bench/batch_lead.py).
 async fn run_loop(
     a: &Args,
     table: &str,
