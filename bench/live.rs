@@ -15,6 +15,8 @@
 //! 4. stop it, count the rows it did, the WAL it wrote, the dead tuples it
 //!    left, then judge every 10-second window of the backfill from the
 //!    latency log: p95 against the baseline p95 (+10 % slow, +20 % stop).
+//!    A fixed loop's batches go to `<run>-<strategy>-batches.csv` beside
+//!    the latency log (`bench/batch_lead.py` sets the two side by side).
 //!
 //! Replica lag comes from the replica itself: a heartbeat row written on the
 //! primary every second and read back on the replica. Nothing is judged from
