@@ -629,6 +629,17 @@ async fn run_one(
         .join(format!("{name}-{}.csv", slug(&strategy.label())));
     let _ = std::fs::remove_file(&latency_log);
     let traffic_err = std::fs::File::create(a.out.join(format!("{name}-traffic.log")))?;
+    // Another generator on the port (the testbed's own) would answer the
+    // readiness check and the surge's rate changes in this one's place,
+    // while this one fails to bind: a whole run judged on nothing.
+    if std::net::TcpStream::connect(&a.traffic_listen).is_ok() {
+        bail!(
+            "something already listens on {} (the testbed's own pacer-traffic?): run through \
+             bench/live, which lends this benchmark that port, or stop it first with \
+             `scripts/testbed down traffic`",
+            a.traffic_listen
+        );
+    }
     let mut gen_cmd = Command::new("taskset");
     gen_cmd
         .arg("-c")
