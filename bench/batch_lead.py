@@ -15,12 +15,13 @@ Windows inside the surge are marked S.
 import statistics as st
 import sys
 
+from traffic_windows import p95 as window_p95
+
 WINDOW_US = 5e6
 
 
 def p95(values):
-    v = sorted(values)
-    return v[int(0.95 * (len(v) - 1))] if v else float("nan")
+    return window_p95(values) if values else float("nan")
 
 
 def main():

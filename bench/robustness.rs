@@ -321,7 +321,7 @@ fn run_one(
                 )
             })
             .collect();
-        std::fs::write(dir.join(name.replace(".csv", ".levels")), levels)?;
+        std::fs::write(dir.join(&name).with_extension("levels"), levels)?;
     }
     let o = sim::simulate_pacer(&policy, &model, &scenario, seed, None)?;
     let key = (

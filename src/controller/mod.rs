@@ -648,11 +648,11 @@ impl Controller {
                         // `beta`, the tuning days lost rows where the
                         // estimate's cut was enough), and again each
                         // cooldown while such readings go on. Not for
-                        // counts (a window's mean, no noise measured): one
-                        // tick's count is one Poisson draw.
+                        // counts: their estimate is a window's mean, which
+                        // measures no noise (one tick's count is one
+                        // Poisson draw).
                         (Some(stop), _)
-                            if matches!(sig.smoothing, Smoothing::Ewma { .. })
-                                && track.est.judged(now)
+                            if track.est.judged(now)
                                 && track.est.fresh()
                                 && track
                                     .est
