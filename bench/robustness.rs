@@ -387,7 +387,7 @@ fn run_one(
     // and delay move the levels it is judged by (resolved against a
     // baseline read through them). One sweep shared by a day's noise and
     // delay cells, judged by whichever cell got there first, moved the
-    // best fixed loop by up to 0.3 of the bound with thread order.
+    // best fixed loop by up to 0.4 of the bound with thread order.
     let fixed = match fixed_from.and_then(|f| f.get(&(cell.label(), seed))) {
         Some(f) => f.clone(),
         None => {
