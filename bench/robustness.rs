@@ -119,9 +119,6 @@ impl Cell {
     }
 }
 
-/// The best fixed loop of a day: rows, clean rows, % above stop, knobs.
-type Fixed = (f64, f64, f64, Option<String>);
-
 /// A day's best fixed loop as a run reports it: efficiency and clean
 /// efficiency over the bound, % above stop, knobs.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -132,7 +129,7 @@ struct FixedResult {
     fixed_knobs: Option<String>,
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct RunResult {
     seed: u64,
     efficiency: f64,
@@ -150,13 +147,7 @@ fn read_fixed(path: &std::path::Path) -> anyhow::Result<FixedFrom> {
     #[derive(serde::Deserialize)]
     struct Line {
         cell: String,
-        run: Run,
-    }
-    #[derive(serde::Deserialize)]
-    struct Run {
-        seed: u64,
-        #[serde(flatten)]
-        fixed: FixedResult,
+        run: RunResult,
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--fixed-from {}: cannot read", path.display()))?;
@@ -392,14 +383,7 @@ fn run_one(
         Some(f) => f.clone(),
         None => {
             let setup = Setup::new(&policy, &model, &scenario, seed, None)?;
-            let (rows, clean, pct, knobs) = best_fixed(&setup)?;
-            let bound = o.safe_rows_bound.max(1) as f64;
-            FixedResult {
-                fixed_efficiency: rows / bound,
-                fixed_clean_efficiency: clean / bound,
-                fixed_percent_above_stop: pct,
-                fixed_knobs: knobs,
-            }
+            best_fixed(&setup, o.safe_rows_bound.max(1) as f64)?
         }
     };
     Ok(RunResult {
@@ -463,10 +447,10 @@ fn day_csv(setup: &Setup) -> anyhow::Result<String> {
 }
 
 /// The most rows any fixed loop in the sweep did while spending at most
-/// FIXED_MAX_PERCENT_ABOVE_STOP of the day above stop: (rows, % above
-/// stop, knobs). For each family (batch size, workers), sleep is bisected
-/// over a grid: less sleep is more rows and more harm.
-fn best_fixed(setup: &Setup) -> anyhow::Result<Fixed> {
+/// FIXED_MAX_PERCENT_ABOVE_STOP of the day above stop, its rows over
+/// `bound`. For each family (batch size, workers), sleep is bisected over
+/// a grid: less sleep is more rows and more harm.
+fn best_fixed(setup: &Setup, bound: f64) -> anyhow::Result<FixedResult> {
     let l = &setup.policy.limits;
     let mut families = vec![
         (l.batch_size.start, 1),
@@ -480,7 +464,12 @@ fn best_fixed(setup: &Setup) -> anyhow::Result<Fixed> {
         .map(|ms| Duration::from_millis(*ms).clamp(l.sleep.min, l.sleep.max))
         .collect();
     let secs = setup.simulated_seconds().max(1.0);
-    let mut best: Fixed = (0.0, 0.0, 0.0, None);
+    let mut best = FixedResult {
+        fixed_efficiency: 0.0,
+        fixed_clean_efficiency: 0.0,
+        fixed_percent_above_stop: 0.0,
+        fixed_knobs: None,
+    };
     for (batch, workers) in families {
         let run = |i: usize| -> anyhow::Result<(f64, f64, f64)> {
             let k = Knobs {
@@ -509,17 +498,17 @@ fn best_fixed(setup: &Setup) -> anyhow::Result<Fixed> {
             }
         }
         if let Some((i, rows, clean, pct)) = lo
-            && rows > best.0
+            && rows / bound > best.fixed_efficiency
         {
-            best = (
-                rows,
-                clean,
-                pct,
-                Some(format!(
+            best = FixedResult {
+                fixed_efficiency: rows / bound,
+                fixed_clean_efficiency: clean / bound,
+                fixed_percent_above_stop: pct,
+                fixed_knobs: Some(format!(
                     "{batch}×{workers} sleep {}",
                     humantime::format_duration(sleeps[i])
                 )),
-            );
+            };
         }
     }
     Ok(best)
