@@ -52,6 +52,43 @@ fn every_shipped_policy_is_valid() {
     );
 }
 
+/// A band from slow to stop narrower than half of slow's room gets a
+/// warning that names the signal, the two levels and the band; a valid
+/// policy stays valid (exit 0), and the shipped bands (1.5 here) pass quietly.
+#[test]
+fn check_warns_of_a_narrow_band_between_slow_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = demo_text();
+    let (code, out) = check(&write(&dir, "wide.toml", &text), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("warning"), "{out}");
+    let narrow = text.replacen(
+        "slow_above = \"baseline * 1.2\"",
+        "slow_above = \"baseline * 1.4\"",
+        1,
+    );
+    assert_ne!(narrow, text, "fixture lost its slow level");
+    let (code, out) = check(&write(&dir, "narrow.toml", &narrow), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warning: signal \"checkout_p95\": the band from slow_above (baseline * 1.4) to \
+             stop_above (baseline * 1.5) is 0.25 of slow_above's distance from the baseline"
+        ),
+        "{out}"
+    );
+    // Absolute levels: 2 → 10 is a band of 4; 8 → 10 one of 0.25.
+    let lag = text.replacen("slow_above = 2.0", "slow_above = 8.0", 1);
+    let (_, out) = check(&write(&dir, "lag.toml", &lag), &[]);
+    assert!(
+        out.contains(
+            "warning: signal \"replica_lag\": the band from slow_above (8) to stop_above (10) \
+             is 0.25 of slow_above's distance from zero"
+        ),
+        "{out}"
+    );
+}
+
 #[test]
 fn check_names_file_key_and_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -612,4 +649,39 @@ fn standby_keys_default_and_a_lease_shorter_than_two_ticks_is_refused() {
     assert!(out.contains("job.lease"), "{out}");
     let (code, out) = check(&path, &[("PACER_POLICY__JOB__LEASE", "3s")]);
     assert_eq!(code, 0, "{out}");
+}
+
+/// The band is measured from the baseline for relative levels (and for
+/// absolute ones with a fixed baseline below slow), from zero otherwise, and
+/// not judged where the two levels are of different kinds.
+#[test]
+fn band_from_slow_to_stop_by_kind_of_level() {
+    let band = |levels: &str| {
+        let s: pacer::policy::Signal =
+            toml::from_str(&format!("name = \"s\"\nprometheus = \"q\"\n{levels}")).unwrap();
+        s.band()
+    };
+    let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+    assert!(close(
+        band("slow_above = \"baseline * 1.15\"\nstop_above = \"baseline * 1.2\""),
+        1.0 / 3.0
+    ));
+    assert!(close(
+        band("slow_above = \"baseline + 0.1\"\nstop_above = \"baseline + 0.15\""),
+        0.5
+    ));
+    assert!(close(band("slow_above = 2.0\nstop_above = 10.0"), 4.0));
+    assert!(close(
+        band("slow_above = 2.0\nstop_above = 3.0\nbaseline = 1.0"),
+        1.0
+    ));
+    assert_eq!(
+        band("slow_above = \"baseline * 1.1\"\nstop_above = \"baseline + 0.05\""),
+        None
+    );
+    assert_eq!(band("stop_above = 10.0"), None);
+    assert_eq!(
+        band("slow_above = \"baseline * 0.9\"\nstop_above = \"baseline * 1.2\""),
+        None
+    );
 }

@@ -875,3 +875,37 @@ fn a_simulated_fleet_keeps_its_limits_and_its_budgets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("more clusters than targets"));
 }
+
+/// A rehearsal of a policy whose stop sits close above slow says so before
+/// the day, on stderr (stdout stays the table, or the JSON); the demo
+/// policy's band (1.5) gets no warning.
+#[test]
+fn simulate_warns_of_a_narrow_band() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string("policies/demo.toml").unwrap();
+    let narrow = text.replacen(
+        "slow_above = \"baseline * 1.2\"",
+        "slow_above = \"baseline * 1.4\"",
+        1,
+    );
+    assert_ne!(narrow, text, "fixture lost its slow level");
+    let path = dir.path().join("narrow.toml");
+    std::fs::write(&path, narrow).unwrap();
+    for (policy, warned) in [
+        ("policies/demo.toml", false),
+        (path.to_str().unwrap(), true),
+    ] {
+        let out = simulate_cli(&["--policy", policy, "--duration", "2m", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains(
+                "warning: signal \"checkout_p95\": the band from slow_above (baseline * 1.4) \
+                 to stop_above (baseline * 1.5) is 0.25"
+            ),
+            warned,
+            "{policy}: {stderr}"
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("stdout is the JSON alone");
+    }
+}

@@ -14,6 +14,9 @@ pub fn run(args: &CheckArgs) -> u8 {
         p.signals.len(),
         p.windows.len()
     );
+    for w in p.level_warnings() {
+        println!("  warning: {w}");
+    }
     if p.is_fleet() {
         match p.file_targets(&args.policy.policy) {
             Ok(Some(t)) => println!(

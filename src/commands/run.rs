@@ -50,6 +50,9 @@ pub fn run(args: &RunArgs) -> u8 {
         return exit::INVALID;
     }
     rt.block_on(async move {
+        for w in policy.level_warnings() {
+            tracing::warn!("{w}");
+        }
         // Part of each Prometheus signal's delay, which paces growth: read
         // once at start, so a run follows the Prometheus it actually reads.
         if let Some(si) = crate::signals::prometheus::resolve_scrape_interval(&policy).await {

@@ -16,6 +16,9 @@ pub fn run(args: &SimulateArgs, format: LogFormat, level: Option<&str>) -> u8 {
         Ok(p) => p,
         Err(code) => return code,
     };
+    for w in policy.level_warnings() {
+        eprintln!("warning: {w}");
+    }
     if args.fleet.is_some() && args.report.is_some() {
         eprintln!("error: --report draws one database's run; it does not combine with --fleet");
         return exit::INVALID;
