@@ -685,3 +685,39 @@ fn band_from_slow_to_stop_by_kind_of_level() {
         None
     );
 }
+
+/// `pacer run` logs the narrow-band warning before anything else, so it is
+/// in the log even of a run that cannot reach its database.
+#[test]
+fn run_logs_a_narrow_band_at_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = demo_text().replacen(
+        "slow_above = \"baseline * 1.2\"",
+        "slow_above = \"baseline * 1.4\"",
+        1,
+    );
+    let path = write(&dir, "narrow.toml", &narrow);
+    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
+        .args(["run", "--policy"])
+        .arg(&path)
+        // Nothing listens on port 1: the run ends at its first connection.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("PACER_POLICY__PROMETHEUS__URL", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    let warn = text
+        .lines()
+        .position(|l| l.contains("WARN") && l.contains("signal \"checkout_p95\": the band from"))
+        .unwrap_or_else(|| panic!("no warning in {text}"));
+    let error = text
+        .lines()
+        .position(|l| l.contains("cannot connect"))
+        .unwrap_or_else(|| panic!("no connection error in {text}"));
+    assert!(warn < error, "{text}");
+}
