@@ -19,10 +19,10 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// Run `pacer check --offline` and return (exit code, stderr+stdout).
-fn check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
+/// Run `pacer ARGS --policy PATH` and return (exit code, stdout+stderr).
+fn pacer(args: &[&str], path: &Path, env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pacer"));
-    cmd.args(["check", "--offline", "--policy"]).arg(path);
+    cmd.args(args).arg("--policy").arg(path);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -33,6 +33,11 @@ fn check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.code().unwrap_or(-1), text)
+}
+
+/// Run `pacer check --offline` and return (exit code, stderr+stdout).
+fn check(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    pacer(&["check", "--offline"], path, env)
 }
 
 #[test]
@@ -697,20 +702,16 @@ fn run_logs_a_narrow_band_at_its_start() {
         1,
     );
     let path = write(&dir, "narrow.toml", &narrow);
-    let out = Command::new(env!("CARGO_BIN_EXE_pacer"))
-        .args(["run", "--policy"])
-        .arg(&path)
+    let (code, text) = pacer(
+        &["run"],
+        &path,
         // Nothing listens on port 1: the run ends at its first connection.
-        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
-        .env("PACER_POLICY__PROMETHEUS__URL", "http://127.0.0.1:1")
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none"),
+            ("PACER_POLICY__PROMETHEUS__URL", "http://127.0.0.1:1"),
+        ],
     );
-    assert!(!out.status.success(), "{text}");
+    assert_ne!(code, 0, "{text}");
     let warn = text
         .lines()
         .position(|l| l.contains("WARN") && l.contains("signal \"checkout_p95\": the band from"))
