@@ -463,16 +463,22 @@ impl Signal {
     /// kinds (their distance then depends on a baseline not yet measured)
     /// or leave slow no room.
     pub fn band(&self) -> Option<f64> {
-        let (slow, stop) = match (self.slow_above?, self.stop_above?) {
-            (Level::Times(a), Level::Times(b)) => (a - 1.0, b - 1.0),
-            (Level::Plus(a), Level::Plus(b)) => (a, b),
-            (Level::Absolute(a), Level::Absolute(b)) => {
-                let floor = self.baseline.filter(|f| *f < a).unwrap_or(0.0);
-                (a - floor, b - floor)
-            }
+        self.band_from().map(|(band, _)| band)
+    }
+
+    /// `band` and what slow's distance is measured from, as a warning
+    /// names it.
+    fn band_from(&self) -> Option<(f64, &'static str)> {
+        let (slow, stop, from) = match (self.slow_above?, self.stop_above?) {
+            (Level::Times(a), Level::Times(b)) => (a - 1.0, b - 1.0, "the baseline"),
+            (Level::Plus(a), Level::Plus(b)) => (a, b, "the baseline"),
+            (Level::Absolute(a), Level::Absolute(b)) => match self.baseline.filter(|f| *f < a) {
+                Some(f) => (a - f, b - f, "the baseline"),
+                None => (a, b, "zero"),
+            },
             _ => return None,
         };
-        (slow > 0.0).then(|| (stop - slow) / slow)
+        (slow > 0.0).then(|| ((stop - slow) / slow, from))
     }
 
     /// Whether any level is relative to a baseline that must be measured.
@@ -690,18 +696,14 @@ pub const NARROW_BAND: f64 = 0.5;
 
 impl Policy {
     /// Levels that are valid but measured to keep their stop number poorly:
-    /// printed by `pacer check` and logged when a run starts.
+    /// printed by `pacer check` and `pacer simulate`, logged when a run
+    /// starts.
     pub fn level_warnings(&self) -> Vec<String> {
         self.signals
             .iter()
             .filter_map(|s| {
-                let band = s.band().filter(|b| *b < NARROW_BAND)?;
+                let (band, from) = s.band_from().filter(|(b, _)| *b < NARROW_BAND)?;
                 let (slow, stop) = (s.slow_above?, s.stop_above?);
-                let from = match (slow, s.baseline) {
-                    (Level::Absolute(a), Some(b)) if b < a => "the baseline",
-                    (Level::Absolute(_), _) => "zero",
-                    _ => "the baseline",
-                };
                 Some(format!(
                     "signal {}: the band from slow_above ({slow}) to stop_above ({stop}) is \
                      {band:.2} of slow_above's distance from {from}, under {NARROW_BAND}: the \

@@ -13,6 +13,19 @@ fn demo_text() -> String {
         .unwrap()
 }
 
+/// The demo policy with its p95's slow level raised to 1.4 × baseline: a
+/// band of 0.25 below stop at 1.5 ×.
+fn narrow_demo_text() -> String {
+    let text = demo_text();
+    let narrow = text.replacen(
+        "slow_above = \"baseline * 1.2\"",
+        "slow_above = \"baseline * 1.4\"",
+        1,
+    );
+    assert_ne!(narrow, text, "fixture lost its slow level");
+    narrow
+}
+
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
@@ -67,12 +80,7 @@ fn check_warns_of_a_narrow_band_between_slow_and_stop() {
     let (code, out) = check(&write(&dir, "wide.toml", &text), &[]);
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("warning"), "{out}");
-    let narrow = text.replacen(
-        "slow_above = \"baseline * 1.2\"",
-        "slow_above = \"baseline * 1.4\"",
-        1,
-    );
-    assert_ne!(narrow, text, "fixture lost its slow level");
+    let narrow = narrow_demo_text();
     let (code, out) = check(&write(&dir, "narrow.toml", &narrow), &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -696,12 +704,7 @@ fn band_from_slow_to_stop_by_kind_of_level() {
 #[test]
 fn run_logs_a_narrow_band_at_its_start() {
     let dir = tempfile::tempdir().unwrap();
-    let narrow = demo_text().replacen(
-        "slow_above = \"baseline * 1.2\"",
-        "slow_above = \"baseline * 1.4\"",
-        1,
-    );
-    let path = write(&dir, "narrow.toml", &narrow);
+    let path = write(&dir, "narrow.toml", &narrow_demo_text());
     let (code, text) = pacer(
         &["run"],
         &path,
